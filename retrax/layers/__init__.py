@@ -1,0 +1,22 @@
+"""Layers and combinators, imported by users as ``tl`` (``from retrax import layers as tl``)."""
+
+from retrax.layers.activation_fns import *  # noqa: F401,F403
+from retrax.layers.assert_shape import AssertFunction, AssertShape, assert_shape  # noqa: F401
+from retrax.layers.base import (  # noqa: F401
+    EMPTY_STATE,
+    EMPTY_WEIGHTS,
+    GET_STATE_FROM_CACHE,
+    GET_WEIGHTS_FROM_CACHE,
+    Fn,
+    Layer,
+    LayerError,
+    PureLayer,
+    flatten_weights_and_state,
+    to_list,
+    unflatten_weights_and_state,
+)
+from retrax.layers.combinators import *  # noqa: F401,F403
+from retrax.layers.core import *  # noqa: F401,F403
+from retrax.layers.initializers import *  # noqa: F401,F403
+from retrax.layers.normalization import *  # noqa: F401,F403
+from retrax.layers import initializers  # noqa: F401

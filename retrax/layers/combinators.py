@@ -1,0 +1,617 @@
+"""Combinators: layers built from layers, moving data on the stack.
+
+>>> import numpy as np
+>>> from retrax import layers as tl
+>>> model = tl.Serial(tl.Dup(), tl.Parallel(tl.Fn('Inc', lambda x: x + 1), None), tl.Add())
+>>> model(np.array([1.0, 2.0])).tolist()   # (x + 1) + x
+[4.0, 6.0]
+>>> print(tl.Branch(tl.Add(), tl.Add()))
+Branch_in2_out2[
+  Add_in2
+  Add_in2
+]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from retrax.layers import base
+from retrax.layers.base import (
+    Fn,
+    Layer,
+    LayerError,
+    PureLayer,
+    _abstract,
+    _as_stack,
+    _new_pass,
+    _pack,
+    _Pass,
+    split_rng,
+)
+
+__all__ = [
+    "Serial",
+    "Parallel",
+    "Branch",
+    "Residual",
+    "Select",
+    "Dup",
+    "Drop",
+    "Swap",
+    "Add",
+    "SubtractTop",
+    "Multiply",
+    "Gate",
+    "Concatenate",
+    "Split",
+    "FlattenList",
+    "Scan",
+    "Cond",
+    "Cache",
+    "BatchLeadingAxes",
+    "inputs_from_stack",
+    "outputs_onto_stack",
+]
+
+inputs_from_stack = base.inputs_from_stack
+outputs_onto_stack = base.outputs_onto_stack
+
+
+def _ensure_flat(layers: Any, owner: str) -> list[Layer]:
+    """Deep-flattens nested lists/tuples of layers; rejects anything else."""
+    out: list[Layer] = []
+
+    def rec(item: Any, path: str) -> None:
+        if item is None:
+            return
+        if isinstance(item, (list, tuple)):
+            for i, sub in enumerate(item):
+                rec(sub, f"{path}[{i}]")
+        elif isinstance(item, Layer):
+            out.append(item)
+        else:
+            raise ValueError(
+                f"{owner}: found a non-layer object at position {path}: "
+                f"{type(item).__name__} {item!r:.60}. Combinators take layers or (nested) "
+                f"lists of layers; wrap a function as tl.Fn('Name', f)."
+            )
+
+    for i, layer in enumerate(layers):
+        rec(layer, f"[{i}]")
+    return out
+
+
+def _as_layer(item: Any, owner: str) -> Layer:
+    if item is None or (isinstance(item, (list, tuple)) and len(item) == 0):
+        return Serial(None)
+    if isinstance(item, (list, tuple)):
+        return Serial(item)
+    if not isinstance(item, Layer):
+        raise ValueError(
+            f"{owner}: found a non-layer object {type(item).__name__} {item!r:.60}. "
+            f"Pass layers, lists of layers or None."
+        )
+    return item
+
+
+def _abstract_outputs(layer: Layer, inputs: Any, weights: Any, state: Any, rng: Any,
+                      ctx: _Pass) -> list[Any]:
+    """Output signatures of ``layer`` for abstract ``inputs`` (no FLOPs spent)."""
+
+    def f(x, w, s):
+        with _new_pass(ctx.weights) as inner:
+            inner.state.update(ctx.state)
+            return layer._apply(x, w, s, rng, inner)[0]
+
+    out = jax.eval_shape(f, _abstract(inputs), weights, state)
+    return [out] if layer.n_out == 1 else list(out)
+
+
+def _too_few_inputs(owner: Layer, index: int, layer: Layer, stack: list[Any]) -> LayerError:
+    err = LayerError(
+        layer, "pure_fn", _pack(stack),
+        f"ValueError: {layer.name_with_arity} takes {layer.n_in} inputs but only "
+        f"{len(stack)} are on the stack at this point of {owner.name_with_arity}. Give the "
+        f"model more inputs, or produce them before this layer (e.g. with tl.Dup, tl.Select "
+        f"or tl.Branch).",
+    )
+    err.push_parent(owner, index)
+    return err
+
+
+class Serial(Layer):
+    """Applies sublayers one after another on the data stack.
+
+    Each sublayer pops its ``n_in`` inputs from the top and pushes its ``n_out``
+    outputs. Nested lists of layers are flattened; ``None`` and ``[]`` are no-ops.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> s = tl.Serial(tl.Dup(), tl.Dup())
+    >>> s.n_in, s.n_out
+    (1, 3)
+    >>> print(tl.Serial(tl.Dense(4), [tl.Relu(), tl.Dense(2)]))
+    Serial[
+      Dense_4
+      Serial[
+        Relu
+      ]
+      Dense_2
+    ]
+    """
+
+    def __init__(self, *sublayers: Any, name: str | None = None, sublayers_to_print: Any = None):
+        super().__init__(name=name, sublayers_to_print=sublayers_to_print)
+        layers = _ensure_flat(sublayers, name or "Serial")
+        self._sublayers = tuple(layers)
+        self._n_in, self._n_out = _serial_arity(layers)
+
+    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
+        stack = _as_stack(input_signature)
+        weights, states = [], []
+        for i, (layer, r) in enumerate(zip(self._sublayers, split_rng(rng, len(self._sublayers)))):
+            k = layer.n_in
+            if k > len(stack):
+                raise _too_few_inputs(self, i, layer, stack)
+            inputs = _pack(stack[:k])
+            try:
+                w, s = layer._init_in_pass(inputs, r, ctx)
+                outs = _abstract_outputs(layer, inputs, w, s, r, ctx)
+            except LayerError as e:
+                e.push_parent(self, i)
+                raise
+            stack = outs + stack[k:]
+            weights.append(w)
+            states.append(s)
+        return tuple(weights), tuple(states)
+
+    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+        _check_per_sublayer(self, weights, "weights")
+        _check_per_sublayer(self, state, "state")
+        stack = _as_stack(xs)
+        new_states = []
+        for i, (layer, r) in enumerate(zip(self._sublayers, split_rng(rng, len(self._sublayers)))):
+            k = layer.n_in
+            if k > len(stack):
+                raise _too_few_inputs(self, i, layer, stack)
+            try:
+                outputs, s = layer._apply(_pack(stack[:k]), weights[i], state[i], r, ctx)
+            except LayerError as e:
+                e.push_parent(self, i)
+                raise
+            outs = [outputs] if layer.n_out == 1 else list(outputs)
+            stack = outs + stack[k:]
+            new_states.append(s)
+        return _pack(stack), tuple(new_states)
+
+
+def _check_per_sublayer(layer: Layer, tree: Any, what: str) -> None:
+    n = len(layer.sublayers)
+    if not isinstance(tree, (tuple, list)) or len(tree) != n:
+        got = f"{len(tree)} entries" if isinstance(tree, (tuple, list)) else type(tree).__name__
+        raise ValueError(
+            f"{layer.name_with_arity} has {n} sublayers, so its {what} must be a tuple of "
+            f"{n} entries (one per sublayer); got {got}. Pass the {what} returned by init()."
+        )
+
+
+def _serial_arity(layers: Sequence[Layer]) -> tuple[int, int]:
+    running_total = running_max = 0
+    for layer in layers:
+        running_total += layer.n_in
+        running_max = max(running_max, running_total)
+        running_total -= layer.n_out
+    if not layers:
+        return 1, 1
+    return running_max, running_max - running_total
+
+
+class Parallel(Layer):
+    """Applies each sublayer to its own consecutive slice of the inputs.
+
+    ``None`` or ``[]`` stands for an identity (1 -> 1); a list becomes a ``Serial``.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> p = tl.Parallel(tl.Fn('Neg', lambda x: -x), None)
+    >>> [a.tolist() for a in p((np.array(1.0), np.array(2.0)))]
+    [-1.0, 2.0]
+    """
+
+    def __init__(self, *sublayers: Any, name: str | None = None):
+        super().__init__(name=name)
+        layers = [_as_layer(item, name or "Parallel") for item in sublayers]
+        if len(layers) < 2:
+            raise ValueError(
+                f"{name or 'Parallel'} needs at least 2 sublayers; got {len(layers)}. "
+                f"Use the layer itself (or Serial) for one."
+            )
+        for i, layer in enumerate(layers):
+            if layer.n_in == 0:
+                raise ValueError(
+                    f"{name or 'Parallel'}: sublayer {i} ({layer.name_with_arity}) takes no "
+                    f"inputs; Parallel needs sublayers with n_in >= 1."
+                )
+        self._sublayers = tuple(layers)
+        self._n_in = sum(layer.n_in for layer in layers)
+        self._n_out = sum(layer.n_out for layer in layers)
+
+    def _slices(self, xs: Any) -> list[Any]:
+        items = _as_stack(xs)
+        out, start = [], 0
+        for layer in self._sublayers:
+            out.append(_pack(items[start:start + layer.n_in]))
+            start += layer.n_in
+        return out
+
+    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
+        weights, states = [], []
+        rngs = split_rng(rng, len(self._sublayers))
+        for i, (layer, x, r) in enumerate(zip(self._sublayers, self._slices(input_signature), rngs)):
+            try:
+                w, s = layer._init_in_pass(x, r, ctx)
+            except LayerError as e:
+                e.push_parent(self, i)
+                raise
+            weights.append(w)
+            states.append(s)
+        return tuple(weights), tuple(states)
+
+    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+        _check_per_sublayer(self, weights, "weights")
+        _check_per_sublayer(self, state, "state")
+        outputs, new_states = [], []
+        rngs = split_rng(rng, len(self._sublayers))
+        for i, (layer, x, r) in enumerate(zip(self._sublayers, self._slices(xs), rngs)):
+            try:
+                y, s = layer._apply(x, weights[i], state[i], r, ctx)
+            except LayerError as e:
+                e.push_parent(self, i)
+                raise
+            outputs.extend([y] if layer.n_out == 1 else list(y))
+            new_states.append(s)
+        return _pack(outputs), tuple(new_states)
+
+
+def Branch(*layers: Any, name: str = "Branch") -> Layer:  # noqa: N802
+    """Runs each layer on copies of the top inputs; outputs all their results.
+
+    ``n_in`` is the largest ``n_in`` of the branches, ``n_out`` the sum of theirs.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> b = tl.Branch(None, tl.Fn('Sq', lambda x: x * x))
+    >>> [a.tolist() for a in b(np.array(3.0))]
+    [3.0, 9.0]
+    """
+    if len(layers) == 1:
+        return _as_layer(layers[0], name)
+    parallel_layers = [_as_layer(item, name) for item in layers]
+    indices = [i for layer in parallel_layers for i in range(layer.n_in)]
+    return Serial(Select(indices), Parallel(*parallel_layers), name=name, sublayers_to_print=layers)
+
+
+def Residual(*layers: Any, shortcut: Any = None) -> Layer:  # noqa: N802
+    """``layers(x) + shortcut(x)``; the shortcut is the identity by default.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Residual(tl.Fn('Double', lambda x: 2 * x))(np.array([1.0])).tolist()
+    [3.0]
+    """
+    layer = layers[0] if len(layers) == 1 else Serial(layers)
+    return Serial(Branch(shortcut, layer), Add())
+
+
+class Select(PureLayer):
+    """Copies, reorders or drops stack items: outputs ``inputs[i] for i in indices``.
+
+    >>> from retrax import layers as tl
+    >>> tl.Select([0, 0])
+    Select[0,0]_out2
+    >>> tl.Select([2, 1, 0]).n_in
+    3
+    """
+
+    def __init__(self, indices: Sequence[int], n_in: int | None = None, name: str | None = None):
+        indices = list(indices)
+        for i in indices:
+            if not isinstance(i, int) or i < 0:
+                raise ValueError(f"Select: indices must be non-negative ints; got {indices}.")
+        if n_in is None:
+            n_in = max(indices) + 1 if indices else 0
+        if indices and max(indices) >= n_in:
+            raise ValueError(
+                f"Select: index {max(indices)} is out of range for n_in={n_in}; indices "
+                f"count from 0 at the top of the stack."
+            )
+        name = name or f"Select{indices}".replace(" ", "")
+        n = n_in
+
+        def select(xs: Any) -> Any:
+            items = [xs] if n == 1 else list(xs)
+            return _pack([items[i] for i in indices]) if indices else ()
+
+        super().__init__(select, n_in=n_in, n_out=len(indices), name=name)
+        self._indices = indices
+
+
+def Dup() -> Layer:  # noqa: N802
+    """Duplicates the top item: ``x -> (x, x)``."""
+    return Fn("Dup", lambda x: (x, x), n_out=2)
+
+
+def Drop() -> Layer:  # noqa: N802
+    """Removes the top item from the stack."""
+    return Fn("Drop", lambda x: (), n_out=0)
+
+
+def Swap() -> Layer:  # noqa: N802
+    """Swaps the top two items: ``(a, b) -> (b, a)``."""
+    return Fn("Swap", lambda x0, x1: (x1, x0), n_out=2)
+
+
+def Add() -> Layer:  # noqa: N802
+    """``(a, b) -> a + b``."""
+    return Fn("Add", lambda x0, x1: x0 + x1)
+
+
+def SubtractTop() -> Layer:  # noqa: N802
+    """``(a, b) -> b - a`` (subtracts the top item from the one below)."""
+    return Fn("SubtractTop", lambda x0, x1: x1 - x0)
+
+
+def Multiply() -> Layer:  # noqa: N802
+    """``(a, b) -> a * b``."""
+    return Fn("Multiply", lambda x0, x1: x0 * x1)
+
+
+def Gate() -> Layer:  # noqa: N802
+    """``(m, g, c) -> g * m + (1 - g) * c``."""
+    return Fn("Gate", lambda m, g, c: g * m + (1.0 - g) * c)
+
+
+def _check_n_items(owner: str, n_items: int) -> None:
+    if not isinstance(n_items, int) or n_items < 1:
+        raise ValueError(f"{owner}: n_items must be a positive int; got {n_items!r}.")
+
+
+def Concatenate(n_items: int = 2, axis: int = -1) -> Layer:  # noqa: N802
+    """Concatenates the top ``n_items`` arrays along ``axis``.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Concatenate()((np.ones((1, 2)), np.zeros((1, 1)))).tolist()
+    [[1.0, 1.0, 0.0]]
+    """
+    _check_n_items("Concatenate", n_items)
+    name = "Concatenate" if axis == -1 else f"Concatenate_axis{axis}"
+
+    def concat(xs: Any) -> Any:
+        return jnp.concatenate(_as_stack(xs), axis)
+
+    return PureLayer(concat, n_in=n_items, name=name)
+
+
+def Split(n_items: int = 2, axis: int = -1) -> Layer:  # noqa: N802
+    """Splits the top array into ``n_items`` equal parts along ``axis``."""
+    _check_n_items("Split", n_items)
+
+    def split(x: Any) -> Any:
+        if x.shape[axis] % n_items:
+            raise ValueError(
+                f"Split: axis {axis} of size {x.shape[axis]} is not divisible into "
+                f"{n_items} equal parts."
+            )
+        parts = tuple(jnp.split(x, n_items, axis))
+        return parts[0] if n_items == 1 else parts
+
+    return PureLayer(split, n_out=n_items, name="Split")
+
+
+def FlattenList() -> Layer:  # noqa: N802
+    """Deep-flattens a nested tuple/list into a flat tuple."""
+
+    def flatten(x: Any) -> Any:
+        return tuple(jax.tree_util.tree_leaves(x))
+
+    return PureLayer(flatten, name="FlattenList")
+
+
+class Scan(Layer):
+    """Scans ``layer`` over ``axis`` of its non-carry inputs, threading carries.
+
+    ``layer`` maps ``(x_1..x_N, c_1..c_M) -> (y_1..y_K, c'_1..c'_M)`` with
+    ``M = n_carry``; Scan returns the ys stacked along ``axis``, then the final
+    carries. In ``'predict'`` mode the final carries are kept in the state and
+    used instead of the input carries on the next call.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> cumsum = tl.Scan(tl.Serial(tl.Add(), tl.Dup()), axis=0)
+    >>> ys, total = cumsum((np.array([1.0, 2.0, 3.0]), np.array(0.0)))
+    >>> ys.tolist(), total.item()
+    ([1.0, 3.0, 6.0], 6.0)
+    """
+
+    def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1, remat: bool = False,
+                 mode: str = "train"):
+        super().__init__(n_in=layer.n_in, n_out=layer.n_out)
+        if n_carry < 0 or n_carry > layer.n_in or n_carry > layer.n_out:
+            raise ValueError(
+                f"Scan: n_carry={n_carry} must be between 0 and the layer's n_in "
+                f"({layer.n_in}) and n_out ({layer.n_out})."
+            )
+        self._sublayers = (layer,)
+        self._axis = axis
+        self._n_carry = n_carry
+        self._remat = remat
+        self._mode = mode
+
+    def _split_inputs(self, xs: Any) -> tuple[list[Any], list[Any]]:
+        items = _as_stack(xs) if self._n_in != 1 else [xs]
+        n_xs = self._n_in - self._n_carry
+        return items[:n_xs], items[n_xs:]
+
+    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
+        xs, carries = self._split_inputs(input_signature)
+        sliced = [s.replace(shape=s.shape[:self._axis % len(s.shape)]
+                            + s.shape[self._axis % len(s.shape) + 1:]) for s in xs]
+        w, s = self._sublayers[0]._init_in_pass(_pack(sliced + carries), rng, ctx)
+        return (w,), (s, ())
+
+    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+        layer = self._sublayers[0]
+        w = weights[0]
+        layer_state, saved_carry = state
+        items, carries = self._split_inputs(xs)
+        if self._mode == "predict" and saved_carry != ():
+            carries = list(saved_carry)
+        moved = tuple(jnp.moveaxis(x, self._axis, 0) for x in items)
+        n_ys = self._n_out - self._n_carry
+        seed_weights = dict(ctx.weights)
+
+        def body(carry, x_slice):
+            c, s, i = carry
+            r = None if rng is None else jax.random.fold_in(rng, i)
+            with _new_pass(seed_weights) as inner:
+                out, s2 = layer._apply(_pack(list(x_slice) + list(c)), w, s, r, inner)
+            outs = [out] if layer.n_out == 1 else list(out)
+            return (tuple(outs[n_ys:]), s2, i + 1), tuple(outs[:n_ys])
+
+        if self._remat:
+            body = jax.checkpoint(body)
+        (carry, layer_state, _), ys = lax.scan(body, (tuple(carries), layer_state, 0), moved)
+        ys = [jnp.moveaxis(y, 0, self._axis) for y in ys]
+        new_saved = tuple(carry) if self._mode == "predict" else ()
+        return _pack(ys + list(carry)), (layer_state, new_saved)
+
+
+class Cond(Layer):
+    """Runs ``true`` or ``false`` on the stack depending on ``cond``'s output.
+
+    ``cond`` takes the top ``cond.n_in`` items and returns one boolean scalar;
+    the branch runs on the next items. ``false`` defaults to the identity.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> is_pos = tl.Fn('IsPositive', lambda x: x > 0)
+    >>> c = tl.Cond(is_pos, tl.Fn('Neg', lambda x: -x))
+    >>> c((np.array(1.0), np.array(5.0))).item(), c((np.array(-1.0), np.array(5.0))).item()
+    (-5.0, 5.0)
+    """
+
+    def __init__(self, cond: Layer, true: Layer, false: Layer | None = None,
+                 name: str | None = None):
+        if false is None:
+            false = Serial() if true.n_in == 1 else Select(list(range(true.n_in)))
+        if cond.n_out != 1:
+            raise ValueError(f"Cond: cond layer must have n_out=1; got {cond.n_out}.")
+        if true.n_in != false.n_in:
+            raise ValueError(
+                f"Cond: true and false branches must take the same number of inputs; got "
+                f"{true.n_in} and {false.n_in}."
+            )
+        if true.n_out != false.n_out:
+            raise ValueError(
+                f"Cond: true and false branches must return the same number of outputs; got "
+                f"{true.n_out} and {false.n_out}."
+            )
+        super().__init__(n_in=cond.n_in + true.n_in, n_out=true.n_out, name=name)
+        self._sublayers = (cond, true, false)
+
+    def _parts(self, xs: Any) -> tuple[Any, Any]:
+        items = _as_stack(xs)
+        k = self._sublayers[0].n_in
+        return _pack(items[:k]), _pack(items[k:self._n_in])
+
+    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
+        c_in, rest = self._parts(input_signature)
+        rngs = split_rng(rng, 3)
+        results = [layer._init_in_pass(x, r, ctx) for layer, x, r in
+                   zip(self._sublayers, (c_in, rest, rest), rngs)]
+        return tuple(r[0] for r in results), tuple(r[1] for r in results)
+
+    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+        cond, true, false = self._sublayers
+        c_in, rest = self._parts(xs)
+        r_c, r_t, r_f = split_rng(rng, 3)
+        pred, s_c = cond._apply(c_in, weights[0], state[0], r_c, ctx)
+        if getattr(pred, "shape", ()) not in ((), (1,)):
+            raise ValueError(f"Cond: cond must return a boolean scalar; got shape {pred.shape}.")
+        seed_weights = dict(ctx.weights)
+
+        def run_true(operand):
+            with _new_pass(seed_weights) as inner:
+                y, s = true._apply(operand, weights[1], state[1], r_t, inner)
+            return y, s, state[2]
+
+        def run_false(operand):
+            with _new_pass(seed_weights) as inner:
+                y, s = false._apply(operand, weights[2], state[2], r_f, inner)
+            return y, state[1], s
+
+        y, s_t, s_f = lax.cond(jnp.reshape(pred, ()).astype(bool), run_true, run_false, rest)
+        return y, (s_c, s_t, s_f)
+
+
+class Cache(Layer):
+    """Runs ``layer`` once and returns the stored result on later calls.
+
+    Used in predict mode for values computed once per input, such as the
+    encoder output of an encoder-decoder. The state is ``(result, layer_state)``
+    with ``result == ()`` until the first call.
+    """
+
+    def __init__(self, layer: Layer):
+        super().__init__(n_in=layer.n_in, n_out=layer.n_out)
+        self._sublayers = (layer,)
+
+    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
+        w, s = self._sublayers[0]._init_in_pass(input_signature, rng, ctx)
+        return (w,), ((), s)
+
+    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+        cached, layer_state = state
+        if isinstance(cached, tuple) and cached == () and self._n_out > 0:
+            y, layer_state = self._sublayers[0]._apply(xs, weights[0], layer_state, rng, ctx)
+            return y, (y, layer_state)
+        return cached, state
+
+
+class BatchLeadingAxes(Layer):
+    """Applies a 1-output ``layer`` after folding all leading axes into one batch axis."""
+
+    def __init__(self, layer: Layer, n_last_axes_to_keep: int = 1):
+        if layer.n_out != 1:
+            raise ValueError(f"BatchLeadingAxes: the layer must have n_out=1; got {layer.n_out}.")
+        super().__init__(n_in=layer.n_in, n_out=1)
+        self._sublayers = (layer,)
+        self._keep = n_last_axes_to_keep
+
+    def _fold(self, x: Any) -> Any:
+        if isinstance(x, base.shapes.ShapeDtype):
+            lead = x.shape[: len(x.shape) - self._keep]
+            n = 1
+            for d in lead:
+                n *= d
+            return x.replace(shape=(n,) + x.shape[len(x.shape) - self._keep:])
+        return jnp.reshape(x, (-1,) + tuple(x.shape[x.ndim - self._keep:]))
+
+    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
+        folded = _pack([self._fold(x) for x in _as_stack(input_signature)])
+        w, s = self._sublayers[0]._init_in_pass(folded, rng, ctx)
+        return (w,), (s,)
+
+    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+        items = _as_stack(xs) if self._n_in != 1 else [xs]
+        lead = items[0].shape[: items[0].ndim - self._keep]
+        folded = _pack([self._fold(x) for x in items])
+        y, s = self._sublayers[0]._apply(folded, weights[0], state[0], rng, ctx)
+        return jnp.reshape(y, tuple(lead) + tuple(y.shape[1:])), (s,)
+

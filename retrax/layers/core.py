@@ -1,0 +1,288 @@
+"""Core layers: Dense, Embedding, Dropout, Weights and function layers.
+
+Shapes: B batch, T time, D features, V vocabulary.
+
+>>> import numpy as np
+>>> from retrax import layers as tl, shapes
+>>> dense = tl.Dense(3)
+>>> w, s = dense.init(shapes.ShapeDtype((2, 4)))
+>>> [a.shape for a in w]
+[(4, 3), (3,)]
+>>> dense(np.ones((2, 4))).shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from retrax.layers import initializers as init
+from retrax.layers.base import Fn, Layer
+
+__all__ = [
+    "Dense", "Embedding", "Dropout", "Weights", "Flatten", "LogSoftmax", "LogSumExp",
+    "Softmax", "ToFloat", "Mean", "Min", "Max", "Sum", "ThresholdToBinary", "ArgMax",
+    "Negate", "StopGradient", "one_hot", "log_softmax", "logsoftmax_sample", "MODES",
+]
+
+MODES = ("train", "eval", "predict", "viz")
+
+
+def check_mode(owner: str, mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"{owner}: mode must be one of {MODES}; got {mode!r}.")
+    return mode
+
+
+def _check_positive(owner: str, arg: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{owner}: {arg} must be a positive int; got {value!r}.")
+    return int(value)
+
+
+class Dense(Layer):
+    """Fully connected layer: ``x @ w + b`` over the last axis (1 -> 1).
+
+    Weights are ``(w, b)`` with ``w`` of shape ``(D_in, n_units)``, or just
+    ``w`` when ``use_bias=False`` (Trax's layout). ``(..., D_in) -> (..., n_units)``.
+    """
+
+    def __init__(
+        self,
+        n_units: int,
+        kernel_initializer: Callable = init.GlorotUniformInitializer(),
+        bias_initializer: Callable = init.RandomNormalInitializer(1e-6),
+        use_bias: bool = True,
+        use_bfloat16: bool = False,
+    ):
+        n_units = _check_positive("Dense", "n_units", n_units)
+        super().__init__(name=f"Dense_{n_units}")
+        self._n_units = n_units
+        self._kernel_initializer = kernel_initializer
+        self._bias_initializer = bias_initializer
+        self._use_bias = use_bias
+        self._use_bfloat16 = use_bfloat16
+
+    def init_weights_and_state(self, input_signature):
+        shape = input_signature.shape
+        if len(shape) < 1 or shape[-1] <= 0:
+            raise ValueError(
+                f"{self.name} needs inputs with a non-empty last axis; got shape {shape}."
+            )
+        rng_w, rng_b = jax.random.split(self.rng)
+        w = self._kernel_initializer((shape[-1], self._n_units), rng_w)
+        if self._use_bfloat16:
+            w = w.astype(jnp.bfloat16)
+        if not self._use_bias:
+            self.weights = w
+            return
+        b = self._bias_initializer((self._n_units,), rng_b)
+        if self._use_bfloat16:
+            b = b.astype(jnp.bfloat16)
+        self.weights = (w, b)
+
+    def forward(self, x):
+        w, b = self.weights if self._use_bias else (self.weights, None)
+        if x.ndim < 1 or x.shape[-1] != w.shape[0]:
+            raise ValueError(
+                f"{self.name} expects inputs whose last axis is {w.shape[0]} (its weight "
+                f"matrix is {tuple(w.shape)}), but got inputs of shape {tuple(x.shape)}. Feed "
+                f"inputs of width {w.shape[0]}, or re-run init() with the new input signature."
+            )
+        y = jnp.dot(x, w)
+        return y if b is None else y + b
+
+
+class Embedding(Layer):
+    """Maps integer ids ``(B, T)`` to vectors ``(B, T, d_feature)``.
+
+    Weight ``(vocab_size, d_feature)``. As in Trax, ids below 0 read row 0 and
+    ids ``>= vocab_size`` read the last row; there is no ``sqrt(d)`` scaling.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_feature: int,
+        use_bfloat16: bool = False,
+        kernel_initializer: Callable = init.ScaledInitializer(
+            out_dim=-1, in_dim=-2, scale=1.0, mode="fan_out", distribution="uniform"),
+    ):
+        vocab_size = _check_positive("Embedding", "vocab_size", vocab_size)
+        d_feature = _check_positive("Embedding", "d_feature", d_feature)
+        super().__init__(name=f"Embedding_{vocab_size}_{d_feature}")
+        self._vocab_size = vocab_size
+        self._d_feature = d_feature
+        self._use_bfloat16 = use_bfloat16
+        self._kernel_initializer = kernel_initializer
+
+    def init_weights_and_state(self, input_signature):
+        del input_signature  # Weights depend only on the constructor arguments.
+        w = self._kernel_initializer((self._vocab_size, self._d_feature), self.rng)
+        self.weights = w.astype(jnp.bfloat16) if self._use_bfloat16 else w
+
+    def forward(self, x):
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(
+                f"{self.name} expects integer token ids; got dtype {x.dtype}. Cast the ids "
+                f"with .astype(np.int32)."
+            )
+        return jnp.take(self.weights, x, axis=0, mode="clip")
+
+
+class Dropout(Layer):
+    """Zeroes each element with probability ``rate`` in ``'train'`` mode.
+
+    Kept elements are scaled by ``1 / (1 - rate)``; in ``'eval'`` and
+    ``'predict'`` mode (or with ``rate == 0``) it is the identity.
+    ``shared_axes`` share one mask value along those axes. The state is the
+    rate as a float32 scalar (Trax's layout, so checkpoints map one to one).
+    """
+
+    def __init__(self, rate: float = 0.0, shared_axes: Any = None, mode: str = "train"):
+        super().__init__()
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"Dropout: rate must be in [0, 1); got {rate!r}.")
+        self._initial_rate = float(rate)
+        self._shared_axes = () if shared_axes is None else tuple(shared_axes)
+        self._mode = check_mode("Dropout", mode)
+
+    def init_weights_and_state(self, input_signature):
+        del input_signature
+        self.state = jnp.array(self._initial_rate, jnp.float32)
+
+    def forward(self, x):
+        if self._mode != "train" or self._initial_rate == 0.0:
+            return x
+        if self._rng is None:
+            raise ValueError(
+                "Dropout in 'train' mode needs an rng; pass rng=... to pure_fn (or build "
+                "the model with mode='eval' for deterministic outputs)."
+            )
+        rate = self.state if not isinstance(self.state, tuple) else self._initial_rate
+        mask_shape = list(x.shape)
+        for axis in self._shared_axes:
+            mask_shape[axis] = 1
+        keep = jax.random.bernoulli(self.rng, 1.0 - rate, tuple(mask_shape))
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+
+
+class Weights(Layer):
+    """A layer with no inputs that outputs a learned tensor of ``shape`` (0 -> 1)."""
+
+    def __init__(self, initializer: Callable, shape: tuple = (), use_bfloat16: bool = False):
+        shape = tuple(shape)
+        super().__init__(n_in=0, name=f"Weights_{shape}")
+        self._shape = shape
+        self._initializer = initializer
+        self._use_bfloat16 = use_bfloat16
+
+    def init_weights_and_state(self, input_signature):
+        del input_signature
+        w = self._initializer(self._shape, self.rng)
+        self.weights = w.astype(jnp.bfloat16) if self._use_bfloat16 else w
+
+    def forward(self, inputs):
+        del inputs
+        return self.weights
+
+
+def Flatten(n_axes_to_keep: int = 1) -> Layer:  # noqa: N802
+    """Flattens all axes after the first ``n_axes_to_keep`` into one."""
+    if n_axes_to_keep < 0:
+        raise ValueError(f"Flatten: n_axes_to_keep must be >= 0; got {n_axes_to_keep}.")
+
+    def flatten(x):
+        if n_axes_to_keep >= x.ndim:
+            raise ValueError(
+                f"Flatten_keep{n_axes_to_keep}: input has {x.ndim} axes (shape "
+                f"{tuple(x.shape)}); n_axes_to_keep must be smaller than that."
+            )
+        return jnp.reshape(x, tuple(x.shape[:n_axes_to_keep]) + (-1,))
+
+    return Fn(f"Flatten_keep{n_axes_to_keep}", flatten)
+
+
+def log_softmax(x: Any, axis: int = -1) -> Any:
+    """``x - logsumexp(x, axis)``: log-probabilities from scores."""
+    return x - jax.nn.logsumexp(x, axis=axis, keepdims=True)
+
+
+def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
+    """Log-probabilities along ``axis``.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> np.round(np.exp(tl.LogSoftmax()(np.array([0.0, 0.0]))), 3).tolist()
+    [0.5, 0.5]
+    """
+    return Fn("LogSoftmax", lambda x: log_softmax(x, axis))
+
+
+def LogSumExp(axis: int = -1) -> Layer:  # noqa: N802
+    return Fn("LogSumExp", lambda x: jax.nn.logsumexp(x, axis=axis))
+
+
+def Softmax(axis: int = -1) -> Layer:  # noqa: N802
+    return Fn("Softmax", lambda x: jax.nn.softmax(x, axis=axis))
+
+
+def ToFloat() -> Layer:  # noqa: N802
+    return Fn("ToFloat", lambda x: x.astype(jnp.float32))
+
+
+def Mean(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    return Fn("Mean", lambda x: jnp.mean(x, axis=axis, keepdims=keepdims))
+
+
+def Min(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    return Fn("Min", lambda x: jnp.min(x, axis=axis, keepdims=keepdims))
+
+
+def Max(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    return Fn("Max", lambda x: jnp.max(x, axis=axis, keepdims=keepdims))
+
+
+def Sum(axis: int | None = None, keepdims: bool = False) -> Layer:  # noqa: N802
+    return Fn("Sum", lambda x: jnp.sum(x, axis=axis, keepdims=keepdims))
+
+
+def ThresholdToBinary(threshold: float = 0.5) -> Layer:  # noqa: N802
+    return Fn("ThresholdToBinary", lambda x: jnp.where(x > threshold, 1, 0).astype(x.dtype))
+
+
+def ArgMax(axis: int = -1) -> Layer:  # noqa: N802
+    return Fn("ArgMax", lambda x: jnp.argmax(x, axis=axis))
+
+
+def Negate() -> Layer:  # noqa: N802
+    return Fn("Negate", lambda x: -x)
+
+
+def StopGradient() -> Layer:  # noqa: N802
+    """Identity forward, zero gradient backward."""
+    return Fn("StopGradient", jax.lax.stop_gradient)
+
+
+def one_hot(x: Any, n_categories: int, dtype: Any = jnp.float32) -> Any:
+    """One-hot encoding along a new last axis."""
+    return jax.nn.one_hot(x, n_categories, dtype=dtype)
+
+
+def logsoftmax_sample(log_probs: Any, temperature: float = 1.0, *, rng: Any = None) -> Any:
+    """Samples ids from ``log_probs`` (Gumbel-max); ``temperature=0`` is argmax.
+
+    Unlike Trax, randomness comes from ``rng`` (a PRNG key), not NumPy's global
+    state; ``rng=None`` uses seed 0.
+    """
+    if temperature == 0.0:
+        return jnp.argmax(log_probs, axis=-1)
+    if rng is None:
+        rng = jax.random.PRNGKey(0)
+    u = jax.random.uniform(rng, jnp.shape(log_probs), minval=1e-6, maxval=1.0 - 1e-6)
+    g = -jnp.log(-jnp.log(u))
+    return jnp.argmax(log_probs + g * temperature, axis=-1)
