@@ -1,0 +1,539 @@
+"""Decoding from predict-mode models: sampling, streaming and beam search.
+
+Trax's API, compiled: ``autoregressive_sample`` runs one XLA program per call
+— the prompt is prefilled in one forward pass, then a ``lax.while_loop`` feeds
+each sampled token back through the model's key/value caches. No host round
+trip happens per token (``autoregressive_sample_stream`` yields per token, but
+its step function is compiled once). Compiled programs are cached per model and
+shape, so a repeated call compiles nothing.
+
+Differences from Trax 1.4.1, on purpose:
+
+* The model's own state is not touched: each call starts from a fresh
+  predict-mode state whose caches are sized to what the call needs
+  (prompt + ``max_length``, rounded up to a multiple of 64), not 2048.
+* Each row stops at its own ``eos_id``; positions after it are ``0``; the loop
+  ends when every row is done (Trax keeps sampling finished rows).
+* Randomness comes from ``rng`` / ``seed`` (default seed 0), never from NumPy's
+  global state; the same seed gives the same samples.
+* ``beam_search`` supports batches, honours ``eos_id`` and ``length_penalty``
+  (Trax asserts batch 1 and ignores both).
+* Prompts may have different lengths: pass ``prompt_lengths`` (the rest of each
+  row is padding and ignored).
+
+Example (the quick start's sort model)::
+
+    model = trax.models.TransformerLM(d_model=32, d_ff=128, n_layers=2, vocab_size=32,
+                                      mode='predict')
+    model.init_from_file(path, weights_only=True,
+                         input_signature=trax.shapes.ShapeDtype((1, 1), np.int32))
+    autoregressive_sample(model, np.array([[0, 3, 15, 14, 9, 0]]), temperature=0.0,
+                          max_length=4)   # -> array([[ 3,  9, 14, 15]])
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from retrax import shapes
+from retrax.layers import base
+
+__all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search"]
+
+_CACHE_BUCKET = 64
+
+
+# --------------------------------------------------------------------------
+# Model inspection and fresh predict-mode state
+# --------------------------------------------------------------------------
+
+
+def _walk(layer: base.Layer) -> Iterator[base.Layer]:
+    seen: set[int] = set()
+    stack = [layer]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(layer.sublayers)
+
+
+def _check_model(model: base.Layer, where: str) -> None:
+    if not isinstance(model, base.Layer):
+        raise TypeError(f"{where}: model must be a retrax Layer; got {type(model).__name__}.")
+    modes = {getattr(layer, "_mode", None) for layer in _walk(model)} - {None}
+    if "train" in modes or "eval" in modes:
+        raise ValueError(
+            f"{where}: the model is in {sorted(modes)[0]!r} mode; decoding needs "
+            f"mode='predict' (e.g. trax.models.TransformerLM(..., mode='predict'))."
+        )
+    if not model._initialized:
+        raise ValueError(
+            f"{where}: the model has no weights; call model.init_from_file(...) or "
+            f"model.init(...) first."
+        )
+    if model.n_in not in (1, 2):
+        raise ValueError(f"{where}: models with {model.n_in} inputs are not supported (1 or 2).")
+
+
+def _vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
+    vocab = max_len = None
+    for layer in _walk(model):
+        if type(layer).__name__ == "Embedding" and vocab is None:
+            vocab = getattr(layer, "_vocab_size", None)
+        if type(layer).__name__ == "PositionalEncoding":
+            w = layer._weights
+            table = w[0] if isinstance(w, tuple) and w else w
+            if hasattr(table, "shape"):
+                n = int(table.shape[-2])
+                max_len = n if max_len is None else min(max_len, n)
+    return vocab, max_len
+
+
+def _fresh_state(model: base.Layer, signature: Any, cache_len: int) -> Any:
+    """A new predict-mode state for ``signature`` with caches of ``cache_len``."""
+    attention = [layer for layer in _walk(model) if hasattr(layer, "_max_len")
+                 and type(layer).__name__ == "DotProductCausalAttention"]
+    saved = [layer._max_len for layer in attention]
+    try:
+        for layer in attention:
+            layer._max_len = cache_len
+        key = jax.random.PRNGKey(0)
+
+        def state_only():
+            with base._new_pass() as ctx:
+                return model._init_in_pass(signature, key, ctx)[1]
+
+        # Under jit the weight initializers are dead code and XLA drops them.
+        return _jit_cache(model, ("state", repr(signature), cache_len), lambda: jax.jit(state_only))()
+    finally:
+        for layer, n in zip(attention, saved):
+            layer._max_len = n
+
+
+def _jit_cache(model: base.Layer, key: Any, make: Any) -> Any:
+    cache = model.__dict__.setdefault("_decode_cache", {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _batched_state_leaves(model: base.Layer, sig_fn: Any) -> list[bool]:
+    """Which state leaves have the batch as their first axis (for beam reordering)."""
+    def shapes_for(b):
+        return jax.tree_util.tree_leaves(model.weights_and_state_signature(sig_fn(b))[1])
+
+    a, b = shapes_for(2), shapes_for(3)
+    return [getattr(x, "shape", ()) != getattr(y, "shape", ()) for x, y in zip(a, b)]
+
+
+# --------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------
+
+
+def _restrict(logits: Any, top_k: int | None, top_p: float | None) -> Any:
+    """Sets logits outside the top-k / nucleus support to -inf."""
+    neg = jnp.asarray(-jnp.inf, logits.dtype)
+    if top_k is not None:
+        kth = lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if top_p is not None:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
+        keep_sorted = before < top_p
+        keep = jnp.zeros_like(keep_sorted).at[
+            jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        logits = jnp.where(keep, logits, neg)
+    return logits
+
+
+def _sample(log_probs: Any, key: Any, temperature: float, top_k: int | None,
+            top_p: float | None) -> Any:
+    if temperature == 0.0:
+        return jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+    logits = _restrict(log_probs / temperature, top_k, top_p)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------
+# Argument checking
+# --------------------------------------------------------------------------
+
+
+def _prepare(model: base.Layer, inputs: Any, batch_size: int, max_length: int,
+             prompt_lengths: Any, where: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    _check_model(model, where)
+    if not isinstance(max_length, (int, np.integer)) or max_length < 1:
+        raise ValueError(f"{where}: max_length must be a positive int; got {max_length!r}.")
+    if inputs is None:
+        if model.n_in == 2:
+            raise ValueError(f"{where}: an encoder-decoder model needs inputs=(B, L) tokens.")
+        return None, None
+    inputs = np.asarray(inputs)
+    if inputs.dtype.kind not in "iu":
+        raise TypeError(f"{where}: inputs must be integer token ids; got dtype {inputs.dtype}.")
+    if inputs.ndim != 2:
+        raise ValueError(f"{where}: inputs must have shape (batch, length); got {inputs.shape}.")
+    if inputs.shape[0] != batch_size:
+        raise ValueError(
+            f"{where}: inputs.shape[0] is {inputs.shape[0]} but batch_size is {batch_size}; "
+            f"pass batch_size={inputs.shape[0]}."
+        )
+    if inputs.shape[1] == 0:
+        raise ValueError(f"{where}: the prompt is empty (inputs.shape[1] == 0).")
+    vocab, _ = _vocab_and_max_len(model)
+    if vocab is not None and inputs.size and (inputs.min() < 0 or inputs.max() >= vocab):
+        raise ValueError(
+            f"{where}: token ids must be in [0, {vocab}) (the model's vocab_size); got ids "
+            f"from {inputs.min()} to {inputs.max()}."
+        )
+    if prompt_lengths is None:
+        lengths = np.full((batch_size,), inputs.shape[1], np.int32)
+    else:
+        lengths = np.asarray(prompt_lengths, np.int32).reshape(-1)
+        if lengths.shape != (batch_size,) or lengths.min() < 1 or lengths.max() > inputs.shape[1]:
+            raise ValueError(
+                f"{where}: prompt_lengths must hold {batch_size} values in [1, "
+                f"{inputs.shape[1]}]; got {lengths.tolist()}."
+            )
+    return inputs.astype(np.int32), lengths
+
+
+def _check_length(model: base.Layer, total: int, where: str) -> None:
+    _, max_len = _vocab_and_max_len(model)
+    if max_len is not None and total > max_len:
+        raise ValueError(
+            f"{where}: the prompt plus max_length needs {total} positions but the model's "
+            f"max_len is {max_len}. Shorten the prompt or max_length, or use a model with a "
+            f"larger max_len."
+        )
+
+
+def _key(rng: Any, seed: int | None) -> Any:
+    if rng is not None:
+        return rng
+    return jax.random.PRNGKey(0 if seed is None else int(seed))
+
+
+# --------------------------------------------------------------------------
+# Language models and encoder-decoders: one compiled generation
+# --------------------------------------------------------------------------
+
+
+def _model_inputs(model: base.Layer, enc: Any, tokens: Any) -> Any:
+    return tokens if model.n_in == 1 else (enc, tokens)
+
+
+def _log_probs(model: base.Layer, outputs: Any) -> Any:
+    logits = outputs[0] if model.n_in == 2 else outputs
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def _make_generate(model: base.Layer, max_length: int, temperature: float, top_k: int | None,
+                   top_p: float | None, eos_id: int | None) -> Any:
+    """Builds ``generate(weights, state, enc, first_tokens, key)``, one XLA program."""
+
+    def generate(weights, state, enc, first_tokens, key):
+        batch = first_tokens.shape[0]
+        # Prefill: [start] + prompt in one forward pass; its last position
+        # predicts the first new token.
+        out, state = model.pure_fn(_model_inputs(model, enc, first_tokens), weights, state, None)
+        log_probs = _log_probs(model, out)[:, -1]
+        tokens = jnp.zeros((batch, max_length), jnp.int32)
+        scores = jnp.zeros((batch, max_length), jnp.float32)
+        count = jnp.zeros((batch,), jnp.int32)
+        done = jnp.zeros((batch,), bool)
+        carry = (jnp.int32(0), state, log_probs, tokens, scores, count, done, key)
+
+        def cond(c):
+            t, done = c[0], c[6]
+            return jnp.logical_and(t < max_length, jnp.logical_not(jnp.all(done)))
+
+        def body(c):
+            t, state, log_probs, tokens, scores, count, done, key = c
+            key, sub = jax.random.split(key)
+            tok = jnp.where(done, 0, _sample(log_probs, sub, temperature, top_k, top_p))
+            chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
+            tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
+            scores = lax.dynamic_update_slice_in_dim(
+                scores, jnp.where(done, 0.0, chosen)[:, None], t, axis=1)
+            count = count + jnp.where(done, 0, 1)
+            if eos_id is not None:
+                done = done | (tok == eos_id)
+            out, state = model.pure_fn(_model_inputs(model, enc, tok[:, None]), weights, state,
+                                       None)
+            return (t + 1, state, _log_probs(model, out)[:, -1], tokens, scores, count, done, key)
+
+        t, _, _, tokens, scores, count, _, _ = lax.while_loop(cond, body, carry)
+        return tokens, scores, t
+
+    return jax.jit(generate)
+
+
+def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int = 1,
+                          temperature: float = 1.0, start_id: int = 0, eos_id: int = 1,
+                          max_length: int = 100, accelerate: bool = True,
+                          eval_mode: bool = False, eval_min_length: int = 1, *,
+                          top_k: int | None = None, top_p: float | None = None, rng: Any = None,
+                          seed: int | None = None, return_log_probs: bool = False,
+                          prompt_lengths: Any = None) -> Any:
+    """Samples up to ``max_length`` tokens after ``inputs``; returns ``(B, T)`` ints.
+
+    Args:
+      model: a predict-mode ``TransformerLM`` (1 input) or ``Transformer`` (2).
+      inputs: ``(B, L)`` prompt for a language model, or the source tokens of an
+        encoder-decoder; ``None`` samples from the start symbol alone.
+      batch_size: number of rows; must equal ``inputs.shape[0]``.
+      temperature: 0.0 is greedy (argmax); otherwise samples ``softmax(logits/T)``.
+      start_id: the start symbol fed before the prompt.
+      eos_id: a row stops after emitting it (``None``: never).
+      max_length: most tokens generated per row.
+      top_k / top_p: keyword-only; restrict sampling to the k most likely tokens
+        / the smallest set with probability >= p.
+      rng / seed: keyword-only randomness (default seed 0).
+      return_log_probs: also return the ``(B, T)`` log-probabilities of the
+        chosen tokens under the model.
+      prompt_lengths: keyword-only ``(B,)`` true lengths of right-padded prompts.
+
+    ``T`` is the number of steps run: ``max_length``, or fewer when every row
+    has emitted ``eos_id``; positions after a row's EOS are 0.
+    """
+    where = "autoregressive_sample"
+    if eval_mode:
+        raise NotImplementedError(
+            f"{where}: eval_mode=True (recomputing the whole prefix) is not supported; use a "
+            f"predict-mode model, which gives the same tokens."
+        )
+    _check_sampling(temperature, top_k, top_p, where)
+    prompt, lengths = _prepare(model, inputs, batch_size, max_length, prompt_lengths, where)
+    groups = _length_groups(model, prompt, lengths, batch_size)
+    tokens = np.zeros((batch_size, max_length), np.int32)
+    log_probs = np.zeros((batch_size, max_length), np.float32)
+    counts = np.zeros((batch_size,), np.int32)
+    key = _key(rng, seed)
+    for gi, (rows, group_prompt) in enumerate(groups):
+        t, s, c = _generate_group(model, group_prompt, len(rows), temperature, start_id, eos_id,
+                                  max_length, top_k, top_p, jax.random.fold_in(key, gi)
+                                  if len(groups) > 1 else key, where)
+        tokens[rows], log_probs[rows], counts[rows] = t, s, c
+    n = int(counts.max()) if counts.size else 0
+    tokens, log_probs = tokens[:, :n], log_probs[:, :n]
+    return (tokens, log_probs) if return_log_probs else tokens
+
+
+def _length_groups(model: base.Layer, prompt: Any, lengths: Any, batch_size: int):
+    """Rows grouped by prompt length (each group decodes without padding)."""
+    if prompt is None:
+        return [(np.arange(batch_size), None)]
+    if model.n_in == 2:
+        return [(np.arange(batch_size), prompt)]
+    groups = []
+    for n in np.unique(lengths):
+        rows = np.flatnonzero(lengths == n)
+        groups.append((rows, prompt[rows, :n]))
+    return groups
+
+
+def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_length, top_k,
+                    top_p, key, where):
+    if prompt is None:
+        prompt = np.zeros((batch, 0), np.int32)
+    start = np.full((batch, 1), start_id, np.int32)
+    if model.n_in == 1:
+        total = prompt.shape[1] + 1 + max_length
+        sig, enc = shapes.ShapeDtype((batch, 1), np.int32), None
+        first = np.concatenate([start, prompt], axis=1)
+    else:
+        total = max_length + 1
+        sig = (shapes.ShapeDtype(prompt.shape, np.int32), shapes.ShapeDtype((batch, 1), np.int32))
+        enc, first = jnp.asarray(prompt), start
+    _check_length(model, total, where)
+    state = _fresh_state(model, sig, _cache_length(model, total))
+    eos = None if eos_id is None else int(eos_id)
+    fn = _jit_cache(model, ("generate", max_length, float(temperature), top_k, top_p, eos),
+                    lambda: _make_generate(model, max_length, float(temperature), top_k, top_p,
+                                           eos))
+    tokens, scores, steps = fn(model.weights, state, enc, jnp.asarray(first), key)
+    n = int(steps)
+    out = np.zeros((batch, max_length), np.int32)
+    out_scores = np.zeros((batch, max_length), np.float32)
+    out[:, :n], out_scores[:, :n] = np.asarray(tokens)[:, :n], np.asarray(scores)[:, :n]
+    return out, out_scores, np.full((batch,), n, np.int32)
+
+
+def _cache_length(model: base.Layer, total: int) -> int:
+    """Cache positions for ``total`` tokens, in buckets of 64 (fewer compilations)."""
+    cache_len = -(-total // _CACHE_BUCKET) * _CACHE_BUCKET
+    _, max_len = _vocab_and_max_len(model)
+    if max_len is not None:
+        cache_len = min(cache_len, max(max_len, total))
+    return cache_len
+
+
+def _check_sampling(temperature: float, top_k: Any, top_p: Any, where: str) -> None:
+    if temperature < 0:
+        raise ValueError(f"{where}: temperature must be >= 0; got {temperature}.")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"{where}: top_k must be a positive int; got {top_k!r}.")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"{where}: top_p must be in (0, 1]; got {top_p!r}.")
+
+
+def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_size: int = 1,
+                                 temperature: float = 1.0, start_id: int = 0,
+                                 accelerate: bool = True, eval_mode: bool = False,
+                                 eval_min_length: int = 1, *, top_k: int | None = None,
+                                 top_p: float | None = None, rng: Any = None,
+                                 seed: int | None = None,
+                                 max_length: int | None = None) -> Iterator[np.ndarray]:
+    """Yields the sampled tokens ``(B,)`` of each step, forever or up to ``max_length``.
+
+    The step function is compiled once; no recompilation per token. The cache
+    holds ``max_length`` tokens (default: up to the model's ``max_len``).
+    """
+    where = "autoregressive_sample_stream"
+    if eval_mode:
+        raise NotImplementedError(f"{where}: eval_mode=True is not supported.")
+    _check_sampling(temperature, top_k, top_p, where)
+    _, max_len = _vocab_and_max_len(model)
+    limit = max_length or max_len or 2048
+    prompt, _ = _prepare(model, inputs, batch_size, limit, None, where)
+    if prompt is None:
+        prompt = np.zeros((batch_size, 0), np.int32)
+    if model.n_in == 1:
+        total = prompt.shape[1] + 1 + limit
+        if max_length is None and max_len is not None:
+            total = max_len
+            limit = max_len - prompt.shape[1] - 1
+        _check_length(model, total, where)
+        sig, enc = shapes.ShapeDtype((batch_size, 1), np.int32), None
+        first_in = np.concatenate([np.full((batch_size, 1), start_id, np.int32), prompt], 1)
+    else:
+        total = limit + 1
+        sig = (shapes.ShapeDtype(prompt.shape, np.int32),
+               shapes.ShapeDtype((batch_size, 1), np.int32))
+        enc = jnp.asarray(prompt)
+        first_in = np.full((batch_size, 1), start_id, np.int32)
+    state = _fresh_state(model, sig, total)
+    key = _key(rng, seed)
+    temperature = float(temperature)
+
+    def step(weights, state, tokens, key):
+        out, state = model.pure_fn(_model_inputs(model, enc, tokens), weights, state, None)
+        log_probs = _log_probs(model, out)[:, -1]
+        return _sample(log_probs, key, temperature, top_k, top_p), state
+
+    step_fn = _jit_cache(model, ("stream", temperature, top_k, top_p, model.n_in),
+                         lambda: jax.jit(step, donate_argnums=(1,)))
+    tokens = jnp.asarray(first_in)
+    for i in range(limit):
+        tok, state = step_fn(model.weights, state, tokens, jax.random.fold_in(key, i))
+        yield np.asarray(tok)
+        tokens = tok[:, None]
+
+
+# --------------------------------------------------------------------------
+# Beam search
+# --------------------------------------------------------------------------
+
+
+def beam_search(model: base.Layer, inputs: Any = None, batch_size: int = 1, n_beams: int = 2,
+                start_id: int = 0, eos_id: int = 1, max_length: int = 100,
+                length_penalty: float = 1.0, accelerate: bool = True) -> list:
+    """Beam search; returns ``n_beams`` pairs ``(tokens (B, T), scores (B,))``, best first.
+
+    For ``batch_size=1`` this is Trax's return format. A beam ends at ``eos_id``;
+    finished beams are ranked by ``log_prob / ((5 + length) / 6) ** length_penalty``
+    (GNMT's normalization; with all beams of equal length this is the plain
+    log-probability order).
+    """
+    where = "beam_search"
+    if not isinstance(n_beams, (int, np.integer)) or n_beams < 1:
+        raise ValueError(f"{where}: n_beams must be a positive int; got {n_beams!r}.")
+    prompt, _ = _prepare(model, inputs, batch_size, max_length, None, where)
+    if prompt is None:
+        prompt = np.zeros((batch_size, 0), np.int32)
+    k = int(n_beams)
+    bk = batch_size * k
+    if model.n_in == 1:
+        total = prompt.shape[1] + 1 + max_length
+        _check_length(model, total, where)
+        sig = shapes.ShapeDtype((bk, 1), np.int32)
+        enc = None
+        seq = np.concatenate([np.full((batch_size, 1), start_id, np.int32), prompt], 1)
+        sig_fn = lambda b: shapes.ShapeDtype((b, 1), np.int32)  # noqa: E731
+    else:
+        total = max_length + 1
+        _check_length(model, total, where)
+        src = np.repeat(prompt, k, axis=0)
+        sig = (shapes.ShapeDtype(src.shape, np.int32), shapes.ShapeDtype((bk, 1), np.int32))
+        enc = jnp.asarray(src)
+        seq = np.full((batch_size, 1), start_id, np.int32)
+        sig_fn = lambda b: (shapes.ShapeDtype((b, src.shape[1]), np.int32),  # noqa: E731
+                            shapes.ShapeDtype((b, 1), np.int32))
+    state = _fresh_state(model, sig, _cache_length(model, total))
+    batched = _batched_state_leaves(model, sig_fn)
+    eos = -1 if eos_id is None else int(eos_id)
+    fn = _jit_cache(model, ("beam", batch_size, k, max_length, float(length_penalty), eos),
+                    lambda: jax.jit(functools.partial(
+                        _beam_program, model, batch_size, k, max_length, float(length_penalty),
+                        eos, tuple(batched))))
+    tokens, scores = fn(model.weights, state, enc, jnp.asarray(np.repeat(seq, k, axis=0)))
+    tokens, scores = np.asarray(tokens), np.asarray(scores)
+    return [(tokens[:, i, :], scores[:, i]) for i in range(k)]
+
+
+def _beam_program(model, batch, k, max_length, alpha, eos, batched, weights, state, enc, seq):
+    neg = jnp.float32(-1e9)
+    out, state = model.pure_fn(_model_inputs(model, enc, seq), weights, state, None)
+    log_probs = _log_probs(model, out)[:, -1].reshape(batch, k, -1)
+    vocab = log_probs.shape[-1]
+    # All beams start identical: keep only beam 0 alive at the first step.
+    scores = jnp.where(jnp.arange(k)[None, :] == 0, 0.0, neg) * jnp.ones((batch, 1))
+    tokens = jnp.zeros((batch, k, max_length), jnp.int32)
+    finished = jnp.zeros((batch, k), bool)
+    lengths = jnp.zeros((batch, k), jnp.int32)
+
+    def gather_state(state, beam_index):
+        flat_index = (jnp.arange(batch)[:, None] * k + beam_index).reshape(-1)
+        leaves, treedef = jax.tree_util.tree_flatten(state)
+        leaves = [jnp.take(x, flat_index, axis=0) if b else x for x, b in zip(leaves, batched)]
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    def body(t, c):
+        state, log_probs, scores, tokens, finished, lengths = c
+        # Finished beams may only continue with token 0 at no cost.
+        ext = jnp.where(finished[..., None],
+                        jnp.where(jnp.arange(vocab) == 0, 0.0, neg)[None, None, :], log_probs)
+        cand = (scores[..., None] + ext).reshape(batch, k * vocab)
+        top_scores, top_index = lax.top_k(cand, k)
+        beam_index, tok = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+        tokens = jnp.take_along_axis(tokens, beam_index[..., None], axis=1)
+        tokens = tokens.at[:, :, t].set(tok)
+        was_finished = jnp.take_along_axis(finished, beam_index, axis=1)
+        lengths = jnp.take_along_axis(lengths, beam_index, axis=1) + jnp.where(was_finished, 0, 1)
+        finished = was_finished | (tok == eos)
+        state = gather_state(state, beam_index)
+        out, state = model.pure_fn(_model_inputs(model, enc, tok.reshape(-1, 1)), weights, state,
+                                   None)
+        log_probs = _log_probs(model, out)[:, -1].reshape(batch, k, vocab)
+        return state, log_probs, top_scores, tokens, finished, lengths
+
+    state, _, scores, tokens, finished, lengths = lax.fori_loop(
+        0, max_length, body, (state, log_probs, scores, tokens, finished, lengths))
+    norm = ((5.0 + lengths.astype(jnp.float32)) / 6.0) ** alpha
+    ranked = scores / norm
+    order = jnp.argsort(-ranked, axis=1)
+    tokens = jnp.take_along_axis(tokens, order[..., None], axis=1)
+    return tokens, jnp.take_along_axis(scores, order, axis=1)
