@@ -18,11 +18,18 @@ __all__ = ["get_prng", "split", "fold_in", "uniform", "normal", "bernoulli", "ra
 
 
 def get_prng(seed: int) -> np.ndarray:
-    """Returns the PRNG key for an integer seed (same as ``jax.random.PRNGKey``)."""
+    """Returns the PRNG key for an integer seed (same values as ``jax.random.PRNGKey``).
+
+    As in JAX, without ``jax_enable_x64`` only the low 32 bits of the seed are
+    used (the high word of the key is 0); negative seeds wrap around.
+    """
     seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"get_prng: seed must be in [0, 2**64); got {seed}.")
-    return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"get_prng: seed must be in [-2**63, 2**64); got {seed}.")
+    if jax.config.jax_enable_x64:
+        seed %= 2**64
+        return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
+    return np.array([0, seed % 2**32], dtype=np.uint32)
 
 
 split = jax.random.split

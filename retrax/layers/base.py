@@ -30,7 +30,8 @@ import inspect
 import os
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -79,10 +80,24 @@ def _is_state_marker(x: Any) -> bool:
 class LayerError(Exception):
     """An exception raised inside a layer, with where it happened.
 
-    The message names the layer's path inside the model (outermost first, each
-    combinator with the index of the sublayer taken, e.g.
-    ``Serial[4] > Branch[1] > Dense_16``), the file and line where the failing
-    layer was created, the shapes it received, and the original error.
+    The message names, in this order: the failing layer's path inside the
+    model, the file and line where the failing layer was created, the shapes
+    it received, and the original error (type and message).
+
+    Path convention: outermost layer first, joined by ``' > '``. Each enclosing
+    combinator is shown by its printed name (with ``_in``/``_out`` suffixes, as
+    ``print(model)`` shows it) followed by the index, in brackets, of its child
+    that the error came from, counted in the order ``print`` lists the
+    children. The last element is the failing layer's printed name. For
+    example ``Serial[2] > Branch_out2[1] > Dense_4`` is ``Dense_4``, the second
+    branch of the ``Branch`` that is the third sublayer of the outer
+    ``Serial``. (A ``Branch`` is a ``Serial(Select, Parallel)`` inside; the
+    ``Parallel`` is hidden from the path so the index is the branch's.)
+
+    Attributes: ``layer_name``, ``function_name`` (``init``, ``pure_fn`` or
+    ``__call__``), ``caller`` (``(filename, lineno)``), ``input_signature``,
+    ``cause`` (the original exception or a message) and ``path`` (the
+    ``Name[index]`` entries of the enclosing combinators).
     """
 
     def __init__(
@@ -98,10 +113,18 @@ class LayerError(Exception):
         self.input_signature = input_signature
         self.cause = cause
         self.path: list[str] = []
+        self._hidden_index: int | None = None
         super().__init__()
 
     def push_parent(self, parent: Layer, index: int) -> None:
         """Records that the failing layer sits at ``index`` inside ``parent``."""
+        if parent._hidden_in_path:
+            # Keep the index for the next (visible) parent, e.g. Branch.
+            if self._hidden_index is None:
+                self._hidden_index = index
+            return
+        if self._hidden_index is not None:
+            index, self._hidden_index = self._hidden_index, None
         self.path.insert(0, f"{parent.name_with_arity or type(parent).__name__}[{index}]")
 
     @property
@@ -114,6 +137,8 @@ class LayerError(Exception):
             cause = f"{type(self.cause).__name__}: {self.cause}"
         else:
             cause = str(self.cause)
+        # JAX appends a note about its traceback filtering; it is noise here.
+        cause = cause.split("\n--------------------\nFor simplicity, JAX has removed")[0]
         filename, lineno = self.caller
         return (
             f"Exception passing through layer {self.layer_path} (in {self.function_name}):\n"
@@ -254,6 +279,25 @@ class Layer:
       n_out: number of outputs pushed onto the stack (default 1).
       name: the name shown when printing; defaults to the class name.
       sublayers_to_print: children to show when printing, if not ``sublayers``.
+
+    Subclass it Trax's way: override ``forward(self, x)`` (reading
+    ``self.weights``, ``self.state``, ``self.rng``) and, for layers with
+    weights, ``init_weights_and_state(self, input_signature)``.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl, shapes
+    >>> class Scale(tl.Layer):
+    ...     def init_weights_and_state(self, input_signature):
+    ...         self.weights = np.full(input_signature.shape[-1:], 2.0, np.float32)
+    ...     def forward(self, x):
+    ...         return x * self.weights
+    >>> layer = Scale()
+    >>> weights, state = layer.init(shapes.ShapeDtype((1, 3)))
+    >>> layer(np.ones((1, 3))).tolist()
+    [[2.0, 2.0, 2.0]]
+    >>> y, state = layer.pure_fn(np.ones((1, 3)), np.zeros(3), state, None)
+    >>> y.tolist()
+    [[0.0, 0.0, 0.0]]
     """
 
     _SETTABLE = ("weights", "state", "rng")
@@ -280,6 +324,13 @@ class Layer:
         self._state: Any = EMPTY_STATE
         self._rng: Any = None
         self._initialized = False
+        # True for a combinator built inside another one and not shown by
+        # print (Branch's Parallel); error paths then skip it.
+        self._hidden_in_path = False
+        # True while this layer's own init_weights_and_state/forward runs: then
+        # self.weights/self.state read and write the installed values only
+        # (also for a Trax-style layer that has sublayers), never the sublayers.
+        self._in_hook = False
         self._caller = _find_caller()
 
     # -- attributes ---------------------------------------------------------
@@ -338,10 +389,15 @@ class Layer:
 
     @property
     def weights(self) -> Any:
+        if self._in_hook:
+            return self._weights
         return self._weights_tree(set())
 
     @weights.setter
     def weights(self, weights: Any) -> None:
+        if self._in_hook:
+            self._weights = weights
+            return
         if _is_weights_marker(weights):
             return
         self._check_weights_structure(weights, "weights")
@@ -349,10 +405,15 @@ class Layer:
 
     @property
     def state(self) -> Any:
+        if self._in_hook:
+            return self._state
         return self._state_tree(set())
 
     @state.setter
     def state(self, state: Any) -> None:
+        if self._in_hook:
+            self._state = state
+            return
         if _is_state_marker(state):
             return
         self._assign_state(state, set())
@@ -380,16 +441,10 @@ class Layer:
         return tuple(out)
 
     def _state_tree(self, seen: set[int]) -> Any:
+        """The state tree; combinators with their own layout override this."""
         if not self._sublayers:
             return self._state
-        out = []
-        for layer in self._sublayers:
-            if id(layer) in seen:
-                out.append(GET_STATE_FROM_CACHE)
-            else:
-                seen.add(id(layer))
-                out.append(layer._state_tree(seen))
-        return tuple(out)
+        return tuple(_child_state(layer, seen) for layer in self._sublayers)
 
     def _assign_weights(self, weights: Any, seen: set[int]) -> None:
         self._initialized = True
@@ -410,6 +465,7 @@ class Layer:
             layer._assign_weights(w, seen)
 
     def _assign_state(self, state: Any, seen: set[int]) -> None:
+        """Stores ``state`` on this layer and its sublayers (inverse of ``_state_tree``)."""
         if not self._sublayers:
             self._state = state
             return
@@ -417,16 +473,22 @@ class Layer:
             got = len(state) if isinstance(state, (tuple, list)) else type(state).__name__
             raise ValueError(
                 f"Number of state elements ({got}) does not equal the number of sublayers "
-                f"({len(self._sublayers)}) in {self.name_with_arity}."
+                f"({len(self._sublayers)}) in {self.name_with_arity}. Pass a tuple with one "
+                f"entry per sublayer, e.g. the state returned by init()."
             )
         for layer, s in zip(self._sublayers, state):
-            if _is_state_marker(s) or id(layer) in seen:
-                continue
-            seen.add(id(layer))
-            layer._assign_state(s, seen)
+            _assign_child_state(layer, s, seen)
 
     def _check_weights_structure(self, weights: Any, what: str) -> None:
         """Raises if ``weights`` differs in structure or shapes from the current ones."""
+        if self._sublayers and (not isinstance(weights, (tuple, list))
+                                or len(weights) != len(self._sublayers)):
+            got = len(weights) if isinstance(weights, (tuple, list)) else type(weights).__name__
+            raise ValueError(
+                f"Number of weight elements ({got}) does not equal the number of sublayers "
+                f"({len(self._sublayers)}) in {self.name_with_arity}. Pass a tuple with one "
+                f"entry per sublayer, e.g. the weights returned by init()."
+            )
         if not self._initialized:
             return
         expected = self.weights
@@ -487,17 +549,23 @@ class Layer:
     def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass) -> tuple[Any, Any]:
         # Run the Trax-style init_weights_and_state with fields installed, then
         # put the layer back the way it was: the result is returned, not kept.
-        saved = (self._weights, self._state, self._rng, self._initialized)
+        saved = (self._weights, self._state, self._rng, self._in_hook)
         self._weights, self._state, self._rng = EMPTY_WEIGHTS, EMPTY_STATE, rng
-        self._initialized = False
+        self._in_hook = True
         try:
             self.init_weights_and_state(input_signature)
             return self._weights, self._state
         finally:
-            self._weights, self._state, self._rng, self._initialized = saved
+            self._weights, self._state, self._rng, self._in_hook = saved
 
-    def weights_and_state_signature(self, input_signature: Any) -> tuple[Any, Any]:
-        """Shapes of ``init``'s result, computed abstractly (no arrays made)."""
+    def weights_and_state_signature(self, input_signature: Any,
+                                    unsafe: bool = False) -> tuple[Any, Any]:
+        """Shapes of ``init``'s result, computed abstractly (no arrays made).
+
+        The layer is never modified (``unsafe`` is accepted for Trax
+        compatibility and ignored).
+        """
+        del unsafe
         rng = self.rng
 
         def f():
@@ -569,13 +637,14 @@ class Layer:
     def _forward_pure(self, x: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
         # Trax-style forward reads its weights from the layer; install them for
         # the duration of the call only.
-        saved = (self._weights, self._state, self._rng)
+        saved = (self._weights, self._state, self._rng, self._in_hook)
         self._weights, self._state, self._rng = weights, state, rng
+        self._in_hook = True
         try:
             outputs = self.forward(x)
             new_state = self._state
         finally:
-            self._weights, self._state, self._rng = saved
+            self._weights, self._state, self._rng, self._in_hook = saved
         _outputs_as_list(self, outputs)
         return outputs, new_state
 
@@ -635,6 +704,41 @@ class Layer:
         return checkpoints.load_layer(self, file_name, weights_only, input_signature)
 
 
+def _child_state(layer: Layer, seen: set[int]) -> Any:
+    """``layer``'s state tree, or the cache marker if it was already visited."""
+    if id(layer) in seen:
+        return GET_STATE_FROM_CACHE
+    seen.add(id(layer))
+    return layer._state_tree(seen)
+
+
+def _assign_child_state(layer: Layer, state: Any, seen: set[int]) -> None:
+    if _is_state_marker(state) or id(layer) in seen:
+        return
+    seen.add(id(layer))
+    layer._assign_state(state, seen)
+
+
+def _apply_child(parent: Layer, index: int, layer: Layer, x: Any, weights: Any, state: Any,
+                 rng: Any, ctx: _Pass) -> tuple[Any, Any]:
+    """``layer._apply`` that adds ``parent[index]`` to the path of a LayerError."""
+    try:
+        return layer._apply(x, weights, state, rng, ctx)
+    except LayerError as e:
+        e.push_parent(parent, index)
+        raise
+
+
+def _init_child(parent: Layer, index: int, layer: Layer, input_signature: Any, rng: Any,
+                ctx: _Pass) -> tuple[Any, Any]:
+    """``layer._init_in_pass`` that adds ``parent[index]`` to the path of a LayerError."""
+    try:
+        return layer._init_in_pass(input_signature, rng, ctx)
+    except LayerError as e:
+        e.push_parent(parent, index)
+        raise
+
+
 # --------------------------------------------------------------------------
 # Function layers
 # --------------------------------------------------------------------------
@@ -644,6 +748,14 @@ class PureLayer(Layer):
     """A weightless layer from a function of its inputs.
 
     ``forward_fn`` receives a bare array for ``n_in == 1``, otherwise a tuple.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> diff = tl.PureLayer(lambda xs: xs[0] - xs[1], n_in=2, name='Diff')
+    >>> diff
+    Diff_in2
+    >>> diff((np.array(5.0), np.array(3.0))).item()
+    2.0
     """
 
     def __init__(self, forward_fn: Callable[[Any], Any], n_in: int = 1, n_out: int = 1,

@@ -4,7 +4,7 @@
 >>> from retrax import layers as tl
 >>> model = tl.Serial(tl.Dup(), tl.Parallel(tl.Fn('Inc', lambda x: x + 1), None), tl.Add())
 >>> model(np.array([1.0, 2.0])).tolist()   # (x + 1) + x
-[4.0, 6.0]
+[3.0, 5.0]
 >>> print(tl.Branch(tl.Add(), tl.Add()))
 Branch_in2_out2[
   Add_in2
@@ -14,10 +14,12 @@ Branch_in2_out2[
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from retrax.layers import base
@@ -27,7 +29,11 @@ from retrax.layers.base import (
     LayerError,
     PureLayer,
     _abstract,
+    _apply_child,
     _as_stack,
+    _assign_child_state,
+    _child_state,
+    _init_child,
     _new_pass,
     _pack,
     _Pass,
@@ -62,7 +68,7 @@ inputs_from_stack = base.inputs_from_stack
 outputs_onto_stack = base.outputs_onto_stack
 
 
-def _ensure_flat(layers: Any, owner: str) -> list[Layer]:
+def _ensure_flat(layers: Any, owner: str, prefix: str = "") -> list[Layer]:
     """Deep-flattens nested lists/tuples of layers; rejects anything else."""
     out: list[Layer] = []
 
@@ -82,19 +88,20 @@ def _ensure_flat(layers: Any, owner: str) -> list[Layer]:
             )
 
     for i, layer in enumerate(layers):
-        rec(layer, f"[{i}]")
+        rec(layer, f"{prefix}[{i}]")
     return out
 
 
-def _as_layer(item: Any, owner: str) -> Layer:
+def _as_layer(item: Any, owner: str, index: int) -> Layer:
     if item is None or (isinstance(item, (list, tuple)) and len(item) == 0):
         return Serial(None)
     if isinstance(item, (list, tuple)):
-        return Serial(item)
+        return Serial(_ensure_flat(item, owner, f"[{index}]"))
     if not isinstance(item, Layer):
         raise ValueError(
-            f"{owner}: found a non-layer object {type(item).__name__} {item!r:.60}. "
-            f"Pass layers, lists of layers or None."
+            f"{owner}: found a non-layer object at position [{index}]: "
+            f"{type(item).__name__} {item!r:.60}. Pass layers, (nested) lists of layers or "
+            f"None; wrap a function as tl.Fn('Name', f)."
         )
     return item
 
@@ -108,7 +115,11 @@ def _abstract_outputs(layer: Layer, inputs: Any, weights: Any, state: Any, rng: 
             inner.state.update(ctx.state)
             return layer._apply(x, w, s, rng, inner)[0]
 
-    out = jax.eval_shape(f, _abstract(inputs), weights, state)
+    try:
+        out = jax.eval_shape(f, _abstract(inputs), weights, state)
+    except LayerError as e:
+        e.function_name = "init"  # Shape inference is part of init.
+        raise
     return [out] if layer.n_out == 1 else list(out)
 
 
@@ -200,6 +211,15 @@ def _check_per_sublayer(layer: Layer, tree: Any, what: str) -> None:
         )
 
 
+def _check_pair(layer: Layer, state: Any) -> None:
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        got = f"{len(state)} entries" if isinstance(state, (tuple, list)) else type(state).__name__
+        raise ValueError(
+            f"{layer.name_with_arity}: its state must be a pair (Trax's layout); got {got}. "
+            f"Pass the state returned by init()."
+        )
+
+
 def _serial_arity(layers: Sequence[Layer]) -> tuple[int, int]:
     running_total = running_max = 0
     for layer in layers:
@@ -225,7 +245,7 @@ class Parallel(Layer):
 
     def __init__(self, *sublayers: Any, name: str | None = None):
         super().__init__(name=name)
-        layers = [_as_layer(item, name or "Parallel") for item in sublayers]
+        layers = [_as_layer(item, name or "Parallel", i) for i, item in enumerate(sublayers)]
         if len(layers) < 2:
             raise ValueError(
                 f"{name or 'Parallel'} needs at least 2 sublayers; got {len(layers)}. "
@@ -290,10 +310,13 @@ def Branch(*layers: Any, name: str = "Branch") -> Layer:  # noqa: N802
     [3.0, 9.0]
     """
     if len(layers) == 1:
-        return _as_layer(layers[0], name)
-    parallel_layers = [_as_layer(item, name) for item in layers]
-    indices = [i for layer in parallel_layers for i in range(layer.n_in)]
-    return Serial(Select(indices), Parallel(*parallel_layers), name=name, sublayers_to_print=layers)
+        return _as_layer(layers[0], name, 0)
+    if not layers:
+        raise ValueError(f"{name}: needs at least one layer (or None for the identity).")
+    parallel = Parallel(*[_as_layer(item, name, i) for i, item in enumerate(layers)])
+    parallel._hidden_in_path = True  # Error paths read Branch_out2[i], i = branch index.
+    indices = [i for layer in parallel.sublayers for i in range(layer.n_in)]
+    return Serial(Select(indices), parallel, name=name, sublayers_to_print=layers)
 
 
 def Residual(*layers: Any, shortcut: Any = None) -> Layer:  # noqa: N802
@@ -304,7 +327,10 @@ def Residual(*layers: Any, shortcut: Any = None) -> Layer:  # noqa: N802
     >>> tl.Residual(tl.Fn('Double', lambda x: 2 * x))(np.array([1.0])).tolist()
     [3.0]
     """
-    layer = layers[0] if len(layers) == 1 else Serial(layers)
+    flat = _ensure_flat(layers, "Residual")
+    if not flat:
+        raise ValueError("Residual: needs at least one layer, e.g. tl.Residual(tl.Dense(d)).")
+    layer = flat[0] if len(flat) == 1 else Serial(flat)
     return Serial(Branch(shortcut, layer), Add())
 
 
@@ -321,8 +347,9 @@ class Select(PureLayer):
     def __init__(self, indices: Sequence[int], n_in: int | None = None, name: str | None = None):
         indices = list(indices)
         for i in indices:
-            if not isinstance(i, int) or i < 0:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
                 raise ValueError(f"Select: indices must be non-negative ints; got {indices}.")
+        indices = [int(i) for i in indices]
         if n_in is None:
             n_in = max(indices) + 1 if indices else 0
         if indices and max(indices) >= n_in:
@@ -342,37 +369,79 @@ class Select(PureLayer):
 
 
 def Dup() -> Layer:  # noqa: N802
-    """Duplicates the top item: ``x -> (x, x)``."""
+    """Duplicates the top item: ``x -> (x, x)``; 1 -> 2.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> [a.tolist() for a in tl.Dup()(np.array([1.0]))]
+    [[1.0], [1.0]]
+    """
     return Fn("Dup", lambda x: (x, x), n_out=2)
 
 
 def Drop() -> Layer:  # noqa: N802
-    """Removes the top item from the stack."""
+    """Removes the top item from the stack; 1 -> 0.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Serial(tl.Drop())((np.array(1.0), np.array(2.0))).item()
+    2.0
+    """
     return Fn("Drop", lambda x: (), n_out=0)
 
 
 def Swap() -> Layer:  # noqa: N802
-    """Swaps the top two items: ``(a, b) -> (b, a)``."""
+    """Swaps the top two items: ``(a, b) -> (b, a)``; 2 -> 2.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> [a.item() for a in tl.Swap()((np.array(1.0), np.array(2.0)))]
+    [2.0, 1.0]
+    """
     return Fn("Swap", lambda x0, x1: (x1, x0), n_out=2)
 
 
 def Add() -> Layer:  # noqa: N802
-    """``(a, b) -> a + b``."""
+    """``(a, b) -> a + b``; 2 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Add()((np.array([1.0, 2.0]), np.array([10.0, 20.0]))).tolist()
+    [11.0, 22.0]
+    """
     return Fn("Add", lambda x0, x1: x0 + x1)
 
 
 def SubtractTop() -> Layer:  # noqa: N802
-    """``(a, b) -> b - a`` (subtracts the top item from the one below)."""
+    """``(a, b) -> b - a`` (subtracts the top item from the one below); 2 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.SubtractTop()((np.array(2.0), np.array(10.0))).item()
+    8.0
+    """
     return Fn("SubtractTop", lambda x0, x1: x1 - x0)
 
 
 def Multiply() -> Layer:  # noqa: N802
-    """``(a, b) -> a * b``."""
+    """``(a, b) -> a * b``; 2 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Multiply()((np.array(2.0), np.array(3.0))).item()
+    6.0
+    """
     return Fn("Multiply", lambda x0, x1: x0 * x1)
 
 
 def Gate() -> Layer:  # noqa: N802
-    """``(m, g, c) -> g * m + (1 - g) * c``."""
+    """``(m, g, c) -> g * m + (1 - g) * c`` (a highway gate); 3 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Gate()((np.array(2.0), np.array(0.25), np.array(6.0))).item()
+    5.0
+    """
     return Fn("Gate", lambda m, g, c: g * m + (1.0 - g) * c)
 
 
@@ -399,7 +468,13 @@ def Concatenate(n_items: int = 2, axis: int = -1) -> Layer:  # noqa: N802
 
 
 def Split(n_items: int = 2, axis: int = -1) -> Layer:  # noqa: N802
-    """Splits the top array into ``n_items`` equal parts along ``axis``."""
+    """Splits the top array into ``n_items`` equal parts along ``axis``; 1 -> n_items.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> [a.tolist() for a in tl.Split()(np.array([1.0, 2.0, 3.0, 4.0]))]
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
     _check_n_items("Split", n_items)
 
     def split(x: Any) -> Any:
@@ -415,7 +490,13 @@ def Split(n_items: int = 2, axis: int = -1) -> Layer:  # noqa: N802
 
 
 def FlattenList() -> Layer:  # noqa: N802
-    """Deep-flattens a nested tuple/list into a flat tuple."""
+    """Deep-flattens a nested tuple/list into a flat tuple; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> [a.item() for a in tl.FlattenList()((np.array(1.0), [np.array(2.0)]))]
+    [1.0, 2.0]
+    """
 
     def flatten(x: Any) -> Any:
         return tuple(jax.tree_util.tree_leaves(x))
@@ -452,6 +533,16 @@ class Scan(Layer):
         self._n_carry = n_carry
         self._remat = remat
         self._mode = mode
+        self._state = ()  # The saved carries (predict mode); see _state_tree.
+
+    # State layout (Trax's): (sublayer_state, saved_carries).
+    def _state_tree(self, seen: set[int]) -> Any:
+        return (_child_state(self._sublayers[0], seen), self._state)
+
+    def _assign_state(self, state: Any, seen: set[int]) -> None:
+        _check_pair(self, state)
+        _assign_child_state(self._sublayers[0], state[0], seen)
+        self._state = state[1]
 
     def _split_inputs(self, xs: Any) -> tuple[list[Any], list[Any]]:
         items = _as_stack(xs) if self._n_in != 1 else [xs]
@@ -460,13 +551,22 @@ class Scan(Layer):
 
     def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
         xs, carries = self._split_inputs(input_signature)
-        sliced = [s.replace(shape=s.shape[:self._axis % len(s.shape)]
-                            + s.shape[self._axis % len(s.shape) + 1:]) for s in xs]
-        w, s = self._sublayers[0]._init_in_pass(_pack(sliced + carries), rng, ctx)
+        sliced = []
+        for x in xs:
+            if not -len(x.shape) <= self._axis < len(x.shape):
+                raise ValueError(
+                    f"Scan: axis {self._axis} is out of range for an input of shape "
+                    f"{x.shape}; scanned inputs need that axis."
+                )
+            a = self._axis % len(x.shape)
+            sliced.append(x.replace(shape=x.shape[:a] + x.shape[a + 1:]))
+        w, s = _init_child(self, 0, self._sublayers[0], _pack(sliced + carries), rng, ctx)
         return (w,), (s, ())
 
     def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
         layer = self._sublayers[0]
+        _check_per_sublayer(self, weights, "weights")
+        _check_pair(self, state)
         w = weights[0]
         layer_state, saved_carry = state
         items, carries = self._split_inputs(xs)
@@ -480,7 +580,8 @@ class Scan(Layer):
             c, s, i = carry
             r = None if rng is None else jax.random.fold_in(rng, i)
             with _new_pass(seed_weights) as inner:
-                out, s2 = layer._apply(_pack(list(x_slice) + list(c)), w, s, r, inner)
+                out, s2 = _apply_child(self, 0, layer, _pack(list(x_slice) + list(c)), w, s, r,
+                                       inner)
             outs = [out] if layer.n_out == 1 else list(out)
             return (tuple(outs[n_ys:]), s2, i + 1), tuple(outs[:n_ys])
 
@@ -533,30 +634,44 @@ class Cond(Layer):
     def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
         c_in, rest = self._parts(input_signature)
         rngs = split_rng(rng, 3)
-        results = [layer._init_in_pass(x, r, ctx) for layer, x, r in
-                   zip(self._sublayers, (c_in, rest, rest), rngs)]
+        results = [_init_child(self, i, layer, x, r, ctx) for i, (layer, x, r) in
+                   enumerate(zip(self._sublayers, (c_in, rest, rest), rngs))]
         return tuple(r[0] for r in results), tuple(r[1] for r in results)
 
     def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
         cond, true, false = self._sublayers
+        _check_per_sublayer(self, weights, "weights")
+        _check_per_sublayer(self, state, "state")
         c_in, rest = self._parts(xs)
         r_c, r_t, r_f = split_rng(rng, 3)
-        pred, s_c = cond._apply(c_in, weights[0], state[0], r_c, ctx)
-        if getattr(pred, "shape", ()) not in ((), (1,)):
-            raise ValueError(f"Cond: cond must return a boolean scalar; got shape {pred.shape}.")
+        pred, s_c = _apply_child(self, 0, cond, c_in, weights[0], state[0], r_c, ctx)
+        if tuple(getattr(pred, "shape", ())) not in ((), (1,)):
+            raise ValueError(
+                f"Cond: the cond layer {cond.name_with_arity} must return one boolean "
+                f"scalar; got shape {tuple(pred.shape)}. Reduce it, e.g. with jnp.all."
+            )
         seed_weights = dict(ctx.weights)
 
         def run_true(operand):
             with _new_pass(seed_weights) as inner:
-                y, s = true._apply(operand, weights[1], state[1], r_t, inner)
+                y, s = _apply_child(self, 1, true, operand, weights[1], state[1], r_t, inner)
             return y, s, state[2]
 
         def run_false(operand):
             with _new_pass(seed_weights) as inner:
-                y, s = false._apply(operand, weights[2], state[2], r_f, inner)
+                y, s = _apply_child(self, 2, false, operand, weights[2], state[2], r_f, inner)
             return y, state[1], s
 
-        y, s_t, s_f = lax.cond(jnp.reshape(pred, ()).astype(bool), run_true, run_false, rest)
+        try:
+            y, s_t, s_f = lax.cond(jnp.reshape(pred, ()).astype(bool), run_true, run_false, rest)
+        except TypeError as e:
+            if "branches must have equal output types" not in str(e):
+                raise
+            raise ValueError(
+                f"Cond: the true branch ({true.name_with_arity}) and the false branch "
+                f"({false.name_with_arity}) must return outputs of the same shapes and dtypes. "
+                + next((ln for ln in str(e).splitlines() if ln.startswith("The output of")), "")
+            ) from e
         return y, (s_c, s_t, s_f)
 
 
@@ -565,27 +680,56 @@ class Cache(Layer):
 
     Used in predict mode for values computed once per input, such as the
     encoder output of an encoder-decoder. The state is ``(result, layer_state)``
-    with ``result == ()`` until the first call.
+    with ``result == ()`` until the first call. Same ``n_in``/``n_out`` as ``layer``.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> cache = tl.Cache(tl.Fn('Inc', lambda x: x + 1))
+    >>> cache(np.array(1.0)).item(), cache(np.array(5.0)).item()
+    (2.0, 2.0)
     """
 
     def __init__(self, layer: Layer):
         super().__init__(n_in=layer.n_in, n_out=layer.n_out)
         self._sublayers = (layer,)
+        self._state = ()  # The cached result; see _state_tree.
+
+    # State layout (Trax's): (cached_result, sublayer_state).
+    def _state_tree(self, seen: set[int]) -> Any:
+        return (self._state, _child_state(self._sublayers[0], seen))
+
+    def _assign_state(self, state: Any, seen: set[int]) -> None:
+        _check_pair(self, state)
+        self._state = state[0]
+        _assign_child_state(self._sublayers[0], state[1], seen)
 
     def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
-        w, s = self._sublayers[0]._init_in_pass(input_signature, rng, ctx)
+        w, s = _init_child(self, 0, self._sublayers[0], input_signature, rng, ctx)
         return (w,), ((), s)
 
     def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+        _check_per_sublayer(self, weights, "weights")
+        _check_pair(self, state)
         cached, layer_state = state
-        if isinstance(cached, tuple) and cached == () and self._n_out > 0:
-            y, layer_state = self._sublayers[0]._apply(xs, weights[0], layer_state, rng, ctx)
+        if isinstance(cached, tuple) and cached == ():
+            y, layer_state = _apply_child(self, 0, self._sublayers[0], xs, weights[0],
+                                          layer_state, rng, ctx)
             return y, (y, layer_state)
         return cached, state
 
 
 class BatchLeadingAxes(Layer):
-    """Applies a 1-output ``layer`` after folding all leading axes into one batch axis."""
+    """Applies a 1-output ``layer`` after folding all leading axes into one batch axis.
+
+    The last ``n_last_axes_to_keep`` axes are kept; the output gets the leading
+    axes back. Same ``n_in`` as ``layer``, ``n_out == 1``.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> flat = tl.BatchLeadingAxes(tl.Fn('Rows', lambda x: x.sum(-1)))
+    >>> flat(np.ones((2, 3, 4))).shape
+    (2, 3)
+    """
 
     def __init__(self, layer: Layer, n_last_axes_to_keep: int = 1):
         if layer.n_out != 1:
@@ -605,13 +749,13 @@ class BatchLeadingAxes(Layer):
 
     def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
         folded = _pack([self._fold(x) for x in _as_stack(input_signature)])
-        w, s = self._sublayers[0]._init_in_pass(folded, rng, ctx)
+        w, s = _init_child(self, 0, self._sublayers[0], folded, rng, ctx)
         return (w,), (s,)
 
     def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
         items = _as_stack(xs) if self._n_in != 1 else [xs]
         lead = items[0].shape[: items[0].ndim - self._keep]
         folded = _pack([self._fold(x) for x in items])
-        y, s = self._sublayers[0]._apply(folded, weights[0], state[0], rng, ctx)
+        y, s = _apply_child(self, 0, self._sublayers[0], folded, weights[0], state[0], rng, ctx)
         return jnp.reshape(y, tuple(lead) + tuple(y.shape[1:])), (s,)
 

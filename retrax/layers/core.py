@@ -14,7 +14,8 @@ Shapes: B batch, T time, D features, V vocabulary.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,15 @@ class Dense(Layer):
 
     Weights are ``(w, b)`` with ``w`` of shape ``(D_in, n_units)``, or just
     ``w`` when ``use_bias=False`` (Trax's layout). ``(..., D_in) -> (..., n_units)``.
+    The kernel starts Glorot-uniform, the bias Normal(0, 1e-6).
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl, shapes
+    >>> dense = tl.Dense(2)
+    >>> _ = dense.init(shapes.ShapeDtype((1, 3)))
+    >>> dense.weights = (np.ones((3, 2), np.float32), np.array([0.0, 1.0], np.float32))
+    >>> dense(np.array([[1.0, 2.0, 3.0]])).tolist()
+    [[6.0, 7.0]]
     """
 
     def __init__(
@@ -102,6 +112,15 @@ class Embedding(Layer):
 
     Weight ``(vocab_size, d_feature)``. As in Trax, ids below 0 read row 0 and
     ids ``>= vocab_size`` read the last row; there is no ``sqrt(d)`` scaling.
+    1 -> 1. ``init`` ignores the input signature (``init(None)`` works).
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> emb = tl.Embedding(3, 2)
+    >>> _ = emb.init(None)
+    >>> emb.weights = np.arange(6, dtype=np.float32).reshape(3, 2)
+    >>> emb(np.array([[2, 0, 7]])).tolist()
+    [[[4.0, 5.0], [0.0, 1.0], [4.0, 5.0]]]
     """
 
     def __init__(
@@ -141,6 +160,18 @@ class Dropout(Layer):
     ``'predict'`` mode (or with ``rate == 0``) it is the identity.
     ``shared_axes`` share one mask value along those axes. The state is the
     rate as a float32 scalar (Trax's layout, so checkpoints map one to one).
+    1 -> 1. In train mode ``pure_fn`` needs an ``rng``.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl, shapes
+    >>> from retrax.fastmath import random
+    >>> drop = tl.Dropout(0.5)
+    >>> _, state = drop.init(shapes.ShapeDtype((8,)))
+    >>> y, _ = drop.pure_fn(np.ones(8), (), state, random.get_prng(0))
+    >>> sorted(set(y.tolist())) in ([0.0, 2.0], [2.0], [0.0])
+    True
+    >>> tl.Dropout(0.5, mode='eval')(np.ones(2)).tolist()
+    [1.0, 1.0]
     """
 
     def __init__(self, rate: float = 0.0, shared_axes: Any = None, mode: str = "train"):
@@ -163,6 +194,7 @@ class Dropout(Layer):
                 "Dropout in 'train' mode needs an rng; pass rng=... to pure_fn (or build "
                 "the model with mode='eval' for deterministic outputs)."
             )
+        x = jnp.asarray(x)  # NumPy float64 becomes JAX's default float.
         rate = self.state if not isinstance(self.state, tuple) else self._initial_rate
         mask_shape = list(x.shape)
         for axis in self._shared_axes:
@@ -172,7 +204,17 @@ class Dropout(Layer):
 
 
 class Weights(Layer):
-    """A layer with no inputs that outputs a learned tensor of ``shape`` (0 -> 1)."""
+    """A layer with no inputs that outputs a learned tensor of ``shape`` (0 -> 1).
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> bias = tl.Weights(tl.RandomNormalInitializer(1.0), (3,))
+    >>> bias
+    Weights_(3,)_in0
+    >>> _ = bias.init(())
+    >>> bias(()).shape
+    (3,)
+    """
 
     def __init__(self, initializer: Callable, shape: tuple = (), use_bfloat16: bool = False):
         shape = tuple(shape)
@@ -192,7 +234,13 @@ class Weights(Layer):
 
 
 def Flatten(n_axes_to_keep: int = 1) -> Layer:  # noqa: N802
-    """Flattens all axes after the first ``n_axes_to_keep`` into one."""
+    """Flattens all axes after the first ``n_axes_to_keep`` into one; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Flatten()(np.zeros((2, 3, 4))).shape
+    (2, 12)
+    """
     if n_axes_to_keep < 0:
         raise ValueError(f"Flatten: n_axes_to_keep must be >= 0; got {n_axes_to_keep}.")
 
@@ -208,7 +256,13 @@ def Flatten(n_axes_to_keep: int = 1) -> Layer:  # noqa: N802
 
 
 def log_softmax(x: Any, axis: int = -1) -> Any:
-    """``x - logsumexp(x, axis)``: log-probabilities from scores."""
+    """``x - logsumexp(x, axis)``: log-probabilities from scores.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> np.exp(tl.log_softmax(np.log(np.array([1.0, 3.0])))).tolist()
+    [0.25, 0.75]
+    """
     return x - jax.nn.logsumexp(x, axis=axis, keepdims=True)
 
 
@@ -224,52 +278,142 @@ def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
 
 
 def LogSumExp(axis: int = -1) -> Layer:  # noqa: N802
+    """``log(sum(exp(x)))`` along ``axis`` (the axis is removed); 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.LogSumExp()(np.log(np.array([[1.0, 3.0]]))).tolist()
+    [1.386294...]
+    """
     return Fn("LogSumExp", lambda x: jax.nn.logsumexp(x, axis=axis))
 
 
 def Softmax(axis: int = -1) -> Layer:  # noqa: N802
+    """Probabilities along ``axis``; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Softmax()(np.array([0.0, 0.0])).tolist()
+    [0.5, 0.5]
+    """
     return Fn("Softmax", lambda x: jax.nn.softmax(x, axis=axis))
 
 
 def ToFloat() -> Layer:  # noqa: N802
+    """Casts to float32; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.ToFloat()(np.array([1, 2])).dtype
+    dtype('float32')
+    """
     return Fn("ToFloat", lambda x: x.astype(jnp.float32))
 
 
 def Mean(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    """Mean along ``axis``; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Mean()(np.array([[1.0, 3.0], [5.0, 9.0]])).tolist()
+    [2.0, 7.0]
+    """
     return Fn("Mean", lambda x: jnp.mean(x, axis=axis, keepdims=keepdims))
 
 
 def Min(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    """Minimum along ``axis``; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Min()(np.array([[1.0, 3.0], [5.0, 0.0]])).tolist()
+    [1.0, 0.0]
+    """
     return Fn("Min", lambda x: jnp.min(x, axis=axis, keepdims=keepdims))
 
 
 def Max(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    """Maximum along ``axis``; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Max(axis=0)(np.array([[1.0, 3.0], [5.0, 0.0]])).tolist()
+    [5.0, 3.0]
+    """
     return Fn("Max", lambda x: jnp.max(x, axis=axis, keepdims=keepdims))
 
 
 def Sum(axis: int | None = None, keepdims: bool = False) -> Layer:  # noqa: N802
+    """Sum along ``axis`` (all axes by default, as in Trax); 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Sum()(np.array([[1.0, 2.0], [3.0, 4.0]])).item()
+    10.0
+    >>> tl.Sum(axis=-1)(np.array([[1.0, 2.0], [3.0, 4.0]])).tolist()
+    [3.0, 7.0]
+    """
     return Fn("Sum", lambda x: jnp.sum(x, axis=axis, keepdims=keepdims))
 
 
 def ThresholdToBinary(threshold: float = 0.5) -> Layer:  # noqa: N802
-    return Fn("ThresholdToBinary", lambda x: jnp.where(x > threshold, 1, 0).astype(x.dtype))
+    """1 where ``x > threshold``, else 0 (same dtype); 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.ThresholdToBinary()(np.array([0.2, 0.7])).tolist()
+    [0.0, 1.0]
+    """
+    def threshold_to_binary(x):
+        x = jnp.asarray(x)
+        return jnp.where(x > threshold, 1, 0).astype(x.dtype)
+
+    return Fn("ThresholdToBinary", threshold_to_binary)
 
 
 def ArgMax(axis: int = -1) -> Layer:  # noqa: N802
+    """Index of the largest value along ``axis``; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.ArgMax()(np.array([[0.1, 0.7, 0.2]])).tolist()
+    [1]
+    """
     return Fn("ArgMax", lambda x: jnp.argmax(x, axis=axis))
 
 
 def Negate() -> Layer:  # noqa: N802
+    """``-x``; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.Negate()(np.array([1.0, -2.0])).tolist()
+    [-1.0, 2.0]
+    """
     return Fn("Negate", lambda x: -x)
 
 
 def StopGradient() -> Layer:  # noqa: N802
-    """Identity forward, zero gradient backward."""
+    """Identity forward, zero gradient backward; 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> import jax
+    >>> sg = tl.StopGradient()
+    >>> jax.grad(lambda x: sg.pure_fn(x, (), (), None)[0] * x)(3.0).item()
+    3.0
+    """
     return Fn("StopGradient", jax.lax.stop_gradient)
 
 
 def one_hot(x: Any, n_categories: int, dtype: Any = jnp.float32) -> Any:
-    """One-hot encoding along a new last axis."""
+    """One-hot encoding along a new last axis.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.one_hot(np.array([2, 0]), 3).tolist()
+    [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    """
     return jax.nn.one_hot(x, n_categories, dtype=dtype)
 
 
@@ -278,6 +422,11 @@ def logsoftmax_sample(log_probs: Any, temperature: float = 1.0, *, rng: Any = No
 
     Unlike Trax, randomness comes from ``rng`` (a PRNG key), not NumPy's global
     state; ``rng=None`` uses seed 0.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> tl.logsoftmax_sample(np.log(np.array([[0.1, 0.9]])), temperature=0.0).tolist()
+    [1]
     """
     if temperature == 0.0:
         return jnp.argmax(log_probs, axis=-1)

@@ -11,7 +11,8 @@ The names, arguments and distributions are Trax's.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -105,26 +106,32 @@ def ScaledInitializer(out_dim: int, in_dim: int, scale: float, mode: str,  # noq
 
 
 def GlorotNormalInitializer(out_dim: int = -1, in_dim: int = -2, scale: float = 1.0):  # noqa: N802
+    """Normal with variance ``2 * scale / (fan_in + fan_out)``."""
     return ScaledInitializer(out_dim, in_dim, scale, "fan_avg", "normal")
 
 
 def GlorotUniformInitializer(out_dim: int = -1, in_dim: int = -2, scale: float = 1.0):  # noqa: N802
+    """Uniform in ``±sqrt(6 * scale / (fan_in + fan_out))`` (Dense's default)."""
     return ScaledInitializer(out_dim, in_dim, scale, "fan_avg", "uniform")
 
 
 def LeCunNormalInitializer(out_dim: int = -1, in_dim: int = -2, scale: float = 1.0):  # noqa: N802
+    """Normal with variance ``scale / fan_in``."""
     return ScaledInitializer(out_dim, in_dim, scale, "fan_in", "normal")
 
 
 def LeCunUniformInitializer(out_dim: int = -1, in_dim: int = -2, scale: float = 1.0):  # noqa: N802
+    """Uniform in ``±sqrt(3 * scale / fan_in)``."""
     return ScaledInitializer(out_dim, in_dim, scale, "fan_in", "uniform")
 
 
 def KaimingNormalInitializer(out_dim: int = -1, in_dim: int = -2, param: float = 0.0):  # noqa: N802
+    """He normal: variance ``2 / sqrt(1 + param**2) / fan_in``."""
     return ScaledInitializer(out_dim, in_dim, 2.0 / np.sqrt(1 + param**2), "fan_in", "normal")
 
 
 def KaimingUniformInitializer(out_dim: int = -1, in_dim: int = -2, param: float = 0.0):  # noqa: N802
+    """He uniform: limit ``sqrt(3 * 2 / sqrt(1 + param**2) / fan_in)``."""
     return ScaledInitializer(out_dim, in_dim, 2.0 / np.sqrt(1 + param**2), "fan_in", "uniform")
 
 

@@ -32,6 +32,16 @@ class LayerNorm(Layer):
     ``y = (x - mean) / sqrt(var + epsilon) * scale + bias`` with the biased
     variance. With ``center=False`` there is no mean subtraction and no bias
     (the bias weight still exists, as in Trax, so checkpoints map one to one).
+    1 -> 1; weights take the input's float dtype.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl, shapes
+    >>> ln = tl.LayerNorm()
+    >>> scale, bias = ln.init(shapes.ShapeDtype((1, 2)))[0]
+    >>> scale.tolist(), bias.tolist()
+    ([1.0, 1.0], [0.0, 0.0])
+    >>> ln(np.array([[2.0, 4.0]])).tolist()
+    [[-0.99999..., 0.99999...]]
     """
 
     def __init__(self, center: bool = True, epsilon: float = 1e-6):
@@ -64,7 +74,14 @@ class LayerNorm(Layer):
 class RMSNorm(Layer):
     """Root-mean-square normalization over the last axis; weight ``scale``.
 
-    ``y = x / sqrt(mean(x**2) + epsilon) * scale``.
+    ``y = x / sqrt(mean(x**2) + epsilon) * scale``. 1 -> 1.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl, shapes
+    >>> rms = tl.RMSNorm()
+    >>> _ = rms.init(shapes.ShapeDtype((1, 2)))
+    >>> rms(np.array([[3.0, 4.0]])).tolist()
+    [[0.84852..., 1.13137...]]
     """
 
     def __init__(self, epsilon: float = 1e-6):
