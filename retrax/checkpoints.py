@@ -34,6 +34,7 @@ import json
 import os
 import secrets
 import struct
+import warnings
 from typing import Any
 
 import fsspec
@@ -301,9 +302,31 @@ def _model_signature(layer: base.Layer, sig: Any) -> Any:
     return sig
 
 
+def _resolve_notebook_url(file_name: str) -> str:
+    """Google's notebook checkpoints: the real file if reachable, else our stand-in."""
+    from retrax import pretrained
+
+    name = pretrained.NOTEBOOK_URLS.get(os.fspath(file_name))
+    if name is None:
+        return file_name
+    try:
+        fs, p = filesystem(file_name)
+        if fs.exists(p):
+            return file_name
+        reason = "it does not exist"
+    except Exception as err:  # No gcsfs, no network, no credentials...
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    warnings.warn(
+        f"{file_name} is not reachable ({reason}); loading retrax's own {name!r} model "
+        f"instead ({pretrained.path(name)}), trained by retrax on the same task. It is not "
+        f"Google's file.", stacklevel=3)
+    return pretrained.path(name)
+
+
 def load_layer(layer: base.Layer, file_name: str, weights_only: bool = False,
                input_signature: Any = None) -> tuple[Any, Any]:
     """Implements ``Layer.init_from_file`` for native and Trax checkpoints."""
+    file_name = _resolve_notebook_url(file_name)
     ckpt = read_any(file_name)
     sig = input_signature if input_signature is not None else ckpt["input_signature"]
     if sig is None and not layer._initialized:

@@ -672,16 +672,8 @@ class Loop:
             input_signature=sig if isinstance(sig, tuple) else (sig,),
             flat_slots=slots[0] if slots else None)
 
-    def _native_checkpoints(self) -> list[tuple[int, str]]:
-        found = []
-        for path in glob.glob(os.path.join(self._output_dir, "checkpoint_*.safetensors")):
-            m = re.search(r"checkpoint_(\d+)\.safetensors$", path)
-            if m:
-                found.append((int(m.group(1)), path))
-        return sorted(found)
-
     def _prune_checkpoints(self) -> None:
-        for _, path in self._native_checkpoints()[:-self._keep]:
+        for _, path in _native_checkpoints(self._output_dir)[:-self._keep]:
             try:
                 os.remove(path)
             except FileNotFoundError:
@@ -700,22 +692,31 @@ class Loop:
                 self.save_checkpoint(f"{prefix}_{metric}")
 
     def load_checkpoint(self, directory: str | None = None, filename: str | None = None) -> bool:
-        """Restores the newest checkpoint in ``directory`` (default: output_dir).
+        """Restores the checkpoint in ``directory`` (default: output_dir); returns if one was.
 
-        Reads retrax's native checkpoints; without one, Trax's ``model.pkl.gz``
-        (weights, step and history; Adam/Momentum/RMSProp slots when present).
-        Returns whether a checkpoint was loaded.
+        With Trax's layout enabled (the default), ``model.pkl.gz`` marks the
+        resume point, as in Trax: deleting it starts a fresh run. Its step's
+        native checkpoint is loaded when present (exact resume: optimizer
+        state, history, data position); otherwise the Trax file itself
+        (weights, step, history, and Adam/Momentum/RMSProp slots when present).
+        With ``write_trax_checkpoint=False`` the newest native checkpoint is used.
         """
         directory = directory or self._output_dir
         if directory is None:
             return False
+        natives = dict(_native_checkpoints(directory))
         if filename is not None:
             path = os.path.join(directory, filename)
-        else:
-            natives = [p for _, p in self._native_checkpoints()] if directory == self._output_dir \
-                else sorted(glob.glob(os.path.join(directory, "checkpoint_*.safetensors")))
+        elif self._write_trax:
             trax_path = os.path.join(directory, "model.pkl.gz")
-            path = natives[-1] if natives else (trax_path if os.path.exists(trax_path) else None)
+            if not os.path.exists(trax_path):
+                return False
+            from retrax.compat import trax_pickle
+
+            step = trax_pickle.read_trax_checkpoint(trax_path).step
+            path = natives.get(int(step or -1), trax_path)
+        else:
+            path = natives[max(natives)] if natives else None
         if path is None:
             return False
         if path.endswith(".pkl.gz"):
@@ -798,6 +799,16 @@ class Loop:
         }
         checkpoints.write_bytes_atomic(os.path.join(self._output_dir, "config.json"),
                                        json.dumps(config, indent=2).encode("utf-8"))
+
+
+def _native_checkpoints(directory: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of the ``checkpoint_<step>.safetensors`` files, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(directory, "checkpoint_*.safetensors")):
+        m = re.search(r"checkpoint_(\d+)\.safetensors$", path)
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
 
 
 def _init_end(layer: base.Layer, out_sig: Any, sample_batch: Sequence[Any], n_in: int):
