@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from retrax import shapes
@@ -100,6 +101,28 @@ class LayerError(Exception):
     ``Name[index]`` entries of the enclosing combinators).
     """
 
+    _subclasses: dict[type, type] = {}
+
+    def __new__(cls, layer: Any = None, function_name: Any = None, input_signature: Any = None,
+                cause: Any = None, *args: Any, **kwargs: Any):
+        # A LayerError is also an instance of its cause's type, so code that
+        # catches ValueError / TypeError keeps working through layers.
+        if cls is LayerError and isinstance(cause, Exception) and not isinstance(cause, LayerError):
+            base_type = type(cause)
+            sub = LayerError._subclasses.get(base_type)
+            if sub is None:
+                try:
+                    sub = type("LayerError", (LayerError, base_type),
+                               {"__module__": __name__, "__qualname__": "LayerError"})
+                except TypeError:  # incompatible exception layouts
+                    sub = LayerError
+                LayerError._subclasses[base_type] = sub
+            cls = sub
+        return Exception.__new__(cls)
+
+    def __reduce__(self):
+        return (_plain_layer_error, (self.message,))
+
     def __init__(
         self,
         layer: Layer,
@@ -151,6 +174,10 @@ class LayerError(Exception):
         return self.message
 
 
+def _plain_layer_error(message: str) -> Exception:
+    return Exception(message)
+
+
 def _short_path(filename: str) -> str:
     parts = filename.replace("\\", "/").split("/")
     return filename if len(parts) <= 3 else "[...]/" + "/".join(parts[-3:])
@@ -196,6 +223,33 @@ class _Pass:
         self.weights: dict[int, Any] = dict(weights or {})
         self.state: dict[int, Any] = {}
         self.initialized: set[int] = set()
+        # Output signatures found while initializing combinators, so a parent
+        # need not trace a whole subtree again to learn its output shapes.
+        self.outputs: dict[tuple, list[Any]] = {}
+
+
+def _to_device(tree: Any) -> Any:
+    """NumPy leaves to JAX arrays, keeping the tree (and cache markers) as it is."""
+    if _is_weights_marker(tree) or _is_state_marker(tree):
+        return tree
+    if isinstance(tree, tuple):
+        return tuple(_to_device(t) for t in tree)
+    if isinstance(tree, list):
+        return [_to_device(t) for t in tree]
+    if isinstance(tree, dict):
+        return {k: _to_device(v) for k, v in tree.items()}
+    if isinstance(tree, np.ndarray):
+        return jnp.asarray(tree)
+    return tree
+
+
+def signature_key(sig: Any) -> Any:
+    """A hashable key for a (tree of) signature(s)."""
+    if isinstance(sig, (tuple, list)):
+        return tuple(signature_key(s) for s in sig)
+    if hasattr(sig, "shape") and hasattr(sig, "dtype"):
+        return (tuple(sig.shape), np.dtype(sig.dtype).name)
+    return repr(sig)
 
 
 _local = threading.local()
@@ -522,10 +576,17 @@ class Layer:
             rng = self.rng
         else:
             self._rng = rng
-        with _current_or_new_pass() as ctx:
+        stack = _stack()
+        if stack:  # Inside another layer's init: part of that pass.
+            ctx = stack[-1]
             if use_cache and id(self) in ctx.initialized:
                 return GET_WEIGHTS_FROM_CACHE, GET_STATE_FROM_CACHE
             weights, state = self._init_in_pass(input_signature, rng, ctx)
+        else:
+            with _new_pass() as ctx:
+                weights, state = self._init_in_pass(input_signature, rng, ctx)
+            # Initializers may return NumPy arrays; hand out device arrays.
+            weights, state = _to_device(weights), _to_device(state)
         self._assign_weights(weights, set())
         self._assign_state(state, set())
         return weights, state
@@ -917,6 +978,33 @@ def to_list(outputs: Any) -> Any:
     if isinstance(outputs, (tuple, list)):
         return [to_list(o) for o in outputs]
     return np.asarray(outputs).tolist()
+
+
+def init_rng_split(rng: Any, n: int) -> list[Any]:
+    """``n`` keys from ``rng`` for initialization.
+
+    A concrete key is split with NumPy (``SeedSequence``), which costs
+    microseconds instead of one XLA compilation per distinct ``n``; a traced
+    key (init under ``jit``/``eval_shape``) is split with ``jax.random``.
+    Either way the same key gives the same keys.
+    """
+    if rng is None:
+        return [None] * n
+    if isinstance(rng, jax.core.Tracer):
+        return list(jax.random.split(rng, n)) if n > 1 else [rng] * n
+    raw = np.asarray(jax.random.key_data(rng) if jax.dtypes.issubdtype(
+        getattr(rng, "dtype", np.uint32), jax.dtypes.prng_key) else rng, np.uint32)
+    seq = np.random.SeedSequence([int(v) for v in raw.ravel()])
+    return list(seq.generate_state(2 * n, np.uint32).reshape(n, 2))
+
+
+def numpy_generator(rng: Any) -> np.random.Generator | None:
+    """A NumPy generator seeded from a concrete key, or None for a traced key."""
+    if isinstance(rng, jax.core.Tracer):
+        return None
+    raw = np.asarray(jax.random.key_data(rng) if jax.dtypes.issubdtype(
+        getattr(rng, "dtype", np.uint32), jax.dtypes.prng_key) else rng, np.uint32)
+    return np.random.default_rng([int(v) for v in raw.ravel()])
 
 
 def split_rng(rng: Any, n: int) -> list[Any]:

@@ -37,6 +37,8 @@ from retrax.layers.base import (
     _new_pass,
     _pack,
     _Pass,
+    init_rng_split,
+    signature_key,
     split_rng,
 )
 
@@ -109,6 +111,9 @@ def _as_layer(item: Any, owner: str, index: int) -> Layer:
 def _abstract_outputs(layer: Layer, inputs: Any, weights: Any, state: Any, rng: Any,
                       ctx: _Pass) -> list[Any]:
     """Output signatures of ``layer`` for abstract ``inputs`` (no FLOPs spent)."""
+    recorded = ctx.outputs.get((id(layer), signature_key(inputs)))
+    if recorded is not None:
+        return list(recorded)
 
     def f(x, w, s):
         with _new_pass(ctx.weights) as inner:
@@ -165,7 +170,8 @@ class Serial(Layer):
     def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
         stack = _as_stack(input_signature)
         weights, states = [], []
-        for i, (layer, r) in enumerate(zip(self._sublayers, split_rng(rng, len(self._sublayers)))):
+        for i, (layer, r) in enumerate(zip(self._sublayers,
+                                           init_rng_split(rng, len(self._sublayers)))):
             k = layer.n_in
             if k > len(stack):
                 raise _too_few_inputs(self, i, layer, stack)
@@ -179,6 +185,7 @@ class Serial(Layer):
             stack = outs + stack[k:]
             weights.append(w)
             states.append(s)
+        ctx.outputs[(id(self), signature_key(input_signature))] = stack
         return tuple(weights), tuple(states)
 
     def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
@@ -271,15 +278,18 @@ class Parallel(Layer):
 
     def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
         weights, states = [], []
-        rngs = split_rng(rng, len(self._sublayers))
+        rngs = init_rng_split(rng, len(self._sublayers))
+        outputs: list[Any] = []
         for i, (layer, x, r) in enumerate(zip(self._sublayers, self._slices(input_signature), rngs)):
             try:
                 w, s = layer._init_in_pass(x, r, ctx)
+                outputs.extend(_abstract_outputs(layer, x, w, s, r, ctx))
             except LayerError as e:
                 e.push_parent(self, i)
                 raise
             weights.append(w)
             states.append(s)
+        ctx.outputs[(id(self), signature_key(input_signature))] = outputs
         return tuple(weights), tuple(states)
 
     def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
@@ -633,7 +643,7 @@ class Cond(Layer):
 
     def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
         c_in, rest = self._parts(input_signature)
-        rngs = split_rng(rng, 3)
+        rngs = init_rng_split(rng, 3)
         results = [_init_child(self, i, layer, x, r, ctx) for i, (layer, x, r) in
                    enumerate(zip(self._sublayers, (c_in, rest, rest), rngs))]
         return tuple(r[0] for r in results), tuple(r[1] for r in results)

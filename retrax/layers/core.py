@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from retrax.layers import initializers as init
-from retrax.layers.base import Fn, Layer
+from retrax.layers.base import Fn, Layer, init_rng_split
 
 __all__ = [
     "Dense", "Embedding", "Dropout", "Weights", "Flatten", "LogSoftmax", "LogSumExp",
@@ -83,7 +83,7 @@ class Dense(Layer):
             raise ValueError(
                 f"{self.name} needs inputs with a non-empty last axis; got shape {shape}."
             )
-        rng_w, rng_b = jax.random.split(self.rng)
+        rng_w, rng_b = init_rng_split(self.rng, 2)
         w = self._kernel_initializer((shape[-1], self._n_units), rng_w)
         if self._use_bfloat16:
             w = w.astype(jnp.bfloat16)

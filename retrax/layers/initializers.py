@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from retrax.layers.base import numpy_generator
+
 __all__ = [
     "RandomNormalInitializer",
     "RandomUniformInitializer",
@@ -35,6 +37,39 @@ __all__ = [
 Initializer = Callable[[tuple, Any], Any]
 
 
+# With a concrete key the samples come from NumPy, seeded from the key: no XLA
+# compilation per weight shape, so building a model takes milliseconds. Under
+# jit/eval_shape (a traced key) they come from jax.random. The same key always
+# gives the same weights; the two paths give different (equally distributed)
+# values.
+
+
+def _normal(rng: Any, shape: tuple[int, ...]) -> Any:
+    gen = numpy_generator(rng)
+    if gen is None:
+        return jax.random.normal(rng, shape, jnp.float32)
+    return gen.standard_normal(shape, dtype=np.float32)
+
+
+def _uniform(rng: Any, shape: tuple[int, ...], low: float, high: float) -> Any:
+    gen = numpy_generator(rng)
+    if gen is None:
+        return jax.random.uniform(rng, shape, jnp.float32, low, high)
+    return gen.uniform(low, high, shape).astype(np.float32)
+
+
+def _truncated_normal(rng: Any, shape: tuple[int, ...], lim: float = 2.0) -> Any:
+    gen = numpy_generator(rng)
+    if gen is None:
+        return jax.random.truncated_normal(rng, -lim, lim, shape, jnp.float32)
+    out = gen.standard_normal(shape)
+    bad = np.abs(out) > lim
+    while bad.any():  # resample the tails (about 4.6% per round)
+        out[bad] = gen.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > lim
+    return out.astype(np.float32)
+
+
 def _check_shape(shape: Any, who: str) -> tuple[int, ...]:
     shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
@@ -47,7 +82,7 @@ def RandomNormalInitializer(stddev: float = 1e-2) -> Initializer:  # noqa: N802
 
     def init(shape, rng):
         shape = _check_shape(shape, "RandomNormalInitializer")
-        return (jax.random.normal(rng, shape) * stddev).astype(jnp.float32)
+        return (_normal(rng, shape) * np.float32(stddev)).astype(np.float32)
 
     return init
 
@@ -57,7 +92,7 @@ def RandomUniformInitializer(lim: float = 1.0) -> Initializer:  # noqa: N802
 
     def init(shape, rng):
         shape = _check_shape(shape, "RandomUniformInitializer")
-        return jax.random.uniform(rng, shape, jnp.float32, -lim, lim)
+        return _uniform(rng, shape, -lim, lim)
 
     return init
 
@@ -96,11 +131,11 @@ def ScaledInitializer(out_dim: int, in_dim: int, scale: float, mode: str,  # noq
         s = scale / max(1.0, fan)
         if distribution == "truncated_normal":
             std = np.sqrt(s) / 0.87962566103423978
-            return (jax.random.truncated_normal(rng, -2.0, 2.0, shape) * std).astype(jnp.float32)
+            return (_truncated_normal(rng, shape) * np.float32(std)).astype(np.float32)
         if distribution == "normal":
-            return (jax.random.normal(rng, shape) * np.sqrt(s)).astype(jnp.float32)
+            return (_normal(rng, shape) * np.float32(np.sqrt(s))).astype(np.float32)
         lim = np.sqrt(3.0 * s)
-        return jax.random.uniform(rng, shape, jnp.float32, -lim, lim)
+        return _uniform(rng, shape, -lim, lim)
 
     return init
 
