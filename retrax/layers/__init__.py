@@ -2,6 +2,7 @@
 
 from retrax.layers.activation_fns import *  # noqa: F401,F403
 from retrax.layers.assert_shape import AssertFunction, AssertShape, assert_shape  # noqa: F401
+from retrax.layers.attention import *  # noqa: F401,F403
 from retrax.layers.base import (  # noqa: F401
     EMPTY_STATE,
     EMPTY_WEIGHTS,
@@ -18,5 +19,6 @@ from retrax.layers.base import (  # noqa: F401
 from retrax.layers.combinators import *  # noqa: F401,F403
 from retrax.layers.core import *  # noqa: F401,F403
 from retrax.layers.initializers import *  # noqa: F401,F403
+from retrax.layers.metrics import *  # noqa: F401,F403
 from retrax.layers.normalization import *  # noqa: F401,F403
 from retrax.layers import initializers  # noqa: F401
