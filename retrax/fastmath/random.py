@@ -14,7 +14,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-__all__ = ["get_prng", "split", "fold_in", "uniform", "normal", "bernoulli", "randint"]
+__all__ = ["get_prng", "split", "fold_in", "uniform", "normal", "bernoulli", "randint",
+           "hash_split", "hash_fold_in", "hash_bits", "hash_bernoulli", "key_data"]
 
 
 def get_prng(seed: int) -> np.ndarray:
@@ -38,3 +39,80 @@ uniform = jax.random.uniform
 normal = jax.random.normal
 bernoulli = jax.random.bernoulli
 randint = jax.random.randint
+
+
+# --------------------------------------------------------------------------
+# Cheap counter-based bits for dropout masks and per-layer keys.
+#
+# Threefry (jax.random's default) is a strong generator, but each call site
+# expands into a large XLA computation: a Transformer with a dozen dropouts and
+# a key split in every combinator spends most of its *compile* time there, and
+# a good share of a small model's step time. Dropout only needs well-mixed,
+# reproducible bits, so the layers use a counter hash instead: element i of a
+# mask is ``mix(mix(i ^ mix(k0)) + k1)`` with the 32-bit mixing function of
+# Murmur3/“lowbias32”. Keys stay ordinary ``uint32[2]`` keys (or typed keys).
+# --------------------------------------------------------------------------
+
+_GOLDEN = 0x9E3779B9
+
+
+def _mix32(x):
+    import jax.numpy as jnp
+
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def key_data(key):
+    """The ``uint32`` words of a raw or typed PRNG key."""
+    import jax.numpy as jnp
+
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    key = jnp.asarray(key, jnp.uint32).reshape(-1)
+    if key.shape[0] < 2:
+        key = jnp.concatenate([jnp.zeros((2 - key.shape[0],), jnp.uint32), key])
+    return key[-2:]
+
+
+def hash_split(key, n: int):
+    """``n`` keys ``(n, 2)`` derived from ``key`` with the counter hash."""
+    import jax.numpy as jnp
+
+    k = key_data(key)
+    i = jax.lax.iota(jnp.uint32, n)
+    a = _mix32(i * jnp.uint32(2) ^ _mix32(k[0] + jnp.uint32(_GOLDEN)) ^ k[1])
+    b = _mix32(i * jnp.uint32(2) + jnp.uint32(1) ^ _mix32(k[1] + jnp.uint32(_GOLDEN)) ^ k[0])
+    return jnp.stack([a, b], axis=1)
+
+
+def hash_fold_in(key, data):
+    """A key derived from ``key`` and an integer ``data`` (traced or not)."""
+    import jax.numpy as jnp
+
+    k = key_data(key)
+    d = jnp.asarray(data).astype(jnp.uint32)
+    return jnp.stack([_mix32(k[0] ^ _mix32(d + jnp.uint32(_GOLDEN))), _mix32(k[1] + d)])
+
+
+def hash_bits(key, shape):
+    """Well-mixed ``uint32`` bits of ``shape`` from ``key``."""
+    import jax.numpy as jnp
+
+    k = key_data(key)
+    n = int(np.prod(shape)) if len(shape) else 1
+    h = _mix32(jax.lax.iota(jnp.uint32, n) ^ _mix32(k[0] + jnp.uint32(_GOLDEN)))
+    h = _mix32(h + k[1])
+    return h.reshape(shape)
+
+
+def hash_bernoulli(key, p, shape):
+    """Booleans that are True with probability ``p`` (``p`` may be traced)."""
+    import jax.numpy as jnp
+
+    threshold = jnp.floor(jnp.clip(jnp.asarray(p, jnp.float32), 0.0, 1.0) * 4294967040.0)
+    return hash_bits(key, tuple(shape)) < threshold.astype(jnp.uint32)

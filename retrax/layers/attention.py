@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from retrax.fastmath import random as fastmath_random
 from retrax.layers import initializers as init
 from retrax.layers.assert_shape import assert_shape
 from retrax.layers.base import Fn, Layer
@@ -176,7 +177,7 @@ def dot_product_attention(
         dots = jnp.where(mask, dots, jnp.asarray(MASK_VALUE, dots.dtype))
     probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
     if mode == "train" and dropout > 0.0:
-        keep = jax.random.bernoulli(rng, 1.0 - dropout, probs.shape)
+        keep = fastmath_random.hash_bernoulli(rng, 1.0 - dropout, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout), jnp.zeros_like(probs))
     return jnp.einsum("...qk,...kd->...qd", probs, v)
 
@@ -800,8 +801,8 @@ class PositionalEncoding(Layer):
         for dim in self._dropout_broadcast_dims:
             noise_shape[dim] = 1
         keep_prob = 1.0 - self._dropout
-        rng = jax.random.fold_in(_dropout_rng(self), 1)
-        keep = jax.random.bernoulli(rng, keep_prob, tuple(noise_shape))
+        rng = fastmath_random.hash_fold_in(_dropout_rng(self), 1)
+        keep = fastmath_random.hash_bernoulli(rng, keep_prob, tuple(noise_shape))
         return x + px * (keep.astype(x.dtype) / keep_prob)
 
     def _forward_predict(self, x, table, proj):

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
 from retrax.layers.base import (
     Fn,
@@ -588,7 +589,7 @@ class Scan(Layer):
 
         def body(carry, x_slice):
             c, s, i = carry
-            r = None if rng is None else jax.random.fold_in(rng, i)
+            r = None if rng is None else fastmath_random.hash_fold_in(rng, i)
             with _new_pass(seed_weights) as inner:
                 out, s2 = _apply_child(self, 0, layer, _pack(list(x_slice) + list(c)), w, s, r,
                                        inner)

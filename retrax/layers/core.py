@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from retrax.fastmath import random as fastmath_random
 from retrax.layers import initializers as init
 from retrax.layers.base import Fn, Layer, init_rng_split
 
@@ -199,7 +200,7 @@ class Dropout(Layer):
         mask_shape = list(x.shape)
         for axis in self._shared_axes:
             mask_shape[axis] = 1
-        keep = jax.random.bernoulli(self.rng, 1.0 - rate, tuple(mask_shape))
+        keep = fastmath_random.hash_bernoulli(self.rng, 1.0 - rate, tuple(mask_shape))
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
 
 

@@ -70,10 +70,12 @@ def _check_model(model: base.Layer, where: str) -> None:
     if not isinstance(model, base.Layer):
         raise TypeError(f"{where}: model must be a retrax Layer; got {type(model).__name__}.")
     modes = {getattr(layer, "_mode", None) for layer in _walk(model)} - {None}
-    if "train" in modes or "eval" in modes:
+    # (A predict-mode Transformer runs its encoder in 'eval' mode: that is fine.)
+    if "train" in modes or (modes and "predict" not in modes):
+        mode = "train" if "train" in modes else sorted(modes)[0]
         raise ValueError(
-            f"{where}: the model is in {sorted(modes)[0]!r} mode; decoding needs "
-            f"mode='predict' (e.g. trax.models.TransformerLM(..., mode='predict'))."
+            f"{where}: the model is in {mode!r} mode; decoding needs mode='predict' "
+            f"(e.g. trax.models.TransformerLM(..., mode='predict'))."
         )
     if not model._initialized:
         raise ValueError(

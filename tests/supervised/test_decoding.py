@@ -1,0 +1,285 @@
+"""Tests of compiled decoding: goldens, cache == recomputation, EOS, sampling, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import retrax as trax
+from retrax import checkpoints
+from retrax import layers as tl
+from retrax.supervised import decoding
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+COPY = FIXTURES / "trax-upstream" / "transformerlm_copy"
+
+
+def sig(*shape):
+    return trax.shapes.ShapeDtype(shape, np.int32)
+
+
+@pytest.fixture(scope="module")
+def copy_model():
+    assert COPY.exists(), f"fixtures missing at {COPY}"
+    model = trax.models.TransformerLM(vocab_size=13, d_model=64, d_ff=128, n_heads=2, n_layers=2,
+                                      max_len=256, dropout=0.05, mode="predict")
+    model.init_from_file(str(COPY / "model.pkl.gz"), weights_only=True, input_signature=sig(1, 1))
+    return model
+
+
+def tiny_lm(mode, seed=0, vocab=16, max_len=64):
+    model = trax.models.TransformerLM(vocab_size=vocab, d_model=16, d_ff=32, n_layers=2,
+                                      n_heads=2, max_len=max_len, mode=mode)
+    model.init(sig(1, 1) if mode == "predict" else sig(1, 8), rng=trax.fastmath.random.get_prng(seed))
+    return model
+
+
+def _same_weights(dst, src):
+    # Flat order is the same across modes (predict wraps the encoder in a Cache).
+    flat, _ = tl.flatten_weights_and_state(src.weights, ())
+    checkpoints.assign_flat_weights(dst, flat)
+
+
+def greedy_by_recomputation(eval_model, prompt, n, start_id=0):
+    """Greedy decoding by running the eval-mode model on the whole prefix each step.
+
+    The eval-mode TransformerLM shifts its input right (prepending 0 = start_id),
+    so output position t predicts token t of the input. The model is causal, so
+    padding the input to a fixed length does not change position t (one compile).
+    """
+    assert start_id == 0
+    batch, length = prompt.shape[0], prompt.shape[1] + n
+    forward = jax.jit(lambda x: eval_model.pure_fn(x, eval_model.weights, eval_model.state,
+                                                    None)[0])
+    seq = np.zeros((batch, length), np.int32)
+    seq[:, :prompt.shape[1]] = prompt
+    for t in range(prompt.shape[1], length):
+        seq[:, t] = np.asarray(forward(seq))[:, t].argmax(-1)
+    return seq[:, prompt.shape[1]:]
+
+
+def test_upstream_copy_golden_greedy(copy_model):
+    out = decoding.autoregressive_sample(copy_model, np.array([[0, 3, 7, 5, 3, 2, 4, 0]]),
+                                         temperature=0.0, max_length=6)
+    np.testing.assert_array_equal(out, [[3, 7, 5, 3, 2, 4]])
+    assert out.dtype.kind == "i"
+
+
+def test_upstream_copy_golden_beams(copy_model):
+    beams = decoding.beam_search(copy_model, np.array([[0, 3, 7, 5, 3, 2, 4, 0]]), n_beams=3,
+                                 max_length=6)
+    assert [b[0].tolist() for b in beams] == [[[3, 7, 5, 3, 2, 4]], [[3, 7, 5, 3, 2, 2]],
+                                              [[3, 7, 5, 3, 3, 2]]]
+    scores = [float(b[1][0]) for b in beams]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_cache_equals_recomputation_on_fixture(copy_model):
+    eval_model = trax.models.TransformerLM(vocab_size=13, d_model=64, d_ff=128, n_heads=2,
+                                           n_layers=2, max_len=256, mode="eval")
+    eval_model.init(sig(1, 8))
+    _same_weights(eval_model, copy_model)
+    prompt = np.array([[0, 5, 1, 9, 2, 0], [0, 7, 7, 3, 4, 0]], np.int32)
+    fast = decoding.autoregressive_sample(copy_model, prompt, batch_size=2, temperature=0.0,
+                                          max_length=10, eos_id=None)
+    slow = greedy_by_recomputation(eval_model, prompt, 10)
+    np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cache_equals_recomputation_random_models(seed):
+    predict, evaluate = tiny_lm("predict", seed), tiny_lm("eval", seed)
+    _same_weights(evaluate, predict)
+    prompt = np.random.default_rng(seed).integers(2, 16, (3, 5)).astype(np.int32)
+    fast = decoding.autoregressive_sample(predict, prompt, batch_size=3, temperature=0.0,
+                                          max_length=12, eos_id=None)
+    np.testing.assert_array_equal(fast, greedy_by_recomputation(evaluate, prompt, 12))
+
+
+def test_fixture_greedy_outputs():
+    for folder in sorted(FIXTURES.glob("*/*")):
+        meta_path = folder / "meta.json"
+        if not (folder / "greedy_output.npy").exists():
+            continue
+        meta = json.loads(meta_path.read_text())
+        kwargs = dict(meta.get("kwargs", meta.get("config", {})))
+        kwargs.pop("mode", None)
+        model = getattr(trax.models, meta.get("model", "TransformerLM"))(**kwargs, mode="predict")
+        model.init_from_file(str(folder / "model.pkl.gz"), weights_only=True,
+                             input_signature=sig(1, 1))
+        prefix = np.load(folder / "greedy_prefix.npy")
+        expected = np.load(folder / "greedy_output.npy")
+        out = decoding.autoregressive_sample(model, prefix, batch_size=prefix.shape[0],
+                                             temperature=0.0, max_length=expected.shape[1],
+                                             eos_id=None)
+        np.testing.assert_array_equal(out, expected, err_msg=str(folder))
+
+
+def test_compiles_once_per_shape_and_not_again():
+    model = tiny_lm("predict", 3)
+    prompt = np.array([[0, 4, 5, 0]], np.int32)
+    decoding.autoregressive_sample(model, prompt, temperature=0.0, max_length=5)
+    fn = model._decode_cache[("generate", 5, 0.0, None, None, 1)]
+    assert fn._cache_size() == 1
+    decoding.autoregressive_sample(model, prompt, temperature=0.0, max_length=5)
+    decoding.autoregressive_sample(model, np.array([[0, 9, 9, 0]], np.int32), temperature=0.0,
+                                   max_length=5)
+    assert fn._cache_size() == 1
+
+
+def test_eos_stops_each_row_and_pads():
+    model = tiny_lm("predict", 4)
+    prompt = np.array([[0, 3, 4, 0], [0, 5, 6, 0]], np.int32)
+    free = decoding.autoregressive_sample(model, prompt, batch_size=2, temperature=0.0,
+                                          max_length=8, eos_id=None)
+    eos = int(free[0, 1])  # make the second token of row 0 the EOS
+    out = decoding.autoregressive_sample(model, prompt, batch_size=2, temperature=0.0,
+                                         max_length=8, eos_id=eos)
+    for row in range(2):
+        hits = np.flatnonzero(free[row] == eos)
+        stop = hits[0] + 1 if hits.size else 8
+        np.testing.assert_array_equal(out[row, :stop], free[row, :stop])
+        assert (out[row, stop:] == 0).all()
+    assert out[0, 1] == eos and (out[0, 2:] == 0).all()
+
+
+def test_same_seed_same_samples_and_temperature_zero_is_argmax():
+    model = tiny_lm("predict", 5)
+    prompt = np.array([[0, 3, 4, 0]] * 4, np.int32)
+    a = decoding.autoregressive_sample(model, prompt, batch_size=4, max_length=10, seed=7)
+    b = decoding.autoregressive_sample(model, prompt, batch_size=4, max_length=10, seed=7)
+    c = decoding.autoregressive_sample(model, prompt, batch_size=4, max_length=10, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    greedy = decoding.autoregressive_sample(model, prompt, batch_size=4, temperature=0.0,
+                                            max_length=10, eos_id=None)
+    assert (greedy == greedy[0]).all()
+
+
+def fixed_logits_model(logits):
+    """A 'predict' model whose next-token logits are always ``logits``."""
+    table = jnp.asarray(logits, jnp.float32)
+    model = tl.Serial(tl.Fn("FixedLogits", lambda x: jnp.broadcast_to(
+        table, x.shape + table.shape).astype(jnp.float32)))
+    model.init(sig(1, 1))
+    return model
+
+
+def test_top_k_and_top_p_restrict_support_exactly():
+    probs = np.array([0.05, 0.4, 0.3, 0.2, 0.05])
+    model = fixed_logits_model(np.log(probs))
+    prompt = np.zeros((64, 1), np.int32)
+    top2 = decoding.autoregressive_sample(model, prompt, batch_size=64, max_length=20,
+                                          top_k=2, eos_id=None, seed=1)
+    assert set(np.unique(top2)) == {1, 2}
+    # Nucleus 0.65: 0.4 + 0.3 reaches it, so tokens {1, 2}; 0.75 adds token 3.
+    p65 = decoding.autoregressive_sample(model, prompt, batch_size=64, max_length=20,
+                                         top_p=0.65, eos_id=None, seed=2)
+    assert set(np.unique(p65)) == {1, 2}
+    p75 = decoding.autoregressive_sample(model, prompt, batch_size=64, max_length=20,
+                                         top_p=0.75, eos_id=None, seed=3)
+    assert set(np.unique(p75)) == {1, 2, 3}
+    full = decoding.autoregressive_sample(model, prompt, batch_size=64, max_length=20,
+                                          eos_id=None, seed=4)
+    freq = np.bincount(full.ravel(), minlength=5) / full.size
+    np.testing.assert_allclose(freq, probs, atol=0.04)
+
+
+def test_return_log_probs():
+    probs = np.array([0.1, 0.6, 0.3])
+    model = fixed_logits_model(np.log(probs))
+    out, log_probs = decoding.autoregressive_sample(model, np.zeros((2, 1), np.int32),
+                                                    batch_size=2, temperature=0.0, max_length=3,
+                                                    eos_id=None, return_log_probs=True)
+    np.testing.assert_array_equal(out, [[1, 1, 1], [1, 1, 1]])
+    np.testing.assert_allclose(log_probs, np.log(0.6), rtol=1e-5)
+
+
+def test_prompts_of_different_lengths():
+    model = tiny_lm("predict", 6)
+    padded = np.array([[0, 3, 4, 0, 0, 0], [0, 5, 6, 7, 8, 0]], np.int32)
+    out = decoding.autoregressive_sample(model, padded, batch_size=2, temperature=0.0,
+                                         max_length=6, eos_id=None, prompt_lengths=[4, 6])
+    row0 = decoding.autoregressive_sample(model, padded[:1, :4], temperature=0.0, max_length=6,
+                                          eos_id=None)
+    row1 = decoding.autoregressive_sample(model, padded[1:], temperature=0.0, max_length=6,
+                                          eos_id=None)
+    np.testing.assert_array_equal(out, np.concatenate([row0, row1]))
+
+
+def test_stream_matches_sample():
+    model = tiny_lm("predict", 7)
+    prompt = np.array([[0, 3, 4, 0]], np.int32)
+    stream = decoding.autoregressive_sample_stream(model, prompt, temperature=0.0, max_length=6)
+    tokens = np.stack(list(stream), axis=1)
+    np.testing.assert_array_equal(
+        tokens, decoding.autoregressive_sample(model, prompt, temperature=0.0, max_length=6,
+                                               eos_id=None))
+
+
+def test_beam_search_batch_and_eos():
+    model = tiny_lm("predict", 8)
+    prompt = np.array([[0, 3, 4, 0], [0, 5, 6, 0]], np.int32)
+    beams = decoding.beam_search(model, prompt, batch_size=2, n_beams=3, max_length=5,
+                                 eos_id=None)
+    greedy = decoding.autoregressive_sample(model, prompt, batch_size=2, temperature=0.0,
+                                            max_length=5, eos_id=None)
+    assert beams[0][0].shape == (2, 5)
+    best_scores = beams[0][1]
+    for row in range(2):  # the best beam is at least as likely as the greedy path
+        assert best_scores[row] >= _path_log_prob(model, prompt[row:row + 1], greedy[row]) - 1e-4
+
+
+def _path_log_prob(model, prompt, tokens):
+    _, lp = decoding.autoregressive_sample(model, prompt, temperature=0.0,
+                                           max_length=len(tokens), eos_id=None,
+                                           return_log_probs=True)
+    return float(lp.sum())
+
+
+def test_transformer_encoder_decoder_decodes():
+    kwargs = dict(input_vocab_size=20, d_model=16, d_ff=32, n_encoder_layers=1,
+                  n_decoder_layers=1, n_heads=2, max_len=32)
+    predict = trax.models.Transformer(**kwargs, mode="predict")
+    predict.init((sig(1, 5), sig(1, 1)))
+    evaluate = trax.models.Transformer(**kwargs, mode="eval")
+    evaluate.init((sig(1, 5), sig(1, 4)))
+    _same_weights(evaluate, predict)
+    src = np.array([[3, 4, 5, 6, 0], [7, 8, 9, 2, 2]], np.int32)
+    fast = decoding.autoregressive_sample(predict, src, batch_size=2, temperature=0.0,
+                                          max_length=6, eos_id=None)
+    forward = jax.jit(lambda s, t: evaluate.pure_fn((s, t), evaluate.weights, evaluate.state,
+                                                    None)[0][0])
+    tgt = np.zeros((2, 6), np.int32)  # decoder input; ShiftRight prepends the start 0
+    for t in range(6):
+        tgt[:, t] = np.asarray(forward(src, tgt))[:, t].argmax(-1)
+    np.testing.assert_array_equal(fast, tgt)
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+def test_errors(copy_model):
+    prompt = np.array([[0, 3, 7, 0]], np.int32)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        decoding.autoregressive_sample(copy_model, np.zeros((1, 0), np.int32))
+    with pytest.raises(ValueError, match="max_len is 256"):
+        decoding.autoregressive_sample(copy_model, prompt, max_length=300)
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 13\)"):
+        decoding.autoregressive_sample(copy_model, np.array([[0, 13]]))
+    with pytest.raises(ValueError, match="batch_size is 1"):
+        decoding.autoregressive_sample(copy_model, np.repeat(prompt, 2, 0))
+    with pytest.raises(ValueError, match="n_beams must be a positive int"):
+        decoding.beam_search(copy_model, prompt, n_beams=0)
+    train_model = trax.models.TransformerLM(vocab_size=13, d_model=16, d_ff=16, n_layers=1,
+                                            n_heads=2, max_len=32)
+    train_model.init(sig(1, 4))
+    with pytest.raises(ValueError, match="'train' mode; decoding needs mode='predict'"):
+        decoding.autoregressive_sample(train_model, prompt)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        decoding.autoregressive_sample(copy_model, prompt, top_p=1.5)
