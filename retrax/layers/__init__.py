@@ -1,5 +1,6 @@
 """Layers and combinators, imported by users as ``tl`` (``from retrax import layers as tl``)."""
 
+from retrax.layers import initializers  # noqa: F401
 from retrax.layers.activation_fns import *  # noqa: F401,F403
 from retrax.layers.assert_shape import AssertFunction, AssertShape, assert_shape  # noqa: F401
 from retrax.layers.attention import *  # noqa: F401,F403
@@ -21,4 +22,3 @@ from retrax.layers.core import *  # noqa: F401,F403
 from retrax.layers.initializers import *  # noqa: F401,F403
 from retrax.layers.metrics import *  # noqa: F401,F403
 from retrax.layers.normalization import *  # noqa: F401,F403
-from retrax.layers import initializers  # noqa: F401

@@ -18,11 +18,11 @@ __all__ = ["MetricWriter", "format_step", "format_metric"]
 
 
 def format_step(step: int, message: str) -> str:
-    return "Step %6d: %s" % (step, message)
+    return f"Step {step:6d}: {message}"
 
 
 def format_metric(step: int, prefix: str, name: str, value: float, width: int) -> str:
-    return format_step(step, "%s %s | % .8f" % (prefix.ljust(5), name.rjust(width), value))
+    return format_step(step, f"{prefix.ljust(5)} {name.rjust(width)} | {value: .8f}")
 
 
 class MetricWriter:

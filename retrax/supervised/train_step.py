@@ -9,7 +9,8 @@ and a resumed run draws exactly the keys an uninterrupted one would.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
