@@ -83,6 +83,11 @@ def test_stdout_format_and_files(tmp_path):
     config = json.load(open(tmp_path / "config.json"))
     assert config["tasks"][0]["optimizer"] == "Adam"
     assert config["random_seed"] == 0
+    # TensorBoard event files (tensorboardX) for train and eval summaries.
+    for mode, tag in (("train", b"metrics/CrossEntropyLoss"), ("eval", b"metrics/Accuracy")):
+        events = [f for f in os.listdir(tmp_path / mode) if f.startswith("events.out.tfevents")]
+        assert len(events) == 1
+        assert tag in (tmp_path / mode / events[0]).read_bytes()
 
 
 def test_trax_layout_checkpoint_loads_into_model(tmp_path):
