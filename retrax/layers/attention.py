@@ -123,7 +123,7 @@ def _dropout_rng(layer: Layer) -> Any:
             f"rng=... to pure_fn (or build the layer with mode='eval' for deterministic "
             f"outputs)."
         )
-    return layer._rng
+    return layer.rng
 
 
 # --------------------------------------------------------------------------

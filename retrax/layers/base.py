@@ -223,9 +223,36 @@ class _Pass:
         self.weights: dict[int, Any] = dict(weights or {})
         self.state: dict[int, Any] = {}
         self.initialized: set[int] = set()
+        self.key_index = 0
         # Output signatures found while initializing combinators, so a parent
         # need not trace a whole subtree again to learn its output shapes.
         self.outputs: dict[tuple, list[Any]] = {}
+
+
+    def next_key_index(self) -> int:
+        self.key_index += 1
+        return self.key_index
+
+
+class _DerivedKey:
+    """The key of one leaf layer in a pass: ``hash_fold_in(rng, index)``, made lazily.
+
+    Combinators hand the same key to all their sublayers; every leaf applied in
+    a pass has its own index, so leaves still get distinct keys, and only the
+    few that read ``self.rng`` (dropout) pay for deriving one. (Splitting at
+    every combinator, as Trax does, put dozens of key derivations into every
+    compiled step.)
+    """
+
+    __slots__ = ("base", "index", "key")
+
+    def __init__(self, base: Any, index: int):
+        self.base, self.index, self.key = base, index, None
+
+    def get(self) -> Any:
+        if self.key is None:
+            self.key = _random.hash_fold_in(self.base, self.index)
+        return self.key
 
 
 def _to_device(tree: Any) -> Any:
@@ -474,9 +501,12 @@ class Layer:
 
     @property
     def rng(self) -> Any:
-        if self._rng is None:
+        rng = self._rng
+        if rng is None:
             return _random.get_prng(_DEFAULT_SEED)
-        return self._rng
+        if isinstance(rng, _DerivedKey):
+            return rng.get()
+        return rng
 
     @rng.setter
     def rng(self, rng: Any) -> None:
@@ -699,7 +729,9 @@ class Layer:
         # Trax-style forward reads its weights from the layer; install them for
         # the duration of the call only.
         saved = (self._weights, self._state, self._rng, self._in_hook)
-        self._weights, self._state, self._rng = weights, state, rng
+        self._weights, self._state = weights, state
+        # Each leaf of a pass gets its own key, derived only if it reads it.
+        self._rng = None if rng is None else _DerivedKey(rng, ctx.next_key_index())
         self._in_hook = True
         try:
             outputs = self.forward(x)
@@ -1008,18 +1040,10 @@ def numpy_generator(rng: Any) -> np.random.Generator | None:
 
 
 def split_rng(rng: Any, n: int) -> list[Any]:
-    """``n`` keys from ``rng`` (``None`` stays ``None``), for forward passes.
+    """The keys a combinator hands its ``n`` sublayers in a forward pass.
 
-    Uses the cheap counter hash of :mod:`retrax.fastmath.random` rather than
-    threefry: combinators split at every level, and threefry's code size made
-    compiling a small Transformer's train step several times slower.
+    All get the same key: each *leaf* derives its own from it and its index in
+    the pass (see ``_DerivedKey``), so no key is split per combinator.
     """
-    if rng is None:
-        return [None] * n
-    if n == 0:
-        return []
-    if n == 1:
-        return [rng]
-    keys = _random.hash_split(rng, n)
-    return [keys[i] for i in range(n)]
+    return [rng] * n
 
