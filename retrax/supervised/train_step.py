@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
 
 __all__ = ["Placement", "make_train_step", "make_eval_step", "apply_model_and_ends"]
@@ -105,7 +106,7 @@ def make_train_step(model: base.Layer, loss_layer: base.Layer, loss_weights: Any
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(weights, state, slots, opt_params, batch, step_number):
-        rng = jax.random.fold_in(base_key, step_number)
+        rng = fastmath_random.hash_fold_in(base_key, step_number)
         (loss, new_state), grads = grad_fn(weights, state, batch, rng)
         new_weights, new_slots, stats = optimizer.tree_update(
             step_number, grads, weights, slots, opt_params)
@@ -119,7 +120,7 @@ def make_eval_step(model: base.Layer, metrics: Sequence[base.Layer], metrics_wei
     """``eval_step(weights, state, batch, step) -> stacked metric values``."""
 
     def eval_step(weights, state, batch, step_number):
-        rng = jax.random.fold_in(base_key, step_number)
+        rng = fastmath_random.hash_fold_in(base_key, step_number)
         values, _ = apply_model_and_ends(model, metrics, metrics_weights, metrics_state,
                                          weights, state, batch, rng)
         return jnp.stack([jnp.asarray(v, jnp.float32) for v in values])

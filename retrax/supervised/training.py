@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from retrax import checkpoints, shapes
+from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
 from retrax.optimizers.base import Optimizer, flat_slots, unflat_slots
 from retrax.supervised import train_step as ts
@@ -221,7 +222,9 @@ class _Stream:
 
 def _eval_mode_copy(model: base.Layer) -> base.Layer:
     """A copy of ``model`` with every layer in ``'train'`` mode switched to ``'eval'``."""
-    clone = copy.deepcopy(model)
+    # Arrays are immutable: share them instead of copying every weight.
+    memo = {id(leaf): leaf for leaf in jax.tree_util.tree_leaves((model.weights, model.state))}
+    clone = copy.deepcopy(model, memo)
     seen: set[int] = set()
 
     def visit(layer: base.Layer) -> None:
@@ -303,7 +306,7 @@ class Loop:
         self._keep = keep_checkpoints
         self._write_trax = write_trax_checkpoint
         self._seed = 0 if random_seed is None else int(random_seed)
-        self._base_key = jax.random.PRNGKey(self._seed)
+        self._base_key = fastmath_random.get_prng(self._seed)
         self._which_task = which_task or (lambda n: n % len(tasks))
         n_ckpt = tasks[0].n_steps_per_checkpoint
         self._checkpoint_at = checkpoint_at or _every(n_ckpt)
@@ -351,7 +354,7 @@ class Loop:
             ends = [_init_end(m, out_sig, task.sample_batch, model.n_in) for m in task.metrics]
             self._eval_fns.append(ts.make_eval_step(
                 self._eval_model, task.metrics, [e[0] for e in ends], [e[1] for e in ends],
-                jax.random.fold_in(self._base_key, 1_000_003)))
+                base.init_rng_split(self._base_key, 2)[1]))
         self._callbacks = [cb(self) if isinstance(cb, type) else cb for cb in (callbacks or [])]
         self._pending: list[tuple] = []  # (step, task, loss, stats, lr) still on device
         self._fetched: list[tuple] = []  # the same, on the host, not yet logged
@@ -377,7 +380,7 @@ class Loop:
 
     def new_rng(self) -> Any:
         """A fresh key derived from the seed and the current step."""
-        return jax.random.fold_in(jax.random.fold_in(self._base_key, 7), self._step)
+        return fastmath_random.hash_fold_in(base.init_rng_split(self._base_key, 3)[2], self._step)
 
     # -- setup helpers ------------------------------------------------------------
 
@@ -399,7 +402,7 @@ class Loop:
                 f"{len(sample_batch)} items; batches are (inputs..., targets, weights)."
             )
         if not model._initialized:
-            model.init(self._model_sig(sample_batch), rng=jax.random.fold_in(self._base_key, 3))
+            model.init(self._model_sig(sample_batch), rng=base.init_rng_split(self._base_key, 1)[0])
 
     # -- running ------------------------------------------------------------------
 
