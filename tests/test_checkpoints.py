@@ -184,3 +184,20 @@ def test_notebook_gs_url_falls_back_to_shipped_model():
     out = decoding.autoregressive_sample(model, np.array([[0, 3, 15, 14, 9, 0]]),
                                          temperature=0.0, max_length=4)
     np.testing.assert_array_equal(out, [[3, 9, 14, 15]])
+
+
+def test_checkpoint_records_model_config_and_rebuilds(tmp_path):
+    model = trax.models.TransformerLM(vocab_size=16, d_model=8, d_ff=16, n_layers=1, n_heads=2,
+                                      max_len=32)
+    model.init(sig(1, 4))
+    path = str(tmp_path / "lm.safetensors")
+    model.save_to_file(path, weights_only=True, input_signature=sig(1, 4))
+    meta = checkpoints.read_any(path)["meta"]
+    assert meta["model"]["name"] == "TransformerLM"
+    assert meta["model"]["kwargs"]["max_len"] == 32
+    rebuilt = trax.models.from_config(meta["model"], mode="eval")
+    rebuilt.init_from_file(path, weights_only=True)
+    x = np.array([[1, 2, 3, 4]], np.int32)
+    eval_model = trax.models.from_config(meta["model"], mode="eval")
+    eval_model.init_from_file(path, weights_only=True)
+    np.testing.assert_allclose(np.asarray(rebuilt(x)), np.asarray(eval_model(x)), atol=1e-6)

@@ -1,6 +1,7 @@
 """Models built from ``retrax.layers``, as Trax's ``trax.models``."""
 
 from retrax.models import transformer
+from retrax.models.config import from_config
 from retrax.models.transformer import (
     Transformer,
     TransformerDecoder,
@@ -9,6 +10,7 @@ from retrax.models.transformer import (
 )
 
 __all__ = [
+    "from_config",
     "transformer",
     "Transformer",
     "TransformerDecoder",

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from retrax import layers as tl
+from retrax.models.config import records_config
 
 __all__ = ["TransformerLM", "Transformer", "TransformerEncoder", "TransformerDecoder"]
 
@@ -210,6 +211,7 @@ def _register_weights(layer: tl.Layer, weights: Any, ctx: Any) -> None:
         _register_weights(sub, w, ctx)
 
 
+@records_config
 def TransformerLM(
     vocab_size: int,
     d_model: int = D_MODEL,
@@ -281,6 +283,7 @@ def TransformerLM(
     )
 
 
+@records_config
 def Transformer(
     input_vocab_size: int,
     output_vocab_size: int | None = None,
@@ -366,6 +369,7 @@ def Transformer(
     )
 
 
+@records_config
 def TransformerEncoder(
     vocab_size: int,
     n_classes: int = 10,
@@ -410,6 +414,7 @@ def TransformerEncoder(
     )
 
 
+@records_config
 def TransformerDecoder(
     vocab_size: int | None = None,
     d_model: int = D_MODEL,
