@@ -57,7 +57,11 @@ class Placement:
                         f"parallelism. Use a batch size that is a multiple of "
                         f"{self.n_devices} or pass n_devices=... to Loop."
                     )
-                out.append(jax.device_put(x, self.batch_sharding))
+                if jax.process_count() > 1:
+                    # Multi-host: each process yields its own slice of the global batch.
+                    out.append(jax.make_array_from_process_local_data(self.batch_sharding, x))
+                else:
+                    out.append(jax.device_put(x, self.batch_sharding))
             else:
                 out.append(jax.device_put(x))
         return tuple(out)

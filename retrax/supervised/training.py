@@ -487,7 +487,19 @@ class Loop:
                     f"{where}: batch item {i} has dtype {x_dtype} but the first batch had "
                     f"{np.dtype(r.dtype)}. Cast it (e.g. .astype(np.int32))."
                 )
+        leading = {tuple(np.shape(x))[:1] for x in batch if np.ndim(x) > 0}
+        if len(leading) > 1:
+            raise ValueError(
+                f"{where}: the items of a batch must share their first (batch) dimension; got "
+                f"shapes {[tuple(np.shape(x)) for x in batch]}. Yield (inputs, targets, "
+                f"weights) for the same examples."
+            )
         n_in = self._model.n_in
+        if len(batch) > n_in + 1 and np.shape(batch[n_in + 1]) != np.shape(batch[n_in]):
+            raise ValueError(
+                f"{where}: loss weights have shape {tuple(np.shape(batch[n_in + 1]))} but the "
+                f"targets have shape {tuple(np.shape(batch[n_in]))}; give one weight per target."
+            )
         if self._vocab is not None:
             ids = np.asarray(batch[0])
             if ids.dtype.kind in "iu" and ids.size and (ids.min() < 0 or ids.max() >= self._vocab):

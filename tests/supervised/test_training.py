@@ -243,6 +243,16 @@ def test_wrong_dtype_batch():
         loop.run(1)
 
 
+def test_inconsistent_batch_shapes():
+    x, y, w = _good()
+    loop = _loop_with_batches([(x, y, w), (x, y[:2], w[:2])])
+    with pytest.raises(ValueError, match=r"share their first \(batch\) dimension.*\(2, 10\)"):
+        loop.run(1)
+    loop = _loop_with_batches([(x, y, w), (x, y, w[:, :5])])
+    with pytest.raises(ValueError, match=r"loss weights have shape \(4, 5\).*\(4, 10\)"):
+        loop.run(1)
+
+
 def test_token_ids_outside_vocab():
     x, y, w = _good()
     bad = x.copy()
