@@ -43,6 +43,7 @@ import numpy as np
 from jax import lax
 
 from retrax import shapes
+from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
 
 __all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search"]
@@ -163,10 +164,20 @@ def _restrict(logits: Any, top_k: int | None, top_p: float | None) -> Any:
 
 def _sample(log_probs: Any, key: Any, temperature: float, top_k: int | None,
             top_p: float | None) -> Any:
+    """One token per row: argmax at temperature 0, else Gumbel-max over the support.
+
+    The Gumbel noise comes from the counter hash of ``fastmath.random`` (one
+    fused elementwise computation), not threefry, which costs as much as the
+    model's forward pass for a small model at batch 1.
+    """
     if temperature == 0.0:
         return jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
     logits = _restrict(log_probs / temperature, top_k, top_p)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    bits = fastmath_random.hash_bits(key, logits.shape)
+    # 24 random bits -> uniform in (0, 1), never exactly 0 or 1.
+    u = (bits >> 8).astype(jnp.float32) * (1.0 / 16777216.0) + (0.5 / 16777216.0)
+    gumbel = -jnp.log(-jnp.log(u))
+    return jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32)
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +276,7 @@ def _make_generate(model: base.Layer, max_length: int, temperature: float, top_k
 
         def body(c):
             t, state, log_probs, tokens, scores, count, done, key = c
-            key, sub = jax.random.split(key)
+            sub = fastmath_random.hash_fold_in(key, t)
             tok = jnp.where(done, 0, _sample(log_probs, sub, temperature, top_k, top_p))
             chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
             tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
@@ -441,7 +452,7 @@ def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_si
                          lambda: jax.jit(step, donate_argnums=(1,)))
     tokens = jnp.asarray(first_in)
     for i in range(limit):
-        tok, state = step_fn(model.weights, state, tokens, jax.random.fold_in(key, i))
+        tok, state = step_fn(model.weights, state, tokens, fastmath_random.hash_fold_in(key, i))
         yield np.asarray(tok)
         tokens = tok[:, None]
 
