@@ -29,23 +29,20 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
 import struct
 import warnings
 from typing import Any
 
-import fsspec
 import jax
 import jax.numpy as jnp
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from retrax import shapes
+from retrax.io import filesystem, read_bytes, write_bytes_atomic
 from retrax.layers import base
 
 __all__ = [
@@ -67,60 +64,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # --------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------
-
-
-def filesystem(path: str | os.PathLike) -> tuple[Any, str]:
-    """The fsspec filesystem for ``path``, with an install hint for missing backends."""
-    path = os.fspath(path)
-    try:
-        return fsspec.core.url_to_fs(path)
-    except ImportError as err:
-        protocol = path.split("://", 1)[0]
-        package = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "az": "adlfs", "abfs": "adlfs",
-                   "hf": "huggingface_hub"}.get(protocol, f"the fsspec backend for {protocol}://")
-        raise ImportError(
-            f"Cannot open {path!r}: reading {protocol}:// paths needs an extra package. "
-            f"Install it with: pip install {package}"
-        ) from err
-
-
-def read_bytes(path: str | os.PathLike) -> bytes:
-    fs, p = filesystem(path)
-    try:
-        with fs.open(p, "rb") as f:
-            return f.read()
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"Checkpoint file not found: {os.fspath(path)}") from err
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` so that readers see either the old file or the whole new one."""
-    fs, p = filesystem(path)
-    if not isinstance(fs, LocalFileSystem):
-        with fs.open(p, "wb") as f:
-            f.write(data)
-        return
-    directory = os.path.dirname(os.path.abspath(p))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(p)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def is_trax_pickle(data: bytes) -> bool:

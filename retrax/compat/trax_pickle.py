@@ -12,22 +12,19 @@ Layouts (TRAX_REFERENCE.md section 10.1): ``'save_to_file'`` (``Layer.save_to_fi
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import errno
 import gzip
 import io
 import os
 import pickle
-import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
-from fsspec.registry import known_implementations
 
+from retrax.io import filesystem, write_atomic
 from retrax.shapes import ShapeDtype
 
 __all__ = [
@@ -184,22 +181,7 @@ class TraxCheckpoint:
     opt_params: dict | None = None  # only the old trainer layout has it
 
 
-def _filesystem(path: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Resolves ``path`` (local path or URL) to an fsspec filesystem and its path."""
-    path = os.fspath(path)
-    try:
-        return fsspec.core.url_to_fs(path)
-    except ImportError as err:  # fsspec knows the protocol, its package is missing
-        protocol = path.split("://", 1)[0]
-        # fsspec's registry names the implementing package (gcsfs.GCSFileSystem).
-        package = known_implementations.get(protocol, {}).get("class", "").split(".")[0]
-        hint = f" (pip install {package})" if package not in ("", "fsspec") else ""
-        raise ImportError(
-            f"cannot open {path!r}: '{protocol}://' needs an extra package{hint}: {err}"
-        ) from err
-    except ValueError as err:  # a protocol fsspec has never heard of
-        msg = f"cannot open {path!r}: {err}; install the fsspec backend for it"
-        raise ValueError(msg) from err
+_filesystem = filesystem
 
 
 def _open_read(fs: fsspec.AbstractFileSystem, path: str) -> BinaryIO:
@@ -370,14 +352,8 @@ def _to_storable(x: Any) -> np.ndarray:
     return arr
 
 
-def _write_atomic(fs: Any, path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Writes a gzip file (compresslevel 2) so that readers never see a partial file.
-
-    Locally: a unique temp file in the same directory (same filesystem, so the
-    rename is atomic), flushed and fsync'd, then ``os.replace``'d over ``path``.
-    Object stores have no rename but make an upload visible only when it
-    completes, so remote paths are written directly.
-    """
+def _write_gzip_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Writes a gzip file (compresslevel 2) atomically (see :func:`retrax.io.write_atomic`)."""
 
     def write_gzip(raw: BinaryIO) -> None:
         # filename='' keeps the temp name out of the gzip header; mtime=0 makes
@@ -386,25 +362,7 @@ def _write_atomic(fs: Any, path: str, write: Callable[[BinaryIO], None]) -> None
         with gzip.GzipFile(fileobj=raw, mode="wb", **kw) as gz:
             write(gz)
 
-    if not isinstance(fs, LocalFileSystem):
-        with fs.open(path, "wb") as raw:
-            write_gzip(raw)
-        return
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
-    # os.open with 0o666 honours the umask (mkstemp would force 0o600 on the result).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            write_gzip(raw)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, write_gzip)
 
 
 def _write_npy_stream(arrays: Sequence[np.ndarray]) -> Callable[[BinaryIO], None]:
@@ -438,7 +396,7 @@ def write_trax_loop_checkpoint(
     ``opt_slots{i}`` files unconditionally; ``Layer.init_from_file`` does not.
     """
     base = os.fspath(base_path).removesuffix(".pkl.gz")
-    fs, p = _filesystem(base)
+    filesystem(base)  # fail early on a URL whose backend is missing
 
     # Convert and check everything before touching the disk.
     weights = [_to_storable(w) for w in flat_weights]
@@ -470,8 +428,8 @@ def write_trax_loop_checkpoint(
     # signature) would be unreadable by Trax too: fail before writing.
     load_trax_pickle(io.BytesIO(data))
 
-    _write_atomic(fs, p + ".weights.npy.gz", _write_npy_stream(weights))
+    _write_gzip_atomic(base + ".weights.npy.gz", _write_npy_stream(weights))
     for i, task_slots in enumerate(slots_per_task):
-        _write_atomic(fs, f"{p}.opt_slots{i}.npy.gz", _write_npy_stream(task_slots))
-    _write_atomic(fs, p + ".pkl.gz", lambda f: f.write(data))
+        _write_gzip_atomic(f"{base}.opt_slots{i}.npy.gz", _write_npy_stream(task_slots))
+    _write_gzip_atomic(base + ".pkl.gz", lambda f: f.write(data))
     return base + ".pkl.gz"
