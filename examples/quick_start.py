@@ -18,7 +18,10 @@
 #    `predict` mode and decode;
 # 3. look inside the TransformerLM.
 #
-# Run it with `python examples/quick_start.py` (under a minute on a 2-core CPU).
+# Run it with `python examples/quick_start.py` (under a minute on a 2-core CPU),
+# open `examples/quick_start.ipynb` (generated from this file by
+# `python scripts/py_to_ipynb.py examples/quick_start.py`), or run
+# `retrax quickstart` (the same cells, from `retrax.quickstart`).
 
 # %%
 import os

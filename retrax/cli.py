@@ -1,0 +1,744 @@
+"""The ``retrax`` command: quickstart, train, sample, show, convert.
+
+::
+
+    retrax quickstart                                  # the seed notebook, end to end
+    retrax train examples/configs/reverse.json --set model.d_model=64 --output-dir runs/rev
+    retrax sample sort-transformer --prompt "0 3 15 14 9 0"
+    retrax show TransformerLM:d_model=32,n_layers=2,vocab_size=32 --svg model.svg
+    retrax convert runs/rev/model.pkl.gz rev.safetensors
+
+Exit codes: 0 success, 2 bad usage (arguments, config, missing files), 1 a
+failure while working. Errors are one line on stderr; ``--debug`` shows the
+traceback instead.
+
+The whole command line is this one file on purpose (over the ~500-line
+guideline): arguments, config handling and the five commands read top to
+bottom in one place.
+
+Checkpoints carry their model's configuration when retrax built the model
+from one (``train``, ``--model``): ``model._model_config = {'name', 'kwargs'}``
+is written into native checkpoints' metadata and the output directory's
+``config.json``, so ``sample`` and ``show`` can rebuild the model.
+
+>>> parse_model_spec('TransformerLM:d_model=32,n_layers=2,vocab_size=32')
+{'name': 'TransformerLM', 'kwargs': {'d_model': 32, 'n_layers': 2, 'vocab_size': 32}}
+>>> cfg = {'model': {'d_model': 32}}
+>>> apply_override(cfg, 'model.d_model=64'); apply_override(cfg, 'task.name=sort')
+>>> cfg
+{'model': {'d_model': 64}, 'task': {'name': 'sort'}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "UsageError", "parse_model_spec", "apply_override", "load_config",
+           "build_model", "TRAIN_DEFAULTS"]
+
+
+class UsageError(Exception):
+    """Bad arguments, config or inputs: reported in one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------
+# Config values
+# --------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    """JSON when it parses (``64``, ``0.5``, ``true``, ``null``, ``[1, 2]``), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_override(config: dict, assignment: str) -> None:
+    """Applies ``a.b.c=value`` (value JSON-parsed) to the nested dict ``config``."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UsageError(f"--set expects key=value with a dotted key (e.g. model.d_model=64); "
+                         f"got {assignment!r}.")
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UsageError(f"--set {assignment}: {'.'.join(parts[:i + 1])} is "
+                             f"{json.dumps(child)}, not a section.")
+        node = child
+    node[parts[-1]] = _parse_value(value)
+
+
+def load_config(path: str) -> dict:
+    """Reads a JSON or YAML (``.yaml``/``.yml``, needs PyYAML) config file."""
+    if not os.path.isfile(path):
+        raise UsageError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
+                             f"or write the config as JSON.") from None
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UsageError(f"{path} is not valid YAML: {_one_line(err)}") from None
+    else:
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: the config must be a mapping of sections; "
+                         f"got {type(config).__name__}.")
+    return config
+
+
+# --------------------------------------------------------------------------
+# Models from configs
+# --------------------------------------------------------------------------
+
+
+def parse_model_spec(spec: str) -> dict:
+    """``'Name:k=v,k=v'`` (values JSON-parsed) -> ``{'name': Name, 'kwargs': {...}}``."""
+    name, _, rest = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"model spec {spec!r}: expected Name:key=value,key=value; "
+                             f"bad item {item!r}.")
+        kwargs[key.strip()] = _parse_value(value.strip())
+    if not name.strip():
+        raise UsageError(f"model spec {spec!r} has no model name (e.g. TransformerLM:vocab_size=32).")
+    return {"name": name.strip(), "kwargs": kwargs}
+
+
+def _model_names() -> list[str]:
+    from retrax import models
+
+    return [n for n in models.__all__ if n[:1].isupper() and callable(getattr(models, n))]
+
+
+def normalize_model_config(config: Any, where: str) -> dict:
+    """``{'name', 'kwargs'}`` from that form or the flat ``{'name': ..., 'd_model': ...}``."""
+    if isinstance(config, str):
+        return parse_model_spec(config)
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise UsageError(f"{where}: a model config needs a 'name' (one of {_model_names()}) "
+                         f"and its keyword arguments; got {json.dumps(config)}.")
+    if "kwargs" in config:
+        kwargs = config["kwargs"]
+        if not isinstance(kwargs, dict) or set(config) - {"name", "kwargs"}:
+            raise UsageError(f"{where}: use either {{'name', 'kwargs': {{...}}}} or a flat "
+                             f"{{'name', arg: value, ...}}; got {json.dumps(config)}.")
+    else:
+        kwargs = {k: v for k, v in config.items() if k != "name"}
+    return {"name": config["name"], "kwargs": dict(kwargs)}
+
+
+def build_model(config: Any, mode: str, where: str = "model") -> Any:
+    """Builds ``retrax.models.<name>(**kwargs, mode=mode)`` and records its config on it."""
+    from retrax import layers as tl
+    from retrax import models
+
+    config = normalize_model_config(config, where)
+    name, kwargs = config["name"], dict(config["kwargs"])
+    kwargs.pop("mode", None)  # The command decides the mode.
+    if name not in _model_names():
+        raise UsageError(f"{where}: unknown model {name!r}; available: {_model_names()}.")
+    call_kwargs = dict(kwargs)
+    for key, value in kwargs.items():  # e.g. "ff_activation": "Gelu"
+        if key.endswith("activation") and isinstance(value, str):
+            layer_fn = getattr(tl, value, None)
+            if not callable(layer_fn):
+                raise UsageError(f"{where}: {key}={value!r} is not a layer in retrax.layers.")
+            call_kwargs[key] = layer_fn
+    try:
+        model = getattr(models, name)(**call_kwargs, mode=mode)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{where}: {name}(**{json.dumps(kwargs)}): {_one_line(err)}") from None
+    model._model_config = {"name": name, "kwargs": kwargs}
+    return model
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------
+
+
+def _native_in_dir(directory: str) -> str | None:
+    paths = sorted(glob.glob(os.path.join(directory, "checkpoint_*.safetensors")))
+    return paths[-1] if paths else None
+
+
+def _json_file(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def resolve_checkpoint(source: str) -> dict:
+    """Where ``source``'s weights are and what is known about its model.
+
+    ``source``: a pretrained name, an output directory of ``train``/``Loop``,
+    a native ``.safetensors`` or a Trax ``.pkl.gz`` file. Returns ``{'path',
+    'model' (config or None), 'ckpt' (read_any result), 'run' (train
+    config or None), 'pretrained' (name or None)}``.
+    """
+    from retrax import checkpoints, pretrained
+
+    info: dict[str, Any] = {"model": None, "run": None, "pretrained": None}
+    if source in pretrained.MODELS:
+        entry = pretrained.MODELS[source]
+        info.update(path=pretrained.path(source), pretrained=source,
+                    model={"name": entry["model"], "kwargs": dict(entry["config"])})
+    elif os.path.isdir(source):
+        trax_file = os.path.join(source, "model.pkl.gz")
+        path = trax_file if os.path.exists(trax_file) else _native_in_dir(source)
+        if path is None:
+            raise UsageError(f"{source} holds no checkpoint (model.pkl.gz or "
+                             f"checkpoint_*.safetensors).")
+        info["path"] = path
+        info["run"] = _json_file(os.path.join(source, "train_config.json"))
+        model = (_json_file(os.path.join(source, "config.json")) or {}).get("model")
+        if isinstance(model, dict) and "kwargs" in model:
+            info["model"] = model
+    elif os.path.isfile(source) or "://" in source:
+        info["path"] = source
+        next_to = _json_file(os.path.join(os.path.dirname(source) or ".", "config.json")) or {}
+        if isinstance(next_to.get("model"), dict) and "kwargs" in next_to["model"]:
+            info["model"] = next_to["model"]
+    else:
+        raise UsageError(f"{source!r} is not a checkpoint file, an output directory or a "
+                         f"pretrained model ({', '.join(pretrained.available())}).")
+    try:
+        info["ckpt"] = checkpoints.read_any(info["path"])
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    meta_model = info["ckpt"]["meta"].get("model")
+    if isinstance(meta_model, dict) and "kwargs" in meta_model:
+        info["model"] = meta_model  # The checkpoint's own word wins.
+    return info
+
+
+def _model_from_args(args: argparse.Namespace, known: dict | None) -> dict | None:
+    """The model config from --model/--config (over ``known``)."""
+    config = dict(known) if known else None
+    if getattr(args, "model", None):
+        spec = parse_model_spec(args.model)
+        if config and spec["name"] == config["name"]:
+            spec["kwargs"] = {**config["kwargs"], **spec["kwargs"]}
+        config = spec
+    if getattr(args, "config", None):
+        text = args.config
+        if os.path.isfile(text):
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        try:
+            extra = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--config must be JSON (or a JSON file): {err}") from None
+        if not isinstance(extra, dict):
+            raise UsageError("--config must be a JSON object of model arguments.")
+        if "name" in extra:
+            config = normalize_model_config(extra, "--config")
+        elif config is None:
+            raise UsageError("--config gives arguments but no model name; add --model NAME "
+                             "or a \"name\" key.")
+        else:
+            config = {"name": config["name"], "kwargs": {**config["kwargs"], **extra}}
+    return config
+
+
+def _signature_for(model: Any) -> Any:
+    import numpy as np
+
+    from retrax import shapes
+
+    sig = shapes.ShapeDtype((1, 1), np.int32)
+    return sig if model.n_in == 1 else tuple(sig for _ in range(model.n_in))
+
+
+def load_model(info: dict, config: dict | None, mode: str, source: str) -> Any:
+    if config is None:
+        raise UsageError(f"{source}: the checkpoint does not say which model it holds; pass "
+                         f"--model NAME:key=value,... (e.g. TransformerLM:vocab_size=32,"
+                         f"d_model=32) or --config JSON.")
+    model = build_model(config, mode, where=f"{source}: model")
+    try:
+        model.init_from_file(info["path"], weights_only=True, input_signature=_signature_for(model))
+    except ValueError as err:  # Wrong shapes or counts: the config does not match.
+        raise UsageError(_one_line(err)) from None
+    return model
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from retrax import quickstart
+
+    quickstart.main(output_dir=args.output_dir, steps=args.steps)
+    return 0
+
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": None,  # {"name": "TransformerLM", "vocab_size": 32, ...}
+    "task": None,  # {"name": "reverse" | "sort" | "copy", "batch_size", "length", "seed"}
+    "optimizer": {"name": "Adam", "learning_rate": 0.01},
+    "lr_schedule": None,  # {"name": "warmup_and_rsqrt_decay", "n_warmup_steps": ..., ...}
+    "loss": "CrossEntropyLoss",
+    "eval": {"metrics": ["CrossEntropyLoss", "Accuracy"], "n_batches": 10, "seed": None},
+    "steps": 1000,
+    "n_steps_per_checkpoint": 100,
+    "random_seed": 0,
+    "output_dir": None,
+    "plot": False,
+}
+_TASKS = {"reverse": "reverse_ints_task", "sort": "sort_ints_task", "copy": "copy_ints_task"}
+_TASK_KEYS = {"name", "batch_size", "length", "seed"}
+
+
+def _check_keys(section: str, got: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(got) - allowed)
+    if unknown:
+        raise UsageError(f"config {section}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
+
+
+def _positive_int(section: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"config {section} must be a positive integer; got {json.dumps(value)}.")
+    return value
+
+
+def resolve_train_config(config: dict) -> dict:
+    """Fills defaults and checks a train config; raises UsageError naming the bad key."""
+    _check_keys("", config, set(TRAIN_DEFAULTS))
+    run = {k: config.get(k, v) for k, v in TRAIN_DEFAULTS.items()}
+    if config.get("eval") is not None:
+        if not isinstance(config["eval"], dict):
+            raise UsageError("config eval must be a section (or null for no evaluation).")
+        _check_keys("eval", config["eval"], set(TRAIN_DEFAULTS["eval"]))
+        run["eval"] = {**TRAIN_DEFAULTS["eval"], **config["eval"]}
+    if run["model"] is None:
+        raise UsageError('config needs a "model" section, e.g. {"name": "TransformerLM", '
+                         '"vocab_size": 32, "d_model": 32}.')
+    task = run["task"]
+    if not isinstance(task, dict) or task.get("name") not in _TASKS:
+        raise UsageError(f'config needs a "task" section with "name" one of {sorted(_TASKS)}; '
+                         f"got {json.dumps(task)}.")
+    _check_keys("task", task, _TASK_KEYS)
+    for key in ("batch_size", "length"):
+        if key in task:
+            _positive_int(f"task.{key}", task[key])
+    for key in ("steps", "n_steps_per_checkpoint"):
+        _positive_int(key, run[key])
+    if not isinstance(run["random_seed"], int):
+        raise UsageError(f"config random_seed must be an int; got {json.dumps(run['random_seed'])}.")
+    if run["eval"] is not None:
+        _positive_int("eval.n_batches", run["eval"]["n_batches"])
+    if not run["output_dir"]:
+        raise UsageError("no output directory: pass --output-dir DIR or set output_dir in the config.")
+    return run
+
+
+def _named(section: str, value: Any, namespace: Any, names: Sequence[str], what: str) -> Any:
+    """Calls ``namespace.<name>(**kwargs)`` for ``{"name": ..., **kwargs}`` (or a bare name)."""
+    spec = {"name": value} if isinstance(value, str) else value
+    if not isinstance(spec, dict) or spec.get("name") not in names:
+        name = spec.get("name") if isinstance(spec, dict) else value
+        raise UsageError(f"config {section}: unknown {what} {json.dumps(name)}; "
+                         f"available: {sorted(names)}.")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        return getattr(namespace, spec["name"])(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"config {section}: {spec['name']}(**{json.dumps(kwargs)}): "
+                         f"{_one_line(err)}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    for assignment in args.set or []:
+        apply_override(config, assignment)
+    if args.steps is not None:
+        config["steps"] = args.steps
+    if args.output_dir is not None:
+        config["output_dir"] = args.output_dir
+    run = resolve_train_config(config)
+
+    from retrax import data, optimizers
+    from retrax import layers as tl
+    from retrax.optimizers.base import Optimizer
+    from retrax.supervised import lr_schedules, training
+
+    model = build_model(run["model"], "train", where="config model")
+    task_kwargs = {k: v for k, v in run["task"].items() if k != "name"}
+    make_data = getattr(data, _TASKS[run["task"]["name"]])
+    opt_names = [n for n in optimizers.__all__
+                 if isinstance(getattr(optimizers, n), type)
+                 and issubclass(getattr(optimizers, n), Optimizer) and n != "Optimizer"]
+    optimizer = _named("optimizer", run["optimizer"], optimizers, opt_names, "optimizer")
+    schedule = None
+    if run["lr_schedule"] is not None:
+        schedule = _named("lr_schedule", run["lr_schedule"], lr_schedules,
+                          lr_schedules.__all__, "schedule")
+    layer_names = [n for n in dir(tl) if n[:1].isupper()]
+    loss = _named("loss", run["loss"], tl, layer_names, "loss layer")
+    train_task = training.TrainTask(make_data(**task_kwargs), loss, optimizer,
+                                    lr_schedule=schedule,
+                                    n_steps_per_checkpoint=run["n_steps_per_checkpoint"])
+    eval_tasks = []
+    if run["eval"] is not None:
+        seed = run["eval"]["seed"]
+        seed = task_kwargs.get("seed", 0) + 1 if seed is None else seed
+        metrics = [_named("eval.metrics", m, tl, layer_names, "metric layer")
+                   for m in run["eval"]["metrics"]]
+        eval_tasks.append(training.EvalTask(make_data(**{**task_kwargs, "seed": seed}), metrics,
+                                            n_eval_batches=run["eval"]["n_batches"]))
+    callbacks = []
+    if run["plot"]:
+        from retrax.visualize import PlotHistoryCallback
+
+        callbacks.append(PlotHistoryCallback.configured(
+            filename=run["plot"] if isinstance(run["plot"], str) else "history.png"))
+    output_dir = os.path.expanduser(run["output_dir"])
+    loop = training.Loop(model, train_task, eval_tasks=eval_tasks, output_dir=output_dir,
+                         random_seed=run["random_seed"], callbacks=callbacks)
+    with open(os.path.join(output_dir, "train_config.json"), "w", encoding="utf-8") as f:
+        json.dump(run, f, indent=2)
+    remaining = run["steps"] - loop.step
+    if remaining <= 0:
+        print(f"{output_dir} is already at step {loop.step} (steps={run['steps']}); nothing to do.")
+        return 0
+    if loop.step:
+        print(f"Resuming from step {loop.step} in {output_dir}.")
+    loop.run(remaining)
+    print(f"Trained to step {loop.step}; checkpoints in {output_dir}")
+    return 0
+
+
+def _parse_prompt(text: str) -> list[int]:
+    items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
+    try:
+        ids = [int(s) for s in items]
+    except ValueError:
+        raise UsageError(f"--prompt must be token ids separated by spaces or commas, "
+                         f"e.g. \"0 3 15 14 9 0\"; got {text!r}.") from None
+    if not ids or min(ids) < 0:
+        raise UsageError(f"--prompt needs at least one non-negative token id; got {text!r}.")
+    return ids
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from retrax.supervised import decoding
+
+    prompt = None if args.prompt is None else _parse_prompt(args.prompt)
+    info = resolve_checkpoint(args.checkpoint)
+    config = _model_from_args(args, info["model"])
+    vocab = (config or {}).get("kwargs", {}).get("vocab_size")
+    if prompt is not None and isinstance(vocab, int) and max(prompt) >= vocab:
+        raise UsageError(f"--prompt token {max(prompt)} is outside the model's vocabulary "
+                         f"[0, {vocab}).")
+    max_length = args.max_length
+    if max_length is None:  # The task's answer length when known (toy tasks: 4).
+        max_length = int(((info["run"] or {}).get("task") or {}).get("length", 4))
+    model = load_model(info, config, "predict", args.checkpoint)
+    inputs = None if prompt is None else np.array([prompt], np.int32)
+    eos = None if args.eos_id is None or args.eos_id < 0 else args.eos_id
+    output = decoding.autoregressive_sample(
+        model, inputs, temperature=args.temperature, max_length=max_length, eos_id=eos,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    for row in np.asarray(output):
+        print(" ".join(str(int(t)) for t in row))
+    return 0
+
+
+def _print_weights_table(rows: list[tuple[str, str, str, str]]) -> None:
+    header = ("path", "layer", "weight shapes", "params")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for r in [header, *rows]:
+        print(f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  "
+              f"{r[3]:>{widths[3]}}")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from retrax import visualize
+
+    source = args.model_or_checkpoint
+    is_spec = not (os.path.exists(source) or "://" in source or _is_pretrained(source))
+    if is_spec and ":" not in source and source not in _model_names():
+        from retrax import pretrained
+
+        raise UsageError(f"{source!r} is not a checkpoint file, an output directory, a pretrained "
+                         f"model ({', '.join(pretrained.available())}) or a model spec such as "
+                         f"TransformerLM:vocab_size=32,d_model=32.")
+    if is_spec:
+        config = _model_from_args(args, parse_model_spec(source))
+        model = build_model(config, args.mode, where=source)
+        model.init(_signature_for(model))
+    else:
+        info = resolve_checkpoint(source)
+        config = _model_from_args(args, info["model"])
+        if config is None:  # Still useful: the arrays in the file.
+            if args.svg:
+                raise UsageError(f"{source}: drawing needs the model; pass --model NAME:k=v,...")
+            flat = info["ckpt"]["flat_weights"]
+            print(f"{source}: no model config (pass --model to see the layer tree); "
+                  f"{len(flat)} weight arrays:")
+            rows = [(str(i), "", visualize.format_shape(np.shape(w)), f"{int(np.size(w)):,}")
+                    for i, w in enumerate(flat)]
+            _print_weights_table(rows)
+            print(f"Total: {sum(int(np.size(w)) for w in flat):,} parameters")
+            return 0
+        model = load_model(info, config, args.mode, source)
+    print(model)
+    print()
+    tree = visualize.layer_tree(model)
+    rows = [(n.path, n.name, " ".join(visualize.format_shape(s) for s in n.weight_shapes),
+             f"{n.n_params:,}") for n in tree.walk() if n.weight_shapes]
+    rows += [(n.path, n.name, f"shared with {n.shared_with}", "0")
+             for n in tree.walk() if n.shared_with is not None]
+    print(f"Layers with weights ({len(rows)}):")
+    _print_weights_table(rows)
+    total = sum(n.n_params for n in tree.walk())
+    n_layers = sum(1 for n in tree.walk() if n.is_layer)
+    print(f"Total: {total:,} parameters in {sum(len(n.weight_shapes) for n in tree.walk())} "
+          f"arrays; {n_layers} layers in the tree")
+    if args.svg:
+        visualize.layer_diagram(model, args.svg)
+        print(f"Wrote {args.svg}")
+    return 0
+
+
+def _is_pretrained(name: str) -> bool:
+    from retrax import pretrained
+
+    return name in pretrained.MODELS
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from retrax import checkpoints
+
+    src, dst = args.input, args.output
+    if not (os.path.isfile(src) or "://" in src):
+        raise UsageError(f"input checkpoint not found: {src}")
+    if checkpoints.is_trax_pickle(checkpoints.read_bytes(src)):
+        if not dst.endswith(".safetensors"):
+            raise UsageError(f"{src} is a Trax checkpoint; the output must be a native "
+                             f".safetensors file, not {dst!r}.")
+        checkpoints.trax_to_native(src, dst)
+        info = resolve_checkpoint(src)  # A model config next to it (config.json) travels along.
+        if info["model"] is not None:
+            ckpt = checkpoints.read_any(dst)
+            checkpoints.save_native(
+                dst, tuple(ckpt["flat_weights"]),
+                None if ckpt["flat_state"] is None else tuple(ckpt["flat_state"]),
+                input_signature=ckpt["input_signature"], model_config=info["model"],
+                extra=ckpt["meta"].get("extra"))
+        print(f"Wrote {dst} (native) from Trax checkpoint {src}")
+    else:
+        if not dst.endswith(".pkl.gz"):
+            raise UsageError(f"{src} is a native checkpoint; the output must be a Trax "
+                             f".pkl.gz file, not {dst!r}.")
+        try:
+            checkpoints.read_native(checkpoints.read_bytes(src), src)
+        except ValueError as err:
+            raise UsageError(_one_line(err)) from None
+        written = checkpoints.native_to_trax(src, dst)
+        print(f"Wrote {written} (Trax) from native checkpoint {src}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _non_negative_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NAME[:k=v,...]",
+                   help="the model, when the checkpoint does not record it "
+                        "(e.g. TransformerLM:vocab_size=32,d_model=32)")
+    p.add_argument("--config", metavar="JSON",
+                   help="model arguments as JSON or a JSON file (with \"name\": the whole "
+                        "model config); overrides the recorded ones")
+
+
+_TRAIN_EPILOG = """\
+config sections (defaults in brackets):
+  model           {"name": "TransformerLM", "vocab_size": 32, "d_model": 32, ...}
+  task            {"name": "reverse" | "sort" | "copy", "batch_size", "length", "seed"}
+  optimizer       {"name": "Adam", "learning_rate": 0.01}  [Adam(0.01)]
+  lr_schedule     {"name": "warmup_and_rsqrt_decay", "n_warmup_steps": 100,
+                   "max_value": 0.01} or null  [null: the optimizer's rate]
+  loss            "CrossEntropyLoss"
+  eval            {"metrics": [...], "n_batches": 10, "seed": task seed + 1} or null
+  steps           total steps [1000]
+  n_steps_per_checkpoint  [100]; evals run at the same steps
+  random_seed     [0]
+  output_dir      where checkpoints go (or --output-dir)
+  plot            true (or a file name) writes history.png at each checkpoint [false]
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from retrax import __version__
+
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks of errors")
+    parser = _Parser(prog="retrax", description="Trax's TransformerLM quick start, training, "
+                     "sampling and inspection on modern JAX.", parents=[debug])
+    parser.add_argument("--version", action="version", version=f"retrax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("quickstart", parents=[debug], help="run the TransformerLM quick start",
+                       description="Runs every cell of the TransformerLM quick-start notebook: "
+                       "the pretrained sort model, training a reverse model for 1000 steps, "
+                       "decoding with it, and the model's layers.")
+    p.add_argument("--output-dir", help="training directory (default: $RETRAX_TRAIN_DIR or "
+                   "~/train_dir/)")
+    p.add_argument("--steps", type=_positive, default=1000, help="training steps (default 1000)")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("train", parents=[debug], help="train a model from a JSON/YAML config",
+                       description="Trains the config's model on a toy task (reverse, sort, "
+                       "copy). Resumes when the output directory holds a checkpoint; `steps` "
+                       "is the total to reach. Example: examples/configs/reverse.json.",
+                       epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", metavar="CONFIG", help="JSON or YAML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.d_model=64 (value parsed "
+                        "as JSON, else a string); repeatable")
+    p.add_argument("--output-dir", help="where checkpoints go (overrides output_dir)")
+    p.add_argument("--steps", type=_positive, help="total steps (overrides steps)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", parents=[debug], help="decode from a checkpoint",
+                       description="Decodes after --prompt with a checkpoint: a native "
+                       ".safetensors, a Trax .pkl.gz, an output directory, or a pretrained "
+                       "name (sort-transformer). Prints the generated ids, one row per line.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--prompt", help='token ids, e.g. "0 3 15 14 9 0" (default: none)')
+    p.add_argument("--max-length", type=_positive,
+                   help="tokens to generate (default: the trained task's length, else 4)")
+    p.add_argument("--temperature", type=_non_negative_float, default=0.0,
+                   help="0 is greedy (default); otherwise sample softmax(logits / T)")
+    p.add_argument("--top-k", type=_positive, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=_probability, help="nucleus sampling probability mass")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--eos-id", type=int, default=None,
+                   help="stop a row after this id (default: never; the toy tasks use 1 as a token)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("show", parents=[debug], help="print a model's layers and parameters",
+                       description="Prints the layer tree, the layers with weights (path, "
+                       "shapes, parameter count) and the total. MODEL_OR_CHECKPOINT: a "
+                       "pretrained name, a checkpoint or output directory, or a spec like "
+                       "TransformerLM:d_model=32,n_layers=2,vocab_size=32.")
+    p.add_argument("model_or_checkpoint", metavar="MODEL_OR_CHECKPOINT")
+    p.add_argument("--svg", metavar="FILE", help="also draw the layer tree into this SVG file")
+    p.add_argument("--mode", choices=["train", "eval", "predict"], default="train",
+                   help="mode to build the model in (default train, as Trax prints it)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("convert", parents=[debug], help="Trax .pkl.gz <-> native .safetensors",
+                       description="Converts a Trax checkpoint (.pkl.gz) into retrax's native "
+                       "format (.safetensors), or back; the direction follows the input.")
+    p.add_argument("input", metavar="IN")
+    p.add_argument("output", metavar="OUT")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def _one_line(err: BaseException | str) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``retrax`` command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error("missing command; choose one of quickstart, train, sample, show, convert")
+    prog = f"retrax {args.command}"
+    args.debug = getattr(args, "debug", False)  # Given before or after the command.
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {type(err).__name__}: {_one_line(err)} (run with --debug for "
+              f"the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
