@@ -31,7 +31,17 @@ Data position: a Python generator cannot be rewound or restored, so on resume
 the Loop draws and discards as many batches from each (new) data iterator as
 the interrupted run had consumed. A deterministic (seeded) generator then
 continues exactly where it stopped; a generator using unseeded global
-randomness continues with fresh random batches.
+randomness continues with fresh random batches. An iterator with
+``state_dict()``/``load_state_dict(d)`` methods (a ``retrax.data`` pipeline)
+instead has its position saved in each checkpoint (JSON metadata, key
+``data_state``) and restored on resume, without re-drawing batches.
+
+Prefetch: by default (``prefetch=True``) each data iterator draws its next
+batch in a background thread while the current step runs. Batches are handed
+out in the iterator's order (tasks sharing an iterator get the same batches as
+without prefetch) and errors, ``StopIteration`` included, surface at the step
+that would have received the batch. The iterator is then one batch ahead of
+the Loop; the saved position is the one after the last batch the Loop used.
 
 Randomness: every random key of a run comes from ``random_seed`` (default 0),
 folded with the step number, so the same seed gives the same run.
@@ -43,8 +53,10 @@ import copy
 import glob
 import json
 import os
+import queue
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -196,28 +208,98 @@ class EvalTask:
         return tuple(next(self._labeled_data))
 
 
-class _Stream:
-    """Counts the batches drawn from one data iterator (shared by tasks using it)."""
+# -- Data streams: counts, resumable positions, background prefetch -----------------
 
-    def __init__(self, iterator: Any):
+
+class _Prefetcher:
+    """Runs ``draw()`` in a background thread, one call ahead of ``take()``, in order.
+
+    An exception of ``draw()`` (``StopIteration`` included) is re-raised by the
+    ``take()`` that would have returned its result; nothing is drawn ahead then.
+    """
+
+    def __init__(self, draw: Callable[[], Any]):
+        self._draw = draw
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending = False
+
+    def _run(self) -> None:
+        try:
+            result = (True, self._draw())
+        except BaseException as err:  # Re-raised in the Loop's thread by take().
+            result = (False, err)
+        self._results.put(result)
+
+    def request(self) -> None:
+        # A short-lived thread per batch: nothing lingers (or holds the data) after the Loop.
+        threading.Thread(target=self._run, name="retrax-prefetch", daemon=True).start()
+        self.pending = True
+
+    def take(self) -> Any:
+        if not self.pending:
+            self.request()
+        ok, value = self._results.get()
+        self.pending = False
+        if not ok:
+            raise value
+        self.request()
+        return value
+
+    def cancel(self) -> None:
+        """Waits for a draw in flight and discards it."""
+        if self.pending:
+            self._results.get()
+            self.pending = False
+
+
+class _Stream:
+    """The batches of one data iterator (shared by the tasks using it).
+
+    Counts them; for a resumable iterator (``state_dict``/``load_state_dict``)
+    knows its position after the last batch handed out; with ``prefetch``
+    draws the next batch in a background thread.
+    """
+
+    def __init__(self, iterator: Any, prefetch: bool = False):
         self.iterator = iterator
         self.consumed = 0
+        self.resumable = (callable(getattr(iterator, "state_dict", None))
+                          and callable(getattr(iterator, "load_state_dict", None)))
+        self._state: Any = None
+        self._prefetcher = _Prefetcher(self._draw) if prefetch else None
+
+    def _draw(self) -> tuple:
+        batch = tuple(next(self.iterator))
+        # With prefetch the iterator runs one batch ahead: snapshot its position now.
+        snapshot = self._prefetcher is not None and self.resumable
+        return batch, (self.iterator.state_dict() if snapshot else None)
 
     def next(self) -> tuple:
-        batch = tuple(next(self.iterator))
+        batch, self._state = self._prefetcher.take() if self._prefetcher else self._draw()
         self.consumed += 1
         return batch
+
+    def state(self) -> Any:
+        """The iterator's position after the last batch handed out (resumable iterators)."""
+        if self._prefetcher is not None and self.consumed > 0:
+            return self._state
+        return self.iterator.state_dict()
+
+    def restore(self, state: Any, consumed: int) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.cancel()
+        self.iterator.load_state_dict(state)
+        self.consumed, self._state = consumed, state
 
     def skip(self, n: int, what: str) -> None:
         for i in range(n):
             try:
-                next(self.iterator)
+                self.next()
             except StopIteration:
                 raise ValueError(
                     f"Resuming: {what} ran out after {i} batches while skipping the {n} "
                     f"batches the interrupted run had used."
                 ) from None
-        self.consumed = n
 
 
 def _eval_mode_copy(model: base.Layer) -> base.Layer:
@@ -263,7 +345,8 @@ class Loop:
     Keyword-only additions: ``keep_checkpoints`` (native checkpoints kept, default
     3), ``write_trax_checkpoint`` (also write Trax's ``model.pkl.gz`` layout,
     default True), ``progress_bar`` (None: only when stdout is a terminal),
-    ``stdout`` (a file for the log lines).
+    ``stdout`` (a file for the log lines), ``prefetch`` (draw each next batch in a
+    background thread, default True; see the module docstring).
 
     Differences from Trax: ``random_seed=None`` means seed 0 (Trax draws a random
     one); without ``eval_model`` the evaluation uses a copy of ``model`` switched
@@ -284,7 +367,7 @@ class Loop:
                  loss_chunk_size: int = 0, use_memory_efficient_trainer: bool = False,
                  adasum: bool = False, callbacks: Sequence[Any] | None = None, *,
                  keep_checkpoints: int = 3, write_trax_checkpoint: bool = True,
-                 progress_bar: bool | None = None, stdout: Any = None):
+                 progress_bar: bool | None = None, stdout: Any = None, prefetch: bool = True):
         if use_memory_efficient_trainer or adasum or loss_chunk_size:
             raise NotImplementedError(
                 "Loop: use_memory_efficient_trainer, adasum and loss_chunk_size are not "
@@ -326,6 +409,7 @@ class Loop:
         self._writer = MetricWriter(self._output_dir, self._stdout)
 
         # Streams: tasks sharing one iterator share one counter.
+        self._prefetch = bool(prefetch)
         self._streams: dict[int, _Stream] = {}
         self._task_streams = [self._stream_for(t.labeled_data) for t in tasks]
         self._eval_streams = [self._stream_for(t.labeled_data) for t in eval_tasks]
@@ -387,7 +471,7 @@ class Loop:
     def _stream_for(self, iterator: Any) -> _Stream:
         key = id(iterator)
         if key not in self._streams:
-            self._streams[key] = _Stream(iterator)
+            self._streams[key] = _Stream(iterator, prefetch=self._prefetch)
         return self._streams[key]
 
     def _model_sig(self, batch: Sequence[Any]) -> Any:
@@ -656,6 +740,10 @@ class Loop:
             "history": self._history.to_dict(),
             "consumed": {str(i): self._task_streams[i].consumed for i in range(len(self._tasks))},
             "eval_consumed": {str(i): s.consumed for i, s in enumerate(self._eval_streams)},
+            "data_state": {str(i): s.state() for i, s in enumerate(self._task_streams)
+                           if s.resumable},
+            "eval_data_state": {str(i): s.state() for i, s in enumerate(self._eval_streams)
+                                if s.resumable},
             "n_tasks": len(self._tasks),
             "seed": self._seed,
         }
@@ -765,14 +853,20 @@ class Loop:
         self._history = History.from_dict(extra.get("history", {}))
         self._last_log_step = self._step
         self._last_good_checkpoint = path
+        states = extra.get("data_state", {})
         for i, n in extra.get("consumed", {}).items():
             stream = self._task_streams[int(i)]
-            if stream.consumed < n:
+            if stream.resumable and i in states:
+                stream.restore(states[i], n)
+            elif stream.consumed < n:
                 stream.skip(n - stream.consumed, f"the data of task {i}")
+        states = extra.get("eval_data_state", {})
         for i, n in extra.get("eval_consumed", {}).items():
             if int(i) < len(self._eval_streams):
                 stream = self._eval_streams[int(i)]
-                if stream.consumed < n:
+                if stream.resumable and i in states:
+                    stream.restore(states[i], n)
+                elif stream.consumed < n:
                     stream.skip(n - stream.consumed, f"the data of eval task {i}")
 
     def _load_trax_checkpoint(self, path: str) -> None:
