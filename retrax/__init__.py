@@ -6,6 +6,7 @@ Use it as a drop-in for Trax code: ``import retrax as trax``.
 __version__ = "0.1.0"
 
 from retrax import (  # noqa: E402,F401
+    data,
     fastmath,
     layers,
     models,  # noqa: E402,F401
