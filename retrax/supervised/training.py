@@ -135,6 +135,7 @@ class TrainTask:
         self._loss_layer = loss_layer
         self._optimizer = optimizer
         self._lr_schedule = lr_schedule
+        self._default_lr: float | None = None
         self._n_steps_per_checkpoint = n_steps_per_checkpoint
         self._n_steps_per_permanent_checkpoint = n_steps_per_permanent_checkpoint
         self._loss_name = loss_name or loss_layer.name
@@ -159,7 +160,9 @@ class TrainTask:
     def learning_rate(self, step: int) -> float:
         if self._lr_schedule is not None:
             return float(self._lr_schedule(step))
-        return float(self._optimizer.opt_params["learning_rate"])
+        if self._default_lr is None:  # read once: a device read-back per step stalls the Loop
+            self._default_lr = float(self._optimizer.opt_params["learning_rate"])
+        return self._default_lr
 
 
 class EvalTask:
@@ -638,7 +641,8 @@ class Loop:
         """Brings the losses since the last fetch to the host; stops on NaN/inf."""
         if not self._pending:
             return
-        losses = np.asarray(jnp.stack([p[2] for p in self._pending]))
+        # device_get of the list: no compilation per list length (jnp.stack would).
+        losses = np.asarray(jax.device_get([p[2] for p in self._pending]), np.float32)
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             step = self._pending[bad[0]][0]
