@@ -454,8 +454,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from retrax.supervised import decoding
 
+    if args.prompt is not None and args.text is not None:
+        raise UsageError("give either --prompt (token ids) or --text, not both.")
     prompt = None if args.prompt is None else _parse_prompt(args.prompt)
     info = resolve_checkpoint(args.checkpoint)
+    tokenizer = None
+    if args.text is not None:
+        tokenizer = _find_tokenizer(args, info)
+        prompt = list(tokenizer.encode(args.text))
+        if not prompt:
+            raise UsageError("--text is empty; give some text to continue.")
     config = _model_from_args(args, info["model"])
     vocab = (config or {}).get("kwargs", {}).get("vocab_size")
     if prompt is not None and isinstance(vocab, int) and max(prompt) >= vocab:
@@ -471,8 +479,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
         model, inputs, temperature=args.temperature, max_length=max_length, eos_id=eos,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     for row in np.asarray(output):
-        print(" ".join(str(int(t)) for t in row))
+        if tokenizer is not None:
+            ids = [int(t) for t in row]
+            if eos is not None and eos in ids:
+                ids = ids[:ids.index(eos)]
+            print(args.text + tokenizer.decode(ids))
+        else:
+            print(" ".join(str(int(t)) for t in row))
     return 0
+
+
+def _find_tokenizer(args: argparse.Namespace, info: dict) -> Any:
+    """The tokenizer given by --tokenizer, or the one saved next to the checkpoint."""
+    from retrax.data.tokenizers import load_tokenizer
+
+    candidates = [args.tokenizer] if args.tokenizer else []
+    if not args.tokenizer:
+        if os.path.isdir(args.checkpoint):
+            candidates.append(args.checkpoint)
+        candidates.append(os.path.dirname(os.path.abspath(info["path"])))
+    for directory in candidates:
+        if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+            try:
+                return load_tokenizer(directory)
+            except (OSError, ValueError, KeyError) as err:
+                raise UsageError(f"cannot load the tokenizer in {directory}: "
+                                 f"{_one_line(err)}") from None
+    where = args.tokenizer or " or ".join(candidates)
+    raise UsageError(f"--text needs a tokenizer, but {where} holds no tokenizer.json; pass "
+                     f"--tokenizer DIR (a directory written by tokenizer.save(DIR)).")
 
 
 def _print_weights_table(rows: list[tuple[str, str, str, str]]) -> None:
@@ -677,6 +712,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "name (sort-transformer). Prints the generated ids, one row per line.")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--prompt", help='token ids, e.g. "0 3 15 14 9 0" (default: none)')
+    p.add_argument("--text", help="a text prompt, encoded with the tokenizer saved next to the "
+                   "checkpoint (tokenizer.json); the continuation is printed as text")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="directory holding tokenizer.json (default: next to the checkpoint)")
     p.add_argument("--max-length", type=_positive,
                    help="tokens to generate (default: the trained task's length, else 4)")
     p.add_argument("--temperature", type=_non_negative_float, default=0.0,

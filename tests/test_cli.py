@@ -326,3 +326,32 @@ def test_convert_round_trip(trained, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert_usage_error(run("convert", str(back), str(tmp_path / "x.pkl.gz")),
                        "output must be a native .safetensors")
+
+
+def test_sample_text_with_the_tokenizer_saved_next_to_the_checkpoint(tmp_path):
+    import io
+
+    import numpy as np
+
+    import retrax as trax
+    from retrax import layers as tl
+    from retrax.data import ByteTokenizer
+    from retrax.supervised import training
+
+    tok = ByteTokenizer()
+    text = np.array([tok.encode("abcabcabcabc")] * 4, np.int32)
+    batches = iter([(text, text, np.ones_like(text, np.float32))] * 3)
+    task = training.TrainTask(batches, tl.CrossEntropyLoss(), trax.optimizers.Adam(0.01),
+                              n_steps_per_checkpoint=1)
+    model = trax.models.TransformerLM(vocab_size=tok.vocab_size, d_model=16, d_ff=32,
+                                      n_layers=1, n_heads=2, max_len=64)
+    training.Loop(model, task, output_dir=str(tmp_path), stdout=io.StringIO()).run(1)
+    tok.save(str(tmp_path))
+    result = run("sample", str(tmp_path), "--text", "abc", "--max-length", "5")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.rstrip("\n")
+    assert out.startswith("abc") and len(out.encode("utf-8", "replace")) >= 3
+    no_tok = run("sample", str(tmp_path), "--text", "abc", "--tokenizer", str(tmp_path / "x"))
+    assert_usage_error(no_tok, "holds no tokenizer.json")
+    both = run("sample", str(tmp_path), "--text", "abc", "--prompt", "1 2")
+    assert_usage_error(both, "either --prompt")
