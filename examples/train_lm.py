@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import os
 import sys
-import sysconfig
 import time
 from typing import Any
 
@@ -67,41 +65,12 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def stdlib_files() -> tuple[str, list[str]]:
-    """The stdlib directory and its ``.py`` files (sorted, without installed packages)."""
-    root = sysconfig.get_paths()["stdlib"]
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages",
-                                                              "__pycache__"))
-        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
-    if not files:
-        raise SystemExit(f"No .py files found under {root}.")
-    return root, files
-
-
-def split_files(root: str, files: list[str], held_out_percent: int) -> tuple[list, list]:
-    """Deterministic train/held-out split by the MD5 of each relative path."""
-    train, held = [], []
-    for path in files:
-        rel = os.path.relpath(path, root).replace(os.sep, "/")
-        bucket = int(hashlib.md5(rel.encode("utf-8")).hexdigest(), 16) % 100
-        (held if bucket < held_out_percent else train).append(path)
-    return train, held
-
-
 def lm_pipeline(files: list[str], tok: data.Tokenizer, task: dict, *, seed: int,
                 shuffle: bool = True, repeat: bool = True) -> data.Serial:
-    """Files -> batches ``(x, x, weights)`` of ``batch_size`` rows of ``seq_len`` tokens."""
-    return data.Serial(
-        data.TextDocuments(files, repeat=repeat, shuffle_files=True, seed=seed),
-        data.Tokenize(tokenizer=tok),
-        data.PackSequences(task["seq_len"], separator_id=tok.eos_id, pad_id=tok.pad_id),
-        data.Shuffle(task["shuffle_queue"], seed=seed) if shuffle else [],
-        data.Batch(task["batch_size"]),
-        data.ConcatenateToLMInput(),
-        data.AddLossWeights(id_to_mask=tok.pad_id),
-    )
+    """Files -> batches ``(x, x, weights)`` (see ``retrax.data.text_lm_batches``)."""
+    return data.text_lm_batches(files, tok, task["seq_len"], task["batch_size"], seed=seed,
+                                shuffle=shuffle, repeat=repeat,
+                                shuffle_queue=task["shuffle_queue"])
 
 
 def model_kwargs(config: dict, vocab_size: int) -> dict:
@@ -179,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     task, steps = config["task"], config["steps"]
 
     # Data: the stdlib split by file, byte-level tokens.
-    root, files = stdlib_files()
-    train_files, held_files = split_files(root, files, task["held_out_percent"])
+    root, files = data.stdlib_files()
+    train_files, held_files = data.split_by_hash(root, files, task["held_out_percent"])
     print(f"Corpus: {len(files)} .py files under {root}: {len(train_files)} train, "
           f"{len(held_files)} held out ({sum(map(os.path.getsize, held_files)) / 1e6:.1f} MB).")
     tok = data.ByteTokenizer()

@@ -307,15 +307,23 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "optimizer": {"name": "Adam", "learning_rate": 0.01},
     "lr_schedule": None,  # {"name": "warmup_and_rsqrt_decay", "n_warmup_steps": ..., ...}
     "loss": "CrossEntropyLoss",
-    "eval": {"metrics": ["CrossEntropyLoss", "Accuracy"], "n_batches": 10, "seed": None},
+    "eval": {"metrics": ["CrossEntropyLoss", "Accuracy"], "n_batches": 10, "seed": None,
+             "every": None,  # evaluate every N steps (default: at each checkpoint)
+             "final_batches": None},  # read by examples/train_lm.py only
     "steps": 1000,
     "n_steps_per_checkpoint": 100,
     "random_seed": 0,
     "output_dir": None,
     "plot": False,
+    "sample": None,  # prompt settings read by examples/train_lm.py only
 }
 _TASKS = {"reverse": "reverse_ints_task", "sort": "sort_ints_task", "copy": "copy_ints_task"}
 _TASK_KEYS = {"name", "batch_size", "length", "seed"}
+# Language modelling on text files: "text_lm" (corpus = a glob) or "stdlib_lm" (the
+# .py files of the Python standard library), split by file into train / held-out.
+_TEXT_TASKS = {"text_lm", "stdlib_lm"}
+_TEXT_TASK_KEYS = {"name", "corpus", "tokenizer", "seq_len", "batch_size", "held_out_percent",
+                   "shuffle_queue", "seed"}
 
 
 def _check_keys(section: str, got: dict, allowed: set[str]) -> None:
@@ -343,11 +351,14 @@ def resolve_train_config(config: dict) -> dict:
         raise UsageError('config needs a "model" section, e.g. {"name": "TransformerLM", '
                          '"vocab_size": 32, "d_model": 32}.')
     task = run["task"]
-    if not isinstance(task, dict) or task.get("name") not in _TASKS:
-        raise UsageError(f'config needs a "task" section with "name" one of {sorted(_TASKS)}; '
+    names = sorted(set(_TASKS) | _TEXT_TASKS)
+    if not isinstance(task, dict) or task.get("name") not in names:
+        raise UsageError(f'config needs a "task" section with "name" one of {names}; '
                          f"got {json.dumps(task)}.")
-    _check_keys("task", task, _TASK_KEYS)
-    for key in ("batch_size", "length"):
+    _check_keys("task", task, _TEXT_TASK_KEYS if task["name"] in _TEXT_TASKS else _TASK_KEYS)
+    if task["name"] == "text_lm" and not task.get("corpus"):
+        raise UsageError('config task text_lm needs "corpus": a glob of text files.')
+    for key in ("batch_size", "length", "seq_len"):
         if key in task:
             _positive_int(f"task.{key}", task[key])
     for key in ("steps", "n_steps_per_checkpoint"):
@@ -391,14 +402,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     from retrax.optimizers.base import Optimizer
     from retrax.supervised import lr_schedules, training
 
+    output_dir = os.path.expanduser(run["output_dir"])
+    tokenizer = None
+    if run["task"]["name"] in _TEXT_TASKS:
+        make_data, tokenizer, model_defaults = _text_lm_data(run["task"])
+        model_config = dict(run["model"]) if isinstance(run["model"], dict) else run["model"]
+        if isinstance(model_config, dict):
+            target = model_config.setdefault("kwargs", {}) if "kwargs" in model_config \
+                else model_config
+            for key, value in model_defaults.items():
+                target.setdefault(key, value)
+        run["model"] = model_config
+        task_kwargs = {"seed": run["task"].get("seed", 0)}
+    else:
+        task_kwargs = {k: v for k, v in run["task"].items() if k != "name"}
+        make_data = getattr(data, _TASKS[run["task"]["name"]])
     model = build_model(run["model"], "train", where="config model")
-    task_kwargs = {k: v for k, v in run["task"].items() if k != "name"}
-    make_data = getattr(data, _TASKS[run["task"]["name"]])
     opt_names = [n for n in optimizers.__all__
                  if isinstance(getattr(optimizers, n), type)
                  and issubclass(getattr(optimizers, n), Optimizer) and n != "Optimizer"]
     optimizer = _named("optimizer", run["optimizer"], optimizers, opt_names, "optimizer")
     schedule = None
+    if isinstance(run["lr_schedule"], dict) and run["lr_schedule"].get("name") == "cosine":
+        # Like examples/train_lm.py: decay over the run, from the optimizer's rate.
+        run["lr_schedule"] = {"n_steps": run["steps"], **run["lr_schedule"]}
+        if isinstance(run["optimizer"], dict) and "learning_rate" in run["optimizer"]:
+            run["lr_schedule"].setdefault("max_value", run["optimizer"]["learning_rate"])
     if run["lr_schedule"] is not None:
         schedule = _named("lr_schedule", run["lr_schedule"], lr_schedules,
                           lr_schedules.__all__, "schedule")
@@ -421,9 +450,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         callbacks.append(PlotHistoryCallback.configured(
             filename=run["plot"] if isinstance(run["plot"], str) else "history.png"))
-    output_dir = os.path.expanduser(run["output_dir"])
+    every = (run["eval"] or {}).get("every")
+    eval_at = None if not every else (lambda step: step == 1 or step % every == 0)
     loop = training.Loop(model, train_task, eval_tasks=eval_tasks, output_dir=output_dir,
-                         random_seed=run["random_seed"], callbacks=callbacks)
+                         random_seed=run["random_seed"], callbacks=callbacks, eval_at=eval_at)
+    if tokenizer is not None:  # next to the checkpoints, for `retrax sample --text`
+        tokenizer.save(output_dir)
     with open(os.path.join(output_dir, "train_config.json"), "w", encoding="utf-8") as f:
         json.dump(run, f, indent=2)
     remaining = run["steps"] - loop.step
@@ -435,6 +467,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     loop.run(remaining)
     print(f"Trained to step {loop.step}; checkpoints in {output_dir}")
     return 0
+
+
+def _text_lm_data(task: dict) -> tuple[Any, Any, dict]:
+    """``(make_data(seed, held_out=False), tokenizer, model defaults)`` for a text task."""
+    from retrax import data
+
+    corpus = "stdlib" if task["name"] == "stdlib_lm" else task["corpus"]
+    try:
+        files = data.corpus_files(corpus)
+        tokenizer = data.make_tokenizer(task.get("tokenizer", "byte"))
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"config task: {_one_line(err)}") from None
+    root = data.stdlib_files()[0] if corpus == "stdlib" else os.path.commonpath(
+        [os.path.dirname(f) for f in files])
+    train_files, held_files = data.split_by_hash(root, files, task.get("held_out_percent", 10))
+    if not train_files or not held_files:
+        raise UsageError(f"config task: the corpus ({len(files)} files) gives no train or no "
+                         f"held-out files; add files or change held_out_percent.")
+    seq_len, batch_size = task.get("seq_len", 128), task.get("batch_size", 16)
+    first_seed = task.get("seed", 0)
+
+    def make_data(seed: int) -> Any:
+        held_out = seed != first_seed  # the CLI asks for eval data with another seed
+        return data.text_lm_batches(held_files if held_out else train_files, tokenizer,
+                                    seq_len, batch_size, seed=seed, shuffle=not held_out,
+                                    shuffle_queue=task.get("shuffle_queue", 1024))()
+
+    return make_data, tokenizer, {"vocab_size": tokenizer.vocab_size, "max_len": seq_len}
 
 
 def _parse_prompt(text: str) -> list[int]:

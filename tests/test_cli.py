@@ -355,3 +355,32 @@ def test_sample_text_with_the_tokenizer_saved_next_to_the_checkpoint(tmp_path):
     assert_usage_error(no_tok, "holds no tokenizer.json")
     both = run("sample", str(tmp_path), "--text", "abc", "--prompt", "1 2")
     assert_usage_error(both, "either --prompt")
+
+
+def test_train_text_lm_then_sample_text(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"f{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 20)
+    config = tmp_path / "lm.json"
+    config.write_text(json.dumps({
+        "model": {"name": "TransformerLM", "d_model": 16, "d_ff": 32, "n_layers": 1,
+                  "n_heads": 2},
+        "task": {"name": "text_lm", "corpus": str(corpus / "*.py"), "seq_len": 32,
+                 "batch_size": 4, "held_out_percent": 34},
+        "eval": {"metrics": ["CrossEntropyLoss"], "n_batches": 1, "every": 2},
+        "steps": 2, "n_steps_per_checkpoint": 2}))
+    out = tmp_path / "out"
+    result = run("train", str(config), "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Step      2: eval  CrossEntropyLoss |" in result.stdout
+    saved = json.loads((out / "config.json").read_text())["model"]["kwargs"]
+    assert saved["vocab_size"] == 258 and saved["max_len"] == 32  # bytes + pad + EOS
+    assert (out / "tokenizer.json").exists()
+    sample = run("sample", str(out), "--text", "def ", "--max-length", "4")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("def ")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"name": "TransformerLM"},
+                               "task": {"name": "text_lm", "corpus": str(tmp_path / "none*")}}))
+    assert_usage_error(run("train", str(bad), "--output-dir", str(out)), "matches no files")

@@ -53,6 +53,13 @@ from retrax.data.tasks import (  # noqa: F401
     sequence_task,
     sort_ints_task,
 )
+from retrax.data.text_lm import (  # noqa: F401
+    corpus_files,
+    make_tokenizer,
+    split_by_hash,
+    stdlib_files,
+    text_lm_batches,
+)
 from retrax.data.tokenizers import (  # noqa: F401
     ByteTokenizer,
     CharTokenizer,

@@ -21,13 +21,14 @@ def load_example():
 
 
 def test_stdlib_split_is_by_file_and_deterministic():
-    lm = load_example()
-    root, files = lm.stdlib_files()
+    from retrax import data
+
+    root, files = data.stdlib_files()
     assert all(f.endswith(".py") and "site-packages" not in f for f in files)
-    train, held = lm.split_files(root, files, 10)
+    train, held = data.split_by_hash(root, files, 10)
     assert sorted(train + held) == sorted(files) and not set(train) & set(held)
     assert 0.05 < len(held) / len(files) < 0.15
-    assert lm.split_files(root, files, 10) == (train, held)
+    assert data.split_by_hash(root, files, 10) == (train, held)
     assert os.path.join(root, "os.py") in train + held
 
 
