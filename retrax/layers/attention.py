@@ -459,8 +459,7 @@ def CausalAttention(
     ``(B, L, D) -> (B, L, D)``; weights ``(Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo)``.
     In ``'predict'`` mode the ``DotProductCausalAttention`` inside keeps a
     key/value cache of ``max_inference_length`` positions in its state (layout
-    ``(B, H, max_inference_length, dh)``; Trax used ``(B*H, ...)``, the same
-    memory). ``use_dconv=True`` (Trax's depthwise convolutions) is not
+    ``(B*H, max_inference_length, dh)``, as in Trax). ``use_dconv=True`` (Trax's depthwise convolutions) is not
     implemented.
     """
     d_feature, n_heads = _check_heads("CausalAttention", d_feature, n_heads)
@@ -489,8 +488,8 @@ class DotProductCausalAttention(Layer):
     ``CausalAttention``). Query ``t`` attends to keys ``0..t``.
 
     In ``'predict'`` mode the state is ``(k_cache, v_cache, index)`` with caches
-    of shape ``(..., max_inference_length, dh)`` (leading axes and dtype from
-    the init signature) and ``index`` an int32 scalar. Each call writes its
+    of shape ``(N, max_inference_length, dh)``, ``N`` the product of the leading
+    axes of the init signature (``B*H``; dtype from the signature) and ``index`` an int32 scalar. Each call writes its
     ``L`` new keys and values at ``index``, lets query ``i`` attend to cache
     positions ``<= index + i``, and advances ``index`` by ``L``; the first call
     may carry a whole prompt. Going past ``max_inference_length`` raises a
@@ -526,7 +525,10 @@ class DotProductCausalAttention(Layer):
                 raise ValueError(
                     f"{self.name}: expected inputs of shape (..., length, d_head); got {shape}."
                 )
-            return jnp.zeros(shape[:-2] + (self._max_len, shape[-1]), np.dtype(sig.dtype))
+            # Leading axes are merged, (B*H, L, dh) as in Trax: with a separate
+            # size-1 batch axis XLA copied whole caches on every decoded token.
+            lead = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+            return jnp.zeros((lead, self._max_len, shape[-1]), np.dtype(sig.dtype))
 
         self.state = (zeros(k_sig), zeros(v_sig), jnp.array(0, jnp.int32))
 
@@ -560,12 +562,15 @@ class DotProductCausalAttention(Layer):
             )
         k_cache, v_cache, index = self.state
         length, cache_len = k.shape[-2], k_cache.shape[-2]
-        if k.shape[:-2] != k_cache.shape[:-2] or k.shape[-1] != k_cache.shape[-1]:
+        lead = int(np.prod(k.shape[:-2])) if k.ndim > 2 else 1
+        if lead != k_cache.shape[0] or k.shape[-1] != k_cache.shape[-1]:
             raise ValueError(
-                f"{self.name}: the key/value cache was initialized for keys of shape "
-                f"{tuple(k_cache.shape[:-2])} + (length, {k_cache.shape[-1]}) but got keys of "
-                f"shape {tuple(k.shape)}. Re-run init with the batch size used for decoding."
+                f"{self.name}: the key/value cache was initialized for {k_cache.shape[0]} "
+                f"rows (batch x heads) of width {k_cache.shape[-1]} but got keys of shape "
+                f"{tuple(k.shape)}. Re-run init with the batch size used for decoding."
             )
+        out_shape = q.shape
+        q, k, v = (x.reshape((lead,) + x.shape[-2:]) for x in (q, k, v))
         start = _static_int(index)
         if length > cache_len or (start is not None and start + length > cache_len):
             at = "" if start is None else f" at position {start}"
@@ -583,7 +588,7 @@ class DotProductCausalAttention(Layer):
         if start is None:  # traced: signal an overflow with NaN (no silent clamping)
             y = jnp.where(index + length > cache_len, jnp.asarray(jnp.nan, y.dtype), y)
         self.state = (k_cache, v_cache, index + length)
-        return y
+        return y.reshape(out_shape[:-1] + (y.shape[-1],))
 
 
 # --------------------------------------------------------------------------

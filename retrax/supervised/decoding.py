@@ -521,8 +521,15 @@ def _beam_program(model, batch, k, max_length, alpha, eos, batched, weights, sta
 
     def gather_state(state, beam_index):
         flat_index = (jnp.arange(batch)[:, None] * k + beam_index).reshape(-1)
+
+        def take(x):
+            # Batched leaves are (B*K, ...) or (B*K*H, ...) (attention caches merge
+            # the heads into the first axis): reorder whole groups of rows.
+            rows = x.reshape((batch * k, -1) + x.shape[1:])
+            return jnp.take(rows, flat_index, axis=0).reshape(x.shape)
+
         leaves, treedef = jax.tree_util.tree_flatten(state)
-        leaves = [jnp.take(x, flat_index, axis=0) if b else x for x, b in zip(leaves, batched)]
+        leaves = [take(x) if b else x for x, b in zip(leaves, batched)]
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
     def body(t, c):

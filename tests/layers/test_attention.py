@@ -276,8 +276,8 @@ def test_causal_attention_predict_equals_eval():
 def test_predict_state_is_kv_cache_with_index():
     _, _, _, state = _causal_pair(max_inference_length=16)
     leaves = jax.tree_util.tree_leaves(state)
-    # (B, H, max_inference_length, dh) caches and an int32 index.
-    assert [tuple(a.shape) for a in leaves] == [(2, 2, 16, 4), (2, 2, 16, 4), ()]
+    # (B*H, max_inference_length, dh) caches (Trax's layout) and an int32 index.
+    assert [tuple(a.shape) for a in leaves] == [(4, 16, 4), (4, 16, 4), ()]
     assert leaves[2].dtype == np.int32 and int(leaves[2]) == 0
 
 

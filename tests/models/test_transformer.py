@@ -150,9 +150,9 @@ def test_transformer_lm_predict_state_layout():
     model = models.TransformerLM(**dict(SMALL_LM, n_layers=1), mode="predict")
     _, s_sig = model.weights_and_state_signature(int_sig(3, 1))
     # Trax's order: embedding dropout, PE index, (k, v, index, 3 dropouts) per layer. The
-    # caches are (B, H, max_inference_length, dh) here; max_inference_length = max_len.
+    # caches are (B*H, max_inference_length, dh) as in Trax; max_inference_length = max_len.
     got = [(tuple(s.shape), np.dtype(s.dtype).name) for s in flat((), s_sig)[1]]
-    cache = ((3, 2, 16, 8), "float32")
+    cache = ((6, 16, 8), "float32")
     assert (
         got == [((), "float32"), ((), "int32"), cache, cache, ((), "int32")] + [((), "float32")] * 3
     )
@@ -161,8 +161,8 @@ def test_transformer_lm_predict_state_layout():
 def test_max_inference_length_sets_the_cache_length():
     model = models.TransformerLM(**SMALL_LM, mode="predict", max_inference_length=5)
     _, s_sig = model.weights_and_state_signature(int_sig(1, 1))
-    caches = [s.shape for s in flat((), s_sig)[1] if len(s.shape) == 4]
-    assert caches == [(1, 2, 5, 8)] * 4
+    caches = [s.shape for s in flat((), s_sig)[1] if len(s.shape) == 3]
+    assert caches == [(2, 5, 8)] * 4
     with pytest.raises(ValueError, match="max_inference_length must be a positive int"):
         models.TransformerLM(**SMALL_LM, max_inference_length=0)
 
