@@ -293,54 +293,45 @@ def load_layer(layer: base.Layer, file_name: str, weights_only: bool = False,
     return weights, state
 
 
+_WEIGHTS_FIX = "Build the model with the configuration the checkpoint was trained with."
+_STATE_FIX = "Load with weights_only=True to keep the model's fresh state."
+
+
+def _matched(flat: list[Any], expected: list[Any], what: str, source: str, owner: str,
+             fix: str, count_note: str = "") -> list[Any]:
+    """``flat`` checked against ``expected`` (count and shapes), cast to its dtypes."""
+    if len(flat) != len(expected):
+        raise ValueError(f"{source} holds {len(flat)} {what} arrays but {owner} needs "
+                         f"{len(expected)}{count_note}. {fix}")
+    fixed = []
+    for i, (got, want) in enumerate(zip(flat, expected)):
+        got = np.asarray(got)
+        want_shape = tuple(getattr(want, "shape", ()))
+        # Old Trax checkpoints store the positional-encoding table as (1, L, d).
+        if what == "weight" and got.shape[:1] == (1,) and tuple(got.shape[1:]) == want_shape:
+            got = got[0]
+        if tuple(got.shape) != want_shape:
+            raise ValueError(f"{source}: {what} array {i} has shape {tuple(got.shape)} but the "
+                             f"model expects {want_shape}. {fix}")
+        fixed.append(jnp.asarray(got, dtype=getattr(want, "dtype", got.dtype)))
+    return fixed
+
+
 def assign_flat_weights(layer: base.Layer, flat: list[Any], source: str = "checkpoint") -> Any:
     """Puts flat weight arrays (Trax order) into ``layer``; checks counts and shapes."""
     expected = layer.weights
     exp_flat, _ = base.flatten_weights_and_state(expected, ())
-    if len(flat) != len(exp_flat):
-        raise ValueError(
-            f"{source} holds {len(flat)} weight arrays but {layer.name_with_arity} needs "
-            f"{len(exp_flat)}. Build the model with the configuration the checkpoint was "
-            f"trained with."
-        )
-    fixed = []
-    for i, (got, want) in enumerate(zip(flat, exp_flat)):
-        got = np.asarray(got)
-        if tuple(got.shape) != tuple(want.shape):
-            # Old Trax checkpoints store the positional-encoding table as (1, L, d).
-            if got.ndim == len(want.shape) + 1 and got.shape[0] == 1 and \
-                    tuple(got.shape[1:]) == tuple(want.shape):
-                got = got[0]
-            else:
-                raise ValueError(
-                    f"{source}: weight array {i} has shape {tuple(got.shape)} but the model "
-                    f"expects {tuple(want.shape)}. Build the model with the configuration "
-                    f"the checkpoint was trained with."
-                )
-        fixed.append(jnp.asarray(got, dtype=want.dtype))
+    fixed = _matched(flat, exp_flat, "weight", source, layer.name_with_arity, _WEIGHTS_FIX)
     layer.weights = base._fill(fixed, expected, "weights")
     return layer.weights
 
 
 def assign_flat_state(layer: base.Layer, flat: list[Any], source: str = "checkpoint") -> Any:
+    """Puts flat state arrays (Trax order) into ``layer``; checks counts and shapes."""
     expected = layer.state
     _, exp_flat = base.flatten_weights_and_state((), expected)
-    if len(flat) != len(exp_flat):
-        raise ValueError(
-            f"{source} holds {len(flat)} state arrays but {layer.name_with_arity} needs "
-            f"{len(exp_flat)} (the state differs between modes, e.g. predict-mode caches). "
-            f"Load with weights_only=True to keep the model's fresh state."
-        )
-    fixed = []
-    for i, (got, want) in enumerate(zip(flat, exp_flat)):
-        got = np.asarray(got)
-        want_shape = tuple(getattr(want, "shape", ()))
-        if tuple(got.shape) != want_shape:
-            raise ValueError(
-                f"{source}: state array {i} has shape {tuple(got.shape)} but the model "
-                f"expects {want_shape}. Load with weights_only=True."
-            )
-        fixed.append(jnp.asarray(got, dtype=getattr(want, "dtype", got.dtype)))
+    fixed = _matched(flat, exp_flat, "state", source, layer.name_with_arity, _STATE_FIX,
+                     " (the state differs between modes, e.g. predict-mode caches)")
     layer.state = base._fill(fixed, expected, "state")
     return layer.state
 
