@@ -60,3 +60,29 @@ def test_backend_helpers():
             pass
     keys, values = fastmath.sort_key_val(jnp.array([3, 1, 2]), jnp.array([30, 10, 20]))
     assert keys.tolist() == [1, 2, 3] and values.tolist() == [10, 20, 30]
+
+
+def test_dense_dot_split_path_equals_dot(monkeypatch):
+    from retrax.fastmath import linalg
+
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(512, 1024)).astype(np.float32))
+    x = jnp.asarray(rng.normal(size=(1, 1, 512)).astype(np.float32))
+    want = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    for cores in (1, 2, 3, 8):
+        monkeypatch.setattr(linalg, "_cpu_slices", lambda cores=cores: cores)
+        expected_slices = {1: 1, 2: 2, 3: 2, 8: 8}[cores]  # 512 % 3 != 0 -> 2
+        assert linalg._slices_for(1, 512, 1024, np.float32) == expected_slices
+        got = jax.jit(lambda x, w: linalg.dense_dot(x, w))(x, w)  # a fresh trace
+        assert got.shape == (1, 1, 1024)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+        jaxpr = str(jax.make_jaxpr(lambda x, w: linalg.dense_dot(x, w))(x, w))
+        assert ("([0], [0])" in jaxpr) == (expected_slices > 1)  # batch dims: the slices
+        # Gradients agree with the plain product's.
+        g1 = jax.grad(lambda w: jnp.sum(linalg.dense_dot(x, w) ** 2))(w)
+        g2 = jax.grad(lambda w: jnp.sum(jnp.dot(x, w) ** 2))(w)
+        np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-4, atol=1e-3)
+    # More than one row, small matrices and non-float32 never split.
+    assert linalg._slices_for(2, 512, 1024, np.float32) == 1
+    assert linalg._slices_for(1, 64, 64, np.float32) == 1
+    assert linalg._slices_for(1, 512, 1024, jnp.bfloat16) == 1

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from retrax.fastmath import random as fastmath_random
+from retrax.fastmath.linalg import dense_dot
 from retrax.layers import initializers as init
 from retrax.layers.base import Fn, Layer, init_rng_split
 
@@ -104,7 +105,7 @@ class Dense(Layer):
                 f"matrix is {tuple(w.shape)}), but got inputs of shape {tuple(x.shape)}. Feed "
                 f"inputs of width {w.shape[0]}, or re-run init() with the new input signature."
             )
-        y = jnp.dot(x, w)
+        y = dense_dot(x, w)
         return y if b is None else y + b
 
 

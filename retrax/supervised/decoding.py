@@ -11,7 +11,7 @@ Differences from Trax 1.4.1, on purpose:
 
 * The model's own state is not touched: each call starts from a fresh
   predict-mode state whose caches are sized to what the call needs
-  (prompt + ``max_length``, rounded up to a multiple of 64), not 2048.
+  (prompt + ``max_length``, rounded up to a multiple of 16), not 2048.
 * Each row stops at its own ``eos_id``; positions after it are ``0``; the loop
   ends when every row is done (Trax keeps sampling finished rows).
 * Randomness comes from ``rng`` / ``seed`` (default seed 0), never from NumPy's
@@ -48,7 +48,7 @@ from retrax.layers import base
 
 __all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search"]
 
-_CACHE_BUCKET = 64
+_CACHE_BUCKET = 16
 
 
 # --------------------------------------------------------------------------
@@ -144,21 +144,67 @@ def _batched_state_leaves(model: base.Layer, sig_fn: Any) -> list[bool]:
 # --------------------------------------------------------------------------
 
 
+def _argmax(x: Any) -> Any:
+    """First index of each row's maximum, as int32 (``jnp.argmax``, NaN aside).
+
+    A max, a compare and a min: XLA's CPU backend runs these vectorized, while
+    ``argmax``'s two-operand reduction costs several times more per element.
+    A row holding NaN gives an index past the end; callers check for NaN.
+    """
+    top = jnp.max(x, axis=-1, keepdims=True)
+    index = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1)
+
+
+def _ordered_keys(x: Any) -> Any:
+    """uint32 keys with the order of the float32 values ``x`` (``-inf`` lowest)."""
+    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    negative = (bits >> 31) == 1
+    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+
+
+_SEARCH_BITS = 2  # key bits decided per round of _smallest_key (16 rounds)
+
+
+def _smallest_key(keys: Any, weights: Any, limit: Any) -> Any:
+    """Per row, the smallest key ``t`` with ``sum(weights[keys > t]) < limit``.
+
+    The sum only falls as ``t`` grows, so ``t`` is found bit by bit from the
+    top, deciding ``_SEARCH_BITS`` bits per round by trying every value of
+    them at once. No sort: XLA's CPU sort costs ~40 us for a row of 256.
+    """
+    t = jnp.zeros(keys.shape[:-1], jnp.uint32)
+    n = 1 << _SEARCH_BITS
+    tries = jnp.arange(n - 1, dtype=jnp.uint32)
+    for shift in range(32 - _SEARCH_BITS, -1, -_SEARCH_BITS):
+        # Candidates: the bits decided so far, each value of this round's bits,
+        # and all lower bits set (the largest key with that prefix).
+        cand = t[..., None] | (tries << shift) | jnp.uint32((1 << shift) - 1)
+        above = keys[..., None, :] > cand[..., :, None]
+        mass = jnp.sum(jnp.where(above, weights[..., None, :], 0.0), axis=-1)
+        t = t | (jnp.sum(mass >= limit, axis=-1).astype(jnp.uint32) << shift)
+    return t
+
+
 def _restrict(logits: Any, top_k: int | None, top_p: float | None) -> Any:
-    """Sets logits outside the top-k / nucleus support to -inf."""
+    """Sets logits outside the top-k / nucleus support to -inf.
+
+    Top-k keeps the tokens whose logit is at least the k-th largest; top-p the
+    most likely tokens whose probability mass *before* them (in order of
+    probability) is below ``top_p``: the smallest set reaching ``top_p``. Tokens
+    tied with the last one kept are all kept, so with ties the support can be
+    larger than ``k`` (no arbitrary tie-breaking).
+    """
     neg = jnp.asarray(-jnp.inf, logits.dtype)
-    if top_k is not None:
-        kth = lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, neg, logits)
-    if top_p is not None:
-        order = jnp.argsort(-logits, axis=-1)
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
-        keep_sorted = before < top_p
-        keep = jnp.zeros_like(keep_sorted).at[
-            jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-        logits = jnp.where(keep, logits, neg)
+    keys = _ordered_keys(logits)
+    if top_k is not None and top_k < logits.shape[-1]:
+        t = _smallest_key(keys, jnp.ones(logits.shape, jnp.float32), jnp.float32(top_k))
+        logits = jnp.where(keys >= t[..., None], logits, neg)
+        keys = _ordered_keys(logits)
+    if top_p is not None and top_p < 1.0:
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        t = _smallest_key(keys, probs, jnp.float32(top_p))
+        logits = jnp.where(keys >= t[..., None], logits, neg)
     return logits
 
 
@@ -171,13 +217,13 @@ def _sample(log_probs: Any, key: Any, temperature: float, top_k: int | None,
     model's forward pass for a small model at batch 1.
     """
     if temperature == 0.0:
-        return jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+        return _argmax(log_probs)
     logits = _restrict(log_probs / temperature, top_k, top_p)
     bits = fastmath_random.hash_bits(key, logits.shape)
     # 24 random bits -> uniform in (0, 1), never exactly 0 or 1.
     u = (bits >> 8).astype(jnp.float32) * (1.0 / 16777216.0) + (0.5 / 16777216.0)
     gumbel = -jnp.log(-jnp.log(u))
-    return jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32)
+    return _argmax(logits + gumbel)
 
 
 # --------------------------------------------------------------------------
@@ -249,50 +295,80 @@ def _model_inputs(model: base.Layer, enc: Any, tokens: Any) -> Any:
     return tokens if model.n_in == 1 else (enc, tokens)
 
 
+def _ends_in_log_softmax(model: base.Layer) -> bool:
+    """Whether the model's last layer is ``LogSoftmax`` (its outputs are normalized)."""
+    layer = model
+    while type(layer).__name__ == "Serial" and layer.sublayers:
+        layer = layer.sublayers[-1]
+    return layer.name == "LogSoftmax"
+
+
 def _log_probs(model: base.Layer, outputs: Any) -> Any:
-    logits = outputs[0] if model.n_in == 2 else outputs
-    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    """Log-probabilities of the model's outputs at the last position, ``(B, V)``."""
+    logits = (outputs[0] if model.n_in == 2 else outputs)[:, -1].astype(jnp.float32)
+    if _ends_in_log_softmax(model):
+        return logits  # TransformerLM / Transformer: already log_softmax'ed
+    return jax.nn.log_softmax(logits, axis=-1)
 
 
 def _make_generate(model: base.Layer, max_length: int, temperature: float, top_k: int | None,
                    top_p: float | None, eos_id: int | None) -> Any:
-    """Builds ``generate(weights, state, enc, first_tokens, key)``, one XLA program."""
+    """Builds ``generate(weights, state, enc, first_tokens, key)``, one XLA program.
+
+    Returns ``(tokens, scores, steps, nan_step)``: ``nan_step[b]`` is the first
+    step at which row ``b``'s log-probabilities held NaN (``-1``: never); such
+    a row stops there and the caller raises.
+    """
 
     def generate(weights, state, enc, first_tokens, key):
         batch = first_tokens.shape[0]
         # Prefill: [start] + prompt in one forward pass; its last position
         # predicts the first new token.
         out, state = model.pure_fn(_model_inputs(model, enc, first_tokens), weights, state, None)
-        log_probs = _log_probs(model, out)[:, -1]
+        log_probs = _log_probs(model, out)
         tokens = jnp.zeros((batch, max_length), jnp.int32)
         scores = jnp.zeros((batch, max_length), jnp.float32)
-        count = jnp.zeros((batch,), jnp.int32)
         done = jnp.zeros((batch,), bool)
-        carry = (jnp.int32(0), state, log_probs, tokens, scores, count, done, key)
+        nan_step = jnp.full((batch,), -1, jnp.int32)
+        carry = (jnp.int32(0), state, log_probs, tokens, scores, done, nan_step, key)
 
         def cond(c):
-            t, done = c[0], c[6]
+            t, done = c[0], c[5]
             return jnp.logical_and(t < max_length, jnp.logical_not(jnp.all(done)))
 
         def body(c):
-            t, state, log_probs, tokens, scores, count, done, key = c
+            t, state, log_probs, tokens, scores, done, nan_step, key = c
             sub = fastmath_random.hash_fold_in(key, t)
-            tok = jnp.where(done, 0, _sample(log_probs, sub, temperature, top_k, top_p))
+            tok = _sample(log_probs, sub, temperature, top_k, top_p)
+            is_nan = tok >= log_probs.shape[-1]  # _argmax's answer for a NaN row
+            nan_step = jnp.where(is_nan & ~done & (nan_step < 0), t, nan_step)
+            tok = jnp.where(done | is_nan, 0, tok)
             chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
             tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
             scores = lax.dynamic_update_slice_in_dim(
                 scores, jnp.where(done, 0.0, chosen)[:, None], t, axis=1)
-            count = count + jnp.where(done, 0, 1)
+            done = done | is_nan
             if eos_id is not None:
                 done = done | (tok == eos_id)
             out, state = model.pure_fn(_model_inputs(model, enc, tok[:, None]), weights, state,
                                        None)
-            return (t + 1, state, _log_probs(model, out)[:, -1], tokens, scores, count, done, key)
+            return (t + 1, state, _log_probs(model, out), tokens, scores, done, nan_step, key)
 
-        t, _, _, tokens, scores, count, _, _ = lax.while_loop(cond, body, carry)
-        return tokens, scores, t
+        t, _, _, tokens, scores, _, nan_step, _ = lax.while_loop(cond, body, carry)
+        return tokens, scores, t, nan_step
 
     return jax.jit(generate)
+
+
+def _raise_on_nan(nan_step: Any, where: str, rows: Any = None) -> None:
+    bad = np.flatnonzero(np.asarray(nan_step) >= 0)
+    if bad.size:
+        row = int(bad[0] if rows is None else np.asarray(rows)[bad[0]])
+        raise FloatingPointError(
+            f"{where}: the model's log-probabilities for row {row} are NaN at step "
+            f"{int(np.asarray(nan_step)[bad[0]])} (of {len(bad)} row(s) with NaN). Check the "
+            f"weights for NaN/inf (e.g. a diverged checkpoint)."
+        )
 
 
 def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int = 1,
@@ -339,7 +415,7 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
     for gi, (rows, group_prompt) in enumerate(groups):
         t, s, c = _generate_group(model, group_prompt, len(rows), temperature, start_id, eos_id,
                                   max_length, top_k, top_p, jax.random.fold_in(key, gi)
-                                  if len(groups) > 1 else key, where)
+                                  if len(groups) > 1 else key, where, rows)
         tokens[rows], log_probs[rows], counts[rows] = t, s, c
     n = int(counts.max()) if counts.size else 0
     tokens, log_probs = tokens[:, :n], log_probs[:, :n]
@@ -360,7 +436,7 @@ def _length_groups(model: base.Layer, prompt: Any, lengths: Any, batch_size: int
 
 
 def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_length, top_k,
-                    top_p, key, where):
+                    top_p, key, where, rows=None):
     if prompt is None:
         prompt = np.zeros((batch, 0), np.int32)
     start = np.full((batch, 1), start_id, np.int32)
@@ -378,7 +454,8 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
     fn = _jit_cache(model, ("generate", max_length, float(temperature), top_k, top_p, eos),
                     lambda: _make_generate(model, max_length, float(temperature), top_k, top_p,
                                            eos))
-    tokens, scores, steps = fn(model.weights, state, enc, jnp.asarray(first), key)
+    tokens, scores, steps, nan_step = fn(model.weights, state, enc, jnp.asarray(first), key)
+    _raise_on_nan(nan_step, where, rows)
     n = int(steps)
     out = np.zeros((batch, max_length), np.int32)
     out_scores = np.zeros((batch, max_length), np.float32)
@@ -387,7 +464,7 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
 
 
 def _cache_length(model: base.Layer, total: int) -> int:
-    """Cache positions for ``total`` tokens, in buckets of 64 (fewer compilations)."""
+    """Cache positions for ``total`` tokens, in buckets of 16 (fewer compilations)."""
     cache_len = -(-total // _CACHE_BUCKET) * _CACHE_BUCKET
     _, max_len = _vocab_and_max_len(model)
     if max_len is not None:
@@ -445,15 +522,18 @@ def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_si
 
     def step(weights, state, tokens, key):
         out, state = model.pure_fn(_model_inputs(model, enc, tokens), weights, state, None)
-        log_probs = _log_probs(model, out)[:, -1]
-        return _sample(log_probs, key, temperature, top_k, top_p), state
+        log_probs = _log_probs(model, out)
+        tok = _sample(log_probs, key, temperature, top_k, top_p)
+        return jnp.where(tok >= log_probs.shape[-1], -1, tok), state  # -1: a NaN row
 
     step_fn = _jit_cache(model, ("stream", temperature, top_k, top_p, model.n_in),
                          lambda: jax.jit(step, donate_argnums=(1,)))
     tokens = jnp.asarray(first_in)
     for i in range(limit):
         tok, state = step_fn(model.weights, state, tokens, fastmath_random.hash_fold_in(key, i))
-        yield np.asarray(tok)
+        host = np.asarray(tok)
+        _raise_on_nan(np.where(host < 0, i, -1), where)
+        yield host
         tokens = tok[:, None]
 
 
@@ -511,7 +591,7 @@ def beam_search(model: base.Layer, inputs: Any = None, batch_size: int = 1, n_be
 def _beam_program(model, batch, k, max_length, alpha, eos, batched, weights, state, enc, seq):
     neg = jnp.float32(-1e9)
     out, state = model.pure_fn(_model_inputs(model, enc, seq), weights, state, None)
-    log_probs = _log_probs(model, out)[:, -1].reshape(batch, k, -1)
+    log_probs = _log_probs(model, out).reshape(batch, k, -1)
     vocab = log_probs.shape[-1]
     # All beams start identical: keep only beam 0 alive at the first step.
     scores = jnp.where(jnp.arange(k)[None, :] == 0, 0.0, neg) * jnp.ones((batch, 1))
@@ -548,7 +628,7 @@ def _beam_program(model, batch, k, max_length, alpha, eos, batched, weights, sta
         state = gather_state(state, beam_index)
         out, state = model.pure_fn(_model_inputs(model, enc, tok.reshape(-1, 1)), weights, state,
                                    None)
-        log_probs = _log_probs(model, out)[:, -1].reshape(batch, k, vocab)
+        log_probs = _log_probs(model, out).reshape(batch, k, vocab)
         return state, log_probs, top_scores, tokens, finished, lengths
 
     state, _, scores, tokens, finished, lengths = lax.fori_loop(

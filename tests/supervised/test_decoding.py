@@ -283,3 +283,67 @@ def test_errors(copy_model):
         decoding.autoregressive_sample(train_model, prompt)
     with pytest.raises(ValueError, match="top_p must be in"):
         decoding.autoregressive_sample(copy_model, prompt, top_p=1.5)
+
+
+def test_ties_at_the_top_k_and_top_p_boundary_are_all_kept():
+    # Tokens 0, 1, 2 tie; top_k=2 and any top_p that needs a second token keep all three
+    # (no arbitrary tie-breaking), and token 3 never appears.
+    probs = np.array([0.3, 0.3, 0.3, 0.1])
+    model = fixed_logits_model(np.log(probs))
+    prompt = np.zeros((64, 1), np.int32)
+    for kwargs in (dict(top_k=2), dict(top_p=0.5)):
+        out = decoding.autoregressive_sample(model, prompt, batch_size=64, max_length=20,
+                                             eos_id=None, seed=5, **kwargs)
+        assert set(np.unique(out)) == {0, 1, 2}, kwargs
+
+
+@pytest.mark.parametrize("vocab", [7, 256, 1000])
+def test_restrict_equals_sort_based_definition(vocab):
+    """top-k / top-p masks equal the textbook sort-based ones on random logits."""
+    rng = np.random.default_rng(vocab)
+    logits = (rng.normal(size=(16, vocab)) * rng.uniform(0.5, 6, (16, 1))).astype(np.float32)
+    logits[0, : vocab // 2] = -np.inf  # an already-restricted row
+    logits[1] = -logits[1]
+    restrict = jax.jit(decoding._restrict, static_argnums=(1, 2))
+    for k in (1, 3, vocab - 1, vocab, vocab + 5):
+        got = np.isfinite(np.asarray(restrict(jnp.asarray(logits), k, None)))
+        kth = np.sort(logits, axis=-1)[:, -min(k, vocab)][:, None]
+        np.testing.assert_array_equal(got, (logits >= kth) & np.isfinite(logits), err_msg=f"k={k}")
+    for p in (0.01, 0.3, 0.9, 0.999, 1.0):
+        got = np.isfinite(np.asarray(restrict(jnp.asarray(logits), None, p)))
+        probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(probs, order, axis=-1)
+        before = np.cumsum(sorted_p, axis=-1) - sorted_p
+        want = np.zeros_like(got)
+        np.put_along_axis(want, order, before < p, axis=-1)
+        want &= np.isfinite(logits)
+        # float32 cumulative sums may differ in the last bit right at the boundary:
+        # allow a disagreement only where the mass before the token is within 1e-6 of p.
+        diff = got != want
+        near = np.zeros_like(got)
+        np.put_along_axis(near, order, np.abs(before - p) < 1e-6, axis=-1)
+        assert not (diff & ~near).any(), f"p={p}"
+
+
+def test_argmax_is_first_maximum():
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [-np.inf, -1.0, -np.inf, -1.0], [5.0, 5.0, 5.0, 5.0]],
+                 np.float32)
+    np.testing.assert_array_equal(np.asarray(decoding._argmax(jnp.asarray(x))), [1, 1, 0])
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, (50, 33)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(np.asarray(decoding._argmax(jnp.asarray(y))), y.argmax(-1))
+
+
+def test_nan_model_output_raises_instead_of_garbage():
+    model = tiny_lm("predict", 3)
+    flat, _ = tl.flatten_weights_and_state(model.weights, ())
+    broken = [np.full_like(np.asarray(x), np.nan) if i == len(flat) - 2 else x
+              for i, x in enumerate(flat)]  # the output Dense's kernel
+    checkpoints.assign_flat_weights(model, broken)
+    prompt = np.array([[3, 4]], np.int32)
+    for kwargs in (dict(temperature=0.0), dict(top_k=3), dict(top_p=0.9)):
+        with pytest.raises(FloatingPointError, match=r"row 0 are NaN at step 0"):
+            decoding.autoregressive_sample(model, prompt, max_length=4, **kwargs)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        next(decoding.autoregressive_sample_stream(model, prompt, temperature=0.0, max_length=4))
