@@ -20,6 +20,15 @@ Differences from Trax 1.4.1, on purpose:
   (Trax asserts batch 1 and ignores both).
 * Prompts may have different lengths: pass ``prompt_lengths`` (the rest of each
   row is padding and ignored).
+* ``top_k`` / ``top_p`` keep every token tied with the last one kept (no
+  arbitrary tie-breaking), so with ties the support can exceed ``k``.
+* NaN log-probabilities (e.g. a diverged checkpoint) raise
+  ``FloatingPointError`` naming the row and step, instead of decoding garbage.
+
+Speed, on CPU: top-k / top-p thresholds are found by a bitwise search instead
+of a sort (XLA's CPU sort is slow), the argmax is a max/compare/min, and
+``Dense`` layers split one-row products across cores
+(``retrax.fastmath.linalg.dense_dot``); ``benchmarks/decode.py`` measures it.
 
 Example (the quick start's sort model)::
 
@@ -110,11 +119,9 @@ def _fresh_state(model: base.Layer, signature: Any, cache_len: int) -> Any:
     try:
         for layer in attention:
             layer._max_len = cache_len
-        key = jax.random.PRNGKey(0)
-
         def state_only():
             with base._new_pass() as ctx:
-                return model._init_in_pass(signature, key, ctx)[1]
+                return model._init_in_pass(signature, jax.random.PRNGKey(0), ctx)[1]
 
         # Under jit the weight initializers are dead code and XLA drops them.
         return _jit_cache(model, ("state", repr(signature), cache_len), lambda: jax.jit(state_only))()
@@ -312,16 +319,22 @@ def _log_probs(model: base.Layer, outputs: Any) -> Any:
 
 
 def _make_generate(model: base.Layer, max_length: int, temperature: float, top_k: int | None,
-                   top_p: float | None, eos_id: int | None) -> Any:
-    """Builds ``generate(weights, state, enc, first_tokens, key)``, one XLA program.
+                   top_p: float | None, eos_id: int | None, signature: Any,
+                   cache_len: int) -> Any:
+    """Builds ``generate(weights, enc, first_tokens, key)``, one XLA program.
+
+    The fresh predict-mode state (caches of ``cache_len`` for ``signature``) is
+    made inside the program, so XLA allocates the loop's caches in place
+    instead of copying zero-filled input buffers into the loop.
 
     Returns ``(tokens, scores, steps, nan_step)``: ``nan_step[b]`` is the first
     step at which row ``b``'s log-probabilities held NaN (``-1``: never); such
     a row stops there and the caller raises.
     """
 
-    def generate(weights, state, enc, first_tokens, key):
+    def generate(weights, enc, first_tokens, key):
         batch = first_tokens.shape[0]
+        state = _fresh_state(model, signature, cache_len)
         # Prefill: [start] + prompt in one forward pass; its last position
         # predicts the first new token.
         out, state = model.pure_fn(_model_inputs(model, enc, first_tokens), weights, state, None)
@@ -449,12 +462,13 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
         sig = (shapes.ShapeDtype(prompt.shape, np.int32), shapes.ShapeDtype((batch, 1), np.int32))
         enc, first = jnp.asarray(prompt), start
     _check_length(model, total, where)
-    state = _fresh_state(model, sig, _cache_length(model, total))
+    cache_len = _cache_length(model, total)
     eos = None if eos_id is None else int(eos_id)
-    fn = _jit_cache(model, ("generate", max_length, float(temperature), top_k, top_p, eos),
+    fn = _jit_cache(model, ("generate", max_length, float(temperature), top_k, top_p, eos,
+                            repr(sig), cache_len),
                     lambda: _make_generate(model, max_length, float(temperature), top_k, top_p,
-                                           eos))
-    tokens, scores, steps, nan_step = fn(model.weights, state, enc, jnp.asarray(first), key)
+                                           eos, sig, cache_len))
+    tokens, scores, steps, nan_step = fn(model.weights, enc, jnp.asarray(first), key)
     _raise_on_nan(nan_step, where, rows)
     n = int(steps)
     out = np.zeros((batch, max_length), np.int32)

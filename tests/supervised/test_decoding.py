@@ -122,14 +122,25 @@ def test_fixture_greedy_outputs():
 
 def test_compiles_once_per_shape_and_not_again():
     model = tiny_lm("predict", 3)
+
+    def compiled():
+        fns = [fn for key, fn in model._decode_cache.items() if key[0] == "generate"]
+        return len(fns), sum(fn._cache_size() for fn in fns)
+
     prompt = np.array([[0, 4, 5, 0]], np.int32)
     decoding.autoregressive_sample(model, prompt, temperature=0.0, max_length=5)
-    fn = model._decode_cache[("generate", 5, 0.0, None, None, 1)]
-    assert fn._cache_size() == 1
+    assert compiled() == (1, 1)
     decoding.autoregressive_sample(model, prompt, temperature=0.0, max_length=5)
     decoding.autoregressive_sample(model, np.array([[0, 9, 9, 0]], np.int32), temperature=0.0,
                                    max_length=5)
-    assert fn._cache_size() == 1
+    assert compiled() == (1, 1)  # same shapes: nothing compiled again
+    # A longer prompt in the same cache bucket (1 + 6 + 5 <= 16) is one more
+    # compilation of the same program; a longer request is a new cache bucket.
+    decoding.autoregressive_sample(model, np.array([[0, 4, 5, 0, 7, 8]], np.int32),
+                                   temperature=0.0, max_length=5)
+    assert compiled() == (1, 2)
+    decoding.autoregressive_sample(model, prompt, temperature=0.0, max_length=5 + 16)
+    assert compiled() == (2, 3)
 
 
 def test_eos_stops_each_row_and_pads():
