@@ -11,7 +11,7 @@ Differences from Trax 1.4.1, on purpose:
 
 * The model's own state is not touched: each call starts from a fresh
   predict-mode state whose caches are sized to what the call needs
-  (prompt + ``max_length``, rounded up to a multiple of 16), not 2048.
+  (prompt + ``max_length``, rounded up to a multiple of 8), not 2048.
 * Each row stops at its own ``eos_id``; positions after it are ``0``; the loop
   ends when every row is done (Trax keeps sampling finished rows).
 * Randomness comes from ``rng`` / ``seed`` (default seed 0), never from NumPy's
@@ -57,7 +57,7 @@ from retrax.layers import base
 
 __all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search"]
 
-_CACHE_BUCKET = 16
+_CACHE_BUCKET = 8
 
 
 # --------------------------------------------------------------------------
@@ -478,7 +478,7 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
 
 
 def _cache_length(model: base.Layer, total: int) -> int:
-    """Cache positions for ``total`` tokens, in buckets of 16 (fewer compilations)."""
+    """Cache positions for ``total`` tokens, rounded up to a multiple of 8."""
     cache_len = -(-total // _CACHE_BUCKET) * _CACHE_BUCKET
     _, max_len = _vocab_and_max_len(model)
     if max_len is not None:
