@@ -86,3 +86,15 @@ def test_dense_dot_split_path_equals_dot(monkeypatch):
     assert linalg._slices_for(2, 512, 1024, np.float32) == 1
     assert linalg._slices_for(1, 64, 64, np.float32) == 1
     assert linalg._slices_for(1, 512, 1024, jnp.bfloat16) == 1
+
+
+def test_dense_dot_exports_with_a_symbolic_batch():
+    from jax import export
+
+    from retrax.fastmath import linalg
+
+    w = jnp.ones((512, 1024), jnp.float32)
+    spec = jax.ShapeDtypeStruct(export.symbolic_shape("b, 512"), jnp.float32)
+    exported = export.export(jax.jit(lambda x: linalg.dense_dot(x, w)))(spec)
+    y = exported.call(jnp.ones((3, 512), jnp.float32))
+    np.testing.assert_allclose(np.asarray(y), 512.0)

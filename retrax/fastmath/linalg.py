@@ -63,6 +63,8 @@ def dense_dot(x: Any, w: Any) -> Any:
     Equal to ``jnp.dot(x, w)`` up to float rounding; for a single row on a
     multi-core CPU the contraction is split across cores (see the module doc).
     """
+    if not all(isinstance(d, (int, np.integer)) for d in (*x.shape, *w.shape)):
+        return jnp.dot(x, w)  # symbolic shapes (jax.export): no static row count
     k, n = w.shape
     rows = int(np.prod(x.shape[:-1], dtype=np.int64)) if x.ndim > 1 else 1
     s = _slices_for(rows, k, n, jnp.result_type(x, w))

@@ -276,7 +276,9 @@ def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
     >>> np.round(np.exp(tl.LogSoftmax()(np.array([0.0, 0.0]))), 3).tolist()
     [0.5, 0.5]
     """
-    return Fn("LogSoftmax", lambda x: log_softmax(x, axis))
+    layer = Fn("LogSoftmax", lambda x: log_softmax(x, axis))
+    layer._log_softmax_axis = axis  # read by decoding (outputs already normalized)
+    return layer
 
 
 def LogSumExp(axis: int = -1) -> Layer:  # noqa: N802

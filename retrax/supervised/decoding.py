@@ -137,13 +137,21 @@ def _jit_cache(model: base.Layer, key: Any, make: Any) -> Any:
     return cache[key]
 
 
-def _batched_state_leaves(model: base.Layer, sig_fn: Any) -> list[bool]:
-    """Which state leaves have the batch as their first axis (for beam reordering)."""
-    def shapes_for(b):
-        return jax.tree_util.tree_leaves(model.weights_and_state_signature(sig_fn(b))[1])
+def _batched_state_leaves(model: base.Layer, sig_fn: Any, inputs_fn: Any,
+                          cache_len: int) -> list[bool]:
+    """Which leaves of the state *after the prefill* have the batch as first axis.
 
-    a, b = shapes_for(2), shapes_for(3)
-    return [getattr(x, "shape", ()) != getattr(y, "shape", ()) for x, y in zip(a, b)]
+    Beam search reorders those rows. The state is compared for batch sizes 2
+    and 3 by shape only (``jax.eval_shape``): the prefill can change the state's
+    structure (an encoder-decoder's ``Cache`` fills in), so it is run too.
+    """
+    def shapes_for(b):
+        state = jax.eval_shape(lambda: _fresh_state(model, sig_fn(b), cache_len))
+        after = jax.eval_shape(lambda s, x: model.pure_fn(x, model.weights, s, None)[1],
+                               state, inputs_fn(b))
+        return [getattr(x, "shape", ()) for x in jax.tree_util.tree_leaves(after)]
+
+    return [x != y for x, y in zip(shapes_for(2), shapes_for(3))]
 
 
 # --------------------------------------------------------------------------
@@ -164,10 +172,12 @@ def _argmax(x: Any) -> Any:
 
 
 def _ordered_keys(x: Any) -> Any:
-    """uint32 keys with the order of the float32 values ``x`` (``-inf`` lowest)."""
-    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    """uint32 keys with the order of the float32 values ``x`` (``-inf`` lowest, NaN highest)."""
+    x = x.astype(jnp.float32)
+    bits = lax.bitcast_convert_type(x, jnp.uint32)
     negative = (bits >> 31) == 1
-    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+    keys = jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+    return jnp.where(jnp.isnan(x), jnp.uint32(0xFFFFFFFF), keys)  # NaN (any sign) on top
 
 
 _SEARCH_BITS = 2  # key bits decided per round of _smallest_key (16 rounds)
@@ -303,11 +313,12 @@ def _model_inputs(model: base.Layer, enc: Any, tokens: Any) -> Any:
 
 
 def _ends_in_log_softmax(model: base.Layer) -> bool:
-    """Whether the model's last layer is ``LogSoftmax`` (its outputs are normalized)."""
+    """Whether the model's last layer is ``LogSoftmax`` over the vocabulary (last) axis."""
     layer = model
     while type(layer).__name__ == "Serial" and layer.sublayers:
         layer = layer.sublayers[-1]
-    return layer.name == "LogSoftmax"
+    # (B, L, V) outputs: axis -1 or 2 is the vocabulary.
+    return getattr(layer, "_log_softmax_axis", None) in (-1, 2)
 
 
 def _log_probs(model: base.Layer, outputs: Any) -> Any:
@@ -353,7 +364,7 @@ def _make_generate(model: base.Layer, max_length: int, temperature: float, top_k
             t, state, log_probs, tokens, scores, done, nan_step, key = c
             sub = fastmath_random.hash_fold_in(key, t)
             tok = _sample(log_probs, sub, temperature, top_k, top_p)
-            is_nan = tok >= log_probs.shape[-1]  # _argmax's answer for a NaN row
+            is_nan = jnp.isnan(log_probs).any(axis=-1)
             nan_step = jnp.where(is_nan & ~done & (nan_step < 0), t, nan_step)
             tok = jnp.where(done | is_nan, 0, tok)
             chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
@@ -534,17 +545,18 @@ def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_si
     key = _key(rng, seed)
     temperature = float(temperature)
 
-    def step(weights, state, tokens, key):
+    def step(weights, state, enc, tokens, key):
         out, state = model.pure_fn(_model_inputs(model, enc, tokens), weights, state, None)
         log_probs = _log_probs(model, out)
         tok = _sample(log_probs, key, temperature, top_k, top_p)
-        return jnp.where(tok >= log_probs.shape[-1], -1, tok), state  # -1: a NaN row
+        return jnp.where(jnp.isnan(log_probs).any(axis=-1), -1, tok), state  # -1: a NaN row
 
     step_fn = _jit_cache(model, ("stream", temperature, top_k, top_p, model.n_in),
                          lambda: jax.jit(step, donate_argnums=(1,)))
     tokens = jnp.asarray(first_in)
     for i in range(limit):
-        tok, state = step_fn(model.weights, state, tokens, fastmath_random.hash_fold_in(key, i))
+        tok, state = step_fn(model.weights, state, enc, tokens,
+                             fastmath_random.hash_fold_in(key, i))
         host = np.asarray(tok)
         _raise_on_nan(np.where(host < 0, i, -1), where)
         yield host
@@ -581,6 +593,7 @@ def beam_search(model: base.Layer, inputs: Any = None, batch_size: int = 1, n_be
         enc = None
         seq = np.concatenate([np.full((batch_size, 1), start_id, np.int32), prompt], 1)
         sig_fn = lambda b: shapes.ShapeDtype((b, 1), np.int32)  # noqa: E731
+        inputs_fn = lambda b: jax.ShapeDtypeStruct((b, seq.shape[1]), jnp.int32)  # noqa: E731
     else:
         total = max_length + 1
         _check_length(model, total, where)
@@ -590,8 +603,11 @@ def beam_search(model: base.Layer, inputs: Any = None, batch_size: int = 1, n_be
         seq = np.full((batch_size, 1), start_id, np.int32)
         sig_fn = lambda b: (shapes.ShapeDtype((b, src.shape[1]), np.int32),  # noqa: E731
                             shapes.ShapeDtype((b, 1), np.int32))
-    state = _fresh_state(model, sig, _cache_length(model, total))
-    batched = _batched_state_leaves(model, sig_fn)
+        inputs_fn = lambda b: (jax.ShapeDtypeStruct((b, src.shape[1]), jnp.int32),  # noqa: E731
+                               jax.ShapeDtypeStruct((b, 1), jnp.int32))
+    cache_len = _cache_length(model, total)
+    state = _fresh_state(model, sig, cache_len)
+    batched = _batched_state_leaves(model, sig_fn, inputs_fn, cache_len)
     eos = -1 if eos_id is None else int(eos_id)
     fn = _jit_cache(model, ("beam", batch_size, k, max_length, float(length_penalty), eos),
                     lambda: jax.jit(functools.partial(

@@ -358,3 +358,63 @@ def test_nan_model_output_raises_instead_of_garbage():
             decoding.autoregressive_sample(model, prompt, max_length=4, **kwargs)
     with pytest.raises(FloatingPointError, match="NaN"):
         next(decoding.autoregressive_sample_stream(model, prompt, temperature=0.0, max_length=4))
+
+
+def _enc_dec_pair(seed=0):
+    kwargs = dict(input_vocab_size=20, d_model=16, d_ff=32, n_encoder_layers=1,
+                  n_decoder_layers=1, n_heads=2, max_len=32)
+    predict = trax.models.Transformer(**kwargs, mode="predict")
+    predict.init((sig(1, 5), sig(1, 1)), rng=trax.fastmath.random.get_prng(seed))
+    evaluate = trax.models.Transformer(**kwargs, mode="eval")
+    evaluate.init((sig(1, 5), sig(1, 4)))
+    _same_weights(evaluate, predict)
+    return predict, evaluate
+
+
+def test_beam_search_encoder_decoder_scores_match_teacher_forcing():
+    predict, evaluate = _enc_dec_pair(seed=2)
+    src = np.array([[3, 4, 5, 6, 0], [7, 8, 9, 2, 2]], np.int32)
+    beams = decoding.beam_search(predict, src, batch_size=2, n_beams=3, max_length=6,
+                                 eos_id=None)
+    forward = jax.jit(lambda s, t: evaluate.pure_fn((s, t), evaluate.weights, evaluate.state,
+                                                    None)[0][0])
+    for tokens, scores in beams:
+        assert tokens.shape == (2, 6) and scores.shape == (2,)
+        # The decoder input is the sequence itself (ShiftRight prepends the start 0).
+        log_probs = np.asarray(forward(src, tokens))
+        chosen = np.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+        np.testing.assert_allclose(scores, chosen.sum(-1), rtol=1e-4, atol=1e-4)
+    assert (beams[0][1] >= beams[1][1]).all() and (beams[1][1] >= beams[2][1]).all()
+    greedy = decoding.autoregressive_sample(predict, src, batch_size=2, temperature=0.0,
+                                            max_length=6, eos_id=None)
+    one = decoding.beam_search(predict, src, batch_size=2, n_beams=1, max_length=6,
+                               eos_id=None)
+    np.testing.assert_array_equal(one[0][0], greedy)
+
+
+def test_stream_encoder_decoder_uses_each_calls_source():
+    predict, _ = _enc_dec_pair(seed=1)
+    src_a = np.array([[3, 4, 5, 6, 0]], np.int32)
+    src_b = np.array([[9, 9, 1, 2, 3]], np.int32)
+
+    def stream(src):
+        gen = decoding.autoregressive_sample_stream(predict, src, temperature=0.0,
+                                                    max_length=6)
+        return np.concatenate(list(gen))
+
+    for src in (src_a, src_b):
+        want = decoding.autoregressive_sample(predict, src, temperature=0.0, max_length=6,
+                                              eos_id=None)[0]
+        np.testing.assert_array_equal(stream(src), want)
+
+
+def test_inf_logit_with_top_k_raises_not_garbage():
+    # A +inf logit through LogSoftmax gives NaN - inf; top-k must not mask the NaN away.
+    table = jnp.asarray([np.inf, 1.0, 2.0, 0.5], jnp.float32)
+    model = tl.Serial(tl.Fn("FixedLogits", lambda x: jnp.broadcast_to(
+        table, x.shape + table.shape).astype(jnp.float32)), tl.LogSoftmax())
+    model.init(sig(1, 1))
+    for kwargs in (dict(temperature=0.0), dict(top_k=2), dict(top_p=0.9), dict()):
+        with pytest.raises(FloatingPointError, match="NaN"):
+            decoding.autoregressive_sample(model, np.zeros((1, 1), np.int32), max_length=3,
+                                           **kwargs)
