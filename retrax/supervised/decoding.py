@@ -174,6 +174,7 @@ def _argmax(x: Any) -> Any:
 def _ordered_keys(x: Any) -> Any:
     """uint32 keys with the order of the float32 values ``x`` (``-inf`` lowest, NaN highest)."""
     x = x.astype(jnp.float32)
+    x = jnp.where(x == 0.0, jnp.float32(0.0), x)  # -0.0 ties with +0.0
     bits = lax.bitcast_convert_type(x, jnp.uint32)
     negative = (bits >> 31) == 1
     keys = jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))

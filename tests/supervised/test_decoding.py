@@ -337,6 +337,15 @@ def test_restrict_equals_sort_based_definition(vocab):
         assert not (diff & ~near).any(), f"p={p}"
 
 
+def test_ordered_keys_follow_float_order():
+    x = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, np.inf], np.float32)
+    keys = np.asarray(decoding._ordered_keys(jnp.asarray(x)))
+    assert (np.diff(keys.astype(np.int64))[[0, 1, 2, 4, 5, 6]] > 0).all()
+    assert keys[3] == keys[4]  # -0.0 == +0.0
+    nan = np.asarray(decoding._ordered_keys(jnp.asarray([np.nan, -np.nan], jnp.float32)))
+    assert (nan > keys.max()).all()
+
+
 def test_argmax_is_first_maximum():
     x = np.array([[1.0, 3.0, 3.0, 0.0], [-np.inf, -1.0, -np.inf, -1.0], [5.0, 5.0, 5.0, 5.0]],
                  np.float32)
