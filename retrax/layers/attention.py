@@ -459,8 +459,8 @@ def CausalAttention(
     ``(B, L, D) -> (B, L, D)``; weights ``(Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo)``.
     In ``'predict'`` mode the ``DotProductCausalAttention`` inside keeps a
     key/value cache of ``max_inference_length`` positions in its state (layout
-    ``(B*H, max_inference_length, dh)``, as in Trax). ``use_dconv=True`` (Trax's depthwise convolutions) is not
-    implemented.
+    ``(B*H, max_inference_length, dh)``, as in Trax). ``use_dconv=True``
+    (Trax's depthwise convolutions) is not implemented.
     """
     d_feature, n_heads = _check_heads("CausalAttention", d_feature, n_heads)
     if use_dconv:
@@ -489,7 +489,8 @@ class DotProductCausalAttention(Layer):
 
     In ``'predict'`` mode the state is ``(k_cache, v_cache, index)`` with caches
     of shape ``(N, max_inference_length, dh)``, ``N`` the product of the leading
-    axes of the init signature (``B*H``; dtype from the signature) and ``index`` an int32 scalar. Each call writes its
+    axes of the init signature (``B*H``; dtype from the signature) and
+    ``index`` an int32 scalar. Each call writes its
     ``L`` new keys and values at ``index``, lets query ``i`` attend to cache
     positions ``<= index + i``, and advances ``index`` by ``L``; the first call
     may carry a whole prompt. Going past ``max_inference_length`` raises a
@@ -527,8 +528,8 @@ class DotProductCausalAttention(Layer):
                 )
             # Leading axes are merged, (B*H, L, dh) as in Trax: with a separate
             # size-1 batch axis XLA copied whole caches on every decoded token.
-            lead = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-            return jnp.zeros((lead, self._max_len, shape[-1]), np.dtype(sig.dtype))
+            return jnp.zeros((_cache_rows(shape), self._max_len, shape[-1]),
+                             np.dtype(sig.dtype))
 
         self.state = (zeros(k_sig), zeros(v_sig), jnp.array(0, jnp.int32))
 
@@ -562,7 +563,7 @@ class DotProductCausalAttention(Layer):
             )
         k_cache, v_cache, index = self.state
         length, cache_len = k.shape[-2], k_cache.shape[-2]
-        lead = int(np.prod(k.shape[:-2])) if k.ndim > 2 else 1
+        lead = _cache_rows(k.shape)
         if lead != k_cache.shape[0] or k.shape[-1] != k_cache.shape[-1]:
             raise ValueError(
                 f"{self.name}: the key/value cache was initialized for {k_cache.shape[0]} "
@@ -589,6 +590,11 @@ class DotProductCausalAttention(Layer):
             y = jnp.where(index + length > cache_len, jnp.asarray(jnp.nan, y.dtype), y)
         self.state = (k_cache, v_cache, index + length)
         return y.reshape(out_shape[:-1] + (y.shape[-1],))
+
+
+def _cache_rows(shape: tuple) -> int:
+    """Rows of a key/value cache for inputs ``(..., L, dh)``: the leading axes merged."""
+    return int(np.prod(shape[:-2], dtype=np.int64))
 
 
 # --------------------------------------------------------------------------

@@ -288,7 +288,11 @@ def _prepare(model: base.Layer, inputs: Any, batch_size: int, max_length: int,
     return inputs.astype(np.int32), lengths
 
 
-def _check_length(model: base.Layer, total: int, where: str) -> None:
+def _cache_length(model: base.Layer, total: int, where: str = "decoding") -> int:
+    """Checks that ``total`` positions fit the model's ``max_len``; returns the cache length.
+
+    The cache holds ``total`` rounded up to a multiple of 8, at most ``max_len``.
+    """
     _, max_len = _vocab_and_max_len(model)
     if max_len is not None and total > max_len:
         raise ValueError(
@@ -296,6 +300,8 @@ def _check_length(model: base.Layer, total: int, where: str) -> None:
             f"max_len is {max_len}. Shorten the prompt or max_length, or use a model with a "
             f"larger max_len."
         )
+    cache_len = -(-total // _CACHE_BUCKET) * _CACHE_BUCKET
+    return cache_len if max_len is None else min(cache_len, max_len)
 
 
 def _key(rng: Any, seed: int | None) -> Any:
@@ -366,7 +372,7 @@ def _make_generate(model: base.Layer, max_length: int, temperature: float, top_k
             sub = fastmath_random.hash_fold_in(key, t)
             tok = _sample(log_probs, sub, temperature, top_k, top_p)
             is_nan = jnp.isnan(log_probs).any(axis=-1)
-            nan_step = jnp.where(is_nan & ~done & (nan_step < 0), t, nan_step)
+            nan_step = jnp.where(is_nan & ~done, t, nan_step)  # a NaN row is done after
             tok = jnp.where(done | is_nan, 0, tok)
             chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
             tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
@@ -473,8 +479,7 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
         total = max_length + 1
         sig = (shapes.ShapeDtype(prompt.shape, np.int32), shapes.ShapeDtype((batch, 1), np.int32))
         enc, first = jnp.asarray(prompt), start
-    _check_length(model, total, where)
-    cache_len = _cache_length(model, total)
+    cache_len = _cache_length(model, total, where)
     eos = None if eos_id is None else int(eos_id)
     fn = _jit_cache(model, ("generate", max_length, float(temperature), top_k, top_p, eos,
                             repr(sig), cache_len),
@@ -487,15 +492,6 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
     out_scores = np.zeros((batch, max_length), np.float32)
     out[:, :n], out_scores[:, :n] = np.asarray(tokens)[:, :n], np.asarray(scores)[:, :n]
     return out, out_scores, np.full((batch,), n, np.int32)
-
-
-def _cache_length(model: base.Layer, total: int) -> int:
-    """Cache positions for ``total`` tokens, rounded up to a multiple of 8."""
-    cache_len = -(-total // _CACHE_BUCKET) * _CACHE_BUCKET
-    _, max_len = _vocab_and_max_len(model)
-    if max_len is not None:
-        cache_len = min(cache_len, max(max_len, total))
-    return cache_len
 
 
 def _check_sampling(temperature: float, top_k: Any, top_p: Any, where: str) -> None:
@@ -533,7 +529,7 @@ def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_si
         if max_length is None and max_len is not None:
             total = max_len
             limit = max_len - prompt.shape[1] - 1
-        _check_length(model, total, where)
+        total = _cache_length(model, total, where)
         sig, enc = shapes.ShapeDtype((batch_size, 1), np.int32), None
         first_in = np.concatenate([np.full((batch_size, 1), start_id, np.int32), prompt], 1)
     else:
@@ -589,38 +585,39 @@ def beam_search(model: base.Layer, inputs: Any = None, batch_size: int = 1, n_be
     bk = batch_size * k
     if model.n_in == 1:
         total = prompt.shape[1] + 1 + max_length
-        _check_length(model, total, where)
-        sig = shapes.ShapeDtype((bk, 1), np.int32)
         enc = None
         seq = np.concatenate([np.full((batch_size, 1), start_id, np.int32), prompt], 1)
         sig_fn = lambda b: shapes.ShapeDtype((b, 1), np.int32)  # noqa: E731
         inputs_fn = lambda b: jax.ShapeDtypeStruct((b, seq.shape[1]), jnp.int32)  # noqa: E731
     else:
         total = max_length + 1
-        _check_length(model, total, where)
         src = np.repeat(prompt, k, axis=0)
-        sig = (shapes.ShapeDtype(src.shape, np.int32), shapes.ShapeDtype((bk, 1), np.int32))
         enc = jnp.asarray(src)
         seq = np.full((batch_size, 1), start_id, np.int32)
         sig_fn = lambda b: (shapes.ShapeDtype((b, src.shape[1]), np.int32),  # noqa: E731
                             shapes.ShapeDtype((b, 1), np.int32))
         inputs_fn = lambda b: (jax.ShapeDtypeStruct((b, src.shape[1]), jnp.int32),  # noqa: E731
                                jax.ShapeDtypeStruct((b, 1), jnp.int32))
-    cache_len = _cache_length(model, total)
-    state = _fresh_state(model, sig, cache_len)
-    batched = _batched_state_leaves(model, sig_fn, inputs_fn, cache_len)
+    cache_len = _cache_length(model, total, where)
+    sig = sig_fn(bk)
     eos = -1 if eos_id is None else int(eos_id)
-    fn = _jit_cache(model, ("beam", batch_size, k, max_length, float(length_penalty), eos),
-                    lambda: jax.jit(functools.partial(
-                        _beam_program, model, batch_size, k, max_length, float(length_penalty),
-                        eos, tuple(batched))))
-    tokens, scores = fn(model.weights, state, enc, jnp.asarray(np.repeat(seq, k, axis=0)))
+
+    def make():  # traces the model twice for the batched leaves: once per program
+        batched = tuple(_batched_state_leaves(model, sig_fn, inputs_fn, cache_len))
+        return jax.jit(functools.partial(_beam_program, model, batch_size, k, max_length,
+                                         float(length_penalty), eos, batched, sig, cache_len))
+
+    fn = _jit_cache(model, ("beam", batch_size, k, max_length, float(length_penalty), eos,
+                            repr(sig), cache_len), make)
+    tokens, scores = fn(model.weights, enc, jnp.asarray(np.repeat(seq, k, axis=0)))
     tokens, scores = np.asarray(tokens), np.asarray(scores)
     return [(tokens[:, i, :], scores[:, i]) for i in range(k)]
 
 
-def _beam_program(model, batch, k, max_length, alpha, eos, batched, weights, state, enc, seq):
+def _beam_program(model, batch, k, max_length, alpha, eos, batched, signature, cache_len,
+                  weights, enc, seq):
     neg = jnp.float32(-1e9)
+    state = _fresh_state(model, signature, cache_len)  # made in the program, as in generate
     out, state = model.pure_fn(_model_inputs(model, enc, seq), weights, state, None)
     log_probs = _log_probs(model, out).reshape(batch, k, -1)
     vocab = log_probs.shape[-1]

@@ -367,6 +367,19 @@ def test_nan_model_output_raises_instead_of_garbage():
             decoding.autoregressive_sample(model, prompt, max_length=4, **kwargs)
     with pytest.raises(FloatingPointError, match="NaN"):
         next(decoding.autoregressive_sample_stream(model, prompt, temperature=0.0, max_length=4))
+    # Ragged prompts decode in groups by length; the error names the caller's row:
+    # the shorter prompt (row 1) is decoded first.
+    ragged = np.array([[3, 4], [5, 0]], np.int32)
+    with pytest.raises(FloatingPointError, match=r"row 1 are NaN at step 0"):
+        decoding.autoregressive_sample(model, ragged, batch_size=2, temperature=0.0,
+                                       max_length=4, prompt_lengths=[2, 1])
+
+
+def test_log_softmax_is_skipped_only_over_the_vocabulary_axis():
+    lm = tiny_lm("predict")
+    assert decoding._ends_in_log_softmax(lm)
+    assert not decoding._ends_in_log_softmax(tl.Serial(tl.Dense(4), tl.LogSoftmax(axis=0)))
+    assert not decoding._ends_in_log_softmax(tl.Serial(tl.Dense(4)))
 
 
 def _enc_dec_pair(seed=0):
@@ -380,7 +393,7 @@ def _enc_dec_pair(seed=0):
     return predict, evaluate
 
 
-def test_beam_search_encoder_decoder_scores_match_teacher_forcing():
+def test_beam_search_encoder_decoder_scores_match_teacher_forcing(monkeypatch):
     predict, evaluate = _enc_dec_pair(seed=2)
     src = np.array([[3, 4, 5, 6, 0], [7, 8, 9, 2, 2]], np.int32)
     beams = decoding.beam_search(predict, src, batch_size=2, n_beams=3, max_length=6,
@@ -394,6 +407,15 @@ def test_beam_search_encoder_decoder_scores_match_teacher_forcing():
         chosen = np.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
         np.testing.assert_allclose(scores, chosen.sum(-1), rtol=1e-4, atol=1e-4)
     assert (beams[0][1] >= beams[1][1]).all() and (beams[1][1] >= beams[2][1]).all()
+    # A repeated call reuses the program (and does not re-derive its batched leaves).
+    calls = []
+    original = decoding._batched_state_leaves
+    monkeypatch.setattr(decoding, "_batched_state_leaves",
+                        lambda *a: calls.append(a) or original(*a))
+    again = decoding.beam_search(predict, src, batch_size=2, n_beams=3, max_length=6,
+                                 eos_id=None)
+    assert calls == []
+    np.testing.assert_array_equal(again[0][0], beams[0][0])
     greedy = decoding.autoregressive_sample(predict, src, batch_size=2, temperature=0.0,
                                             max_length=6, eos_id=None)
     one = decoding.beam_search(predict, src, batch_size=2, n_beams=1, max_length=6,
