@@ -414,9 +414,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 target.setdefault(key, value)
         run["model"] = model_config
         task_kwargs = {"seed": run["task"].get("seed", 0)}
+        eval_kwargs = {"held_out": True}
     else:
         task_kwargs = {k: v for k, v in run["task"].items() if k != "name"}
         make_data = getattr(data, _TASKS[run["task"]["name"]])
+        eval_kwargs = {}
     model = build_model(run["model"], "train", where="config model")
     opt_names = [n for n in optimizers.__all__
                  if isinstance(getattr(optimizers, n), type)
@@ -442,7 +444,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed = task_kwargs.get("seed", 0) + 1 if seed is None else seed
         metrics = [_named("eval.metrics", m, tl, layer_names, "metric layer")
                    for m in run["eval"]["metrics"]]
-        eval_tasks.append(training.EvalTask(make_data(**{**task_kwargs, "seed": seed}), metrics,
+        eval_data = make_data(**{**task_kwargs, "seed": seed, **eval_kwargs})
+        eval_tasks.append(training.EvalTask(eval_data, metrics,
                                             n_eval_batches=run["eval"]["n_batches"]))
     callbacks = []
     if run["plot"]:
@@ -486,10 +489,8 @@ def _text_lm_data(task: dict) -> tuple[Any, Any, dict]:
         raise UsageError(f"config task: the corpus ({len(files)} files) gives no train or no "
                          f"held-out files; add files or change held_out_percent.")
     seq_len, batch_size = task.get("seq_len", 128), task.get("batch_size", 16)
-    first_seed = task.get("seed", 0)
 
-    def make_data(seed: int) -> Any:
-        held_out = seed != first_seed  # the CLI asks for eval data with another seed
+    def make_data(seed: int, held_out: bool = False) -> Any:
         return data.text_lm_batches(held_files if held_out else train_files, tokenizer,
                                     seq_len, batch_size, seed=seed, shuffle=not held_out,
                                     shuffle_queue=task.get("shuffle_queue", 1024))()

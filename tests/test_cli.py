@@ -384,3 +384,23 @@ def test_train_text_lm_then_sample_text(tmp_path):
     bad.write_text(json.dumps({"model": {"name": "TransformerLM"},
                                "task": {"name": "text_lm", "corpus": str(tmp_path / "none*")}}))
     assert_usage_error(run("train", str(bad), "--output-dir", str(out)), "matches no files")
+
+
+def test_text_lm_eval_data_is_held_out_whatever_its_seed(tmp_path, monkeypatch):
+    from retrax import data
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"f{i}.py").write_text(f"x = {i}\n")
+    seen = []
+    monkeypatch.setattr(data, "text_lm_batches",
+                        lambda files, *a, **k: seen.append(sorted(files)) or (lambda: iter(())))
+    make_data, _, _ = cli._text_lm_data({"name": "text_lm", "corpus": str(corpus / "*.py"),
+                                         "held_out_percent": 34, "seed": 3})
+    make_data(3)
+    make_data(3, held_out=True)  # the same seed as training: still the held-out files
+    make_data(4)
+    train, held, train_again = seen
+    assert train and held and not set(train) & set(held)
+    assert train_again == train
