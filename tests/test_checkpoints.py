@@ -15,7 +15,7 @@ import retrax as trax
 from retrax import checkpoints
 from retrax import layers as tl
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trax"
 SEED = FIXTURES / "trax-1.4.1" / "transformerlm_seed"
 LOOP = FIXTURES / "trax-1.4.1" / "transformerlm_seed_loop_ckpt"
 COPY = FIXTURES / "trax-upstream" / "transformerlm_copy"

@@ -24,7 +24,7 @@ def test_docs_exist():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_snippets_run(page, monkeypatch):
-    monkeypatch.chdir(ROOT)  # pages refer to ../shared as the repository does
+    monkeypatch.chdir(ROOT)  # pages refer to tests/fixtures relative to the repository root
     blocks = BLOCK.findall(page.read_text())
     assert blocks, f"{page.name} has no Python blocks"
     namespace: dict = {}

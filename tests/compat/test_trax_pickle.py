@@ -25,7 +25,7 @@ from retrax.compat import (
 )
 from retrax.shapes import ShapeDtype
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trax"
 SEED = FIXTURES / "trax-1.4.1" / "transformerlm_seed" / "model.pkl.gz"
 LOOP = FIXTURES / "trax-1.4.1" / "transformerlm_seed_loop_ckpt" / "model.pkl.gz"
 ENCDEC = FIXTURES / "trax-1.4.1" / "transformer_encdec" / "model.pkl.gz"

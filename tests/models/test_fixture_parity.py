@@ -1,7 +1,10 @@
-"""Parity with real Trax: checkpoints and outputs in ../shared/fixtures.
+"""Parity with real Trax: checkpoints and outputs in tests/fixtures/trax.
 
-Every folder holding a ``meta.json`` is tested, so a new folder with the same
-files is picked up without code changes (see ../shared/fixtures/README.md):
+Every folder of the Transformer families (``trax-1.4.1/`` and ``trax-upstream/``)
+holding a ``meta.json`` is tested, so a new folder with the same files is
+picked up without code changes (see tests/fixtures/trax/README.md). The
+``trax-1.4.1-zoo/`` folders belong to the RNN, conv, MLP and Reformer
+families and are tested with them.
 
 - the weights of ``model.pkl.gz`` load into the model built from ``meta.json``;
 - eval-mode outputs match ``output<i>.npy`` for the inputs ``input<i>.npy``
@@ -23,12 +26,13 @@ from retrax import layers as tl
 from retrax import models, shapes
 from retrax.compat.trax_pickle import read_trax_checkpoint
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-FOLDERS = sorted(p.parent for p in FIXTURES.glob("*/*/meta.json"))
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trax"
+FAMILIES = ("trax-1.4.1", "trax-upstream")
+FOLDERS = sorted(p.parent for f in FAMILIES for p in (FIXTURES / f).glob("*/meta.json"))
 IDS = [f"{p.parent.name}/{p.name}" for p in FOLDERS]
 MISSING = (
-    f"No fixture folders (*/*/meta.json) under {FIXTURES}. The parity tests need the "
-    f"reference checkpoints written by real Trax in ../shared/fixtures next to the project."
+    f"No fixture folders (trax-1.4.1/*/meta.json, trax-upstream/*/meta.json) under {FIXTURES}. The parity tests need the "
+    f"reference checkpoints written by real Trax, copied into tests/fixtures/trax."
 )
 # Parametrizing over nothing would skip silently; a missing fixtures dir fails instead.
 PARAMS = [pytest.param(p, id=i) for p, i in zip(FOLDERS, IDS)] or [

@@ -15,7 +15,7 @@ from retrax import checkpoints
 from retrax import layers as tl
 from retrax.supervised import decoding
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trax"
 COPY = FIXTURES / "trax-upstream" / "transformerlm_copy"
 
 
@@ -102,7 +102,9 @@ def test_cache_equals_recomputation_random_models(seed):
 
 
 def test_fixture_greedy_outputs():
-    for folder in sorted(FIXTURES.glob("*/*")):
+    folders = sorted([*FIXTURES.glob("trax-1.4.1/*"), *FIXTURES.glob("trax-upstream/*")])
+    assert len(folders) == 5, f"fixtures missing under {FIXTURES}"
+    for folder in folders:
         meta_path = folder / "meta.json"
         if not (folder / "greedy_output.npy").exists():
             continue
