@@ -66,22 +66,30 @@ def check_unit(optimizer: str, name: str, value: Any) -> None:
                  'a number in [0, 1)')
 
 
+# Hyperparameters live in float32 arrays: a larger number would become inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_nonnegative(optimizer: str, name: str, value: Any) -> None:
-    """Checks that ``value`` is a finite number ``>= 0``.
+    """Checks that ``value`` is a number ``>= 0`` that is finite in float32.
 
     >>> check_nonnegative('Adam', 'eps', 1e-5)
+    >>> check_nonnegative('Adam', 'learning_rate', 1e39)
+    Traceback (most recent call last):
+    ...
+    ValueError: Adam: learning_rate must be a finite number >= 0 (float32: at most 3.4e+38), got 1e+39.
     """
-    check_number(optimizer, name, value, lambda v: 0.0 <= v < math.inf,
-                 'a finite number >= 0')
+    check_number(optimizer, name, value, lambda v: 0.0 <= v <= FLOAT32_MAX,
+                 'a finite number >= 0 (float32: at most 3.4e+38)')
 
 
 def check_positive(optimizer: str, name: str, value: Any) -> None:
-    """Checks that ``value`` is a finite number ``> 0``.
+    """Checks that ``value`` is a number ``> 0`` that is finite in float32.
 
     >>> check_positive('SGD', 'clip_grad_norm', 1.0)
     """
-    check_number(optimizer, name, value, lambda v: 0.0 < v < math.inf,
-                 'a finite number > 0')
+    check_number(optimizer, name, value, lambda v: 0.0 < v <= FLOAT32_MAX,
+                 'a finite number > 0 (float32: at most 3.4e+38)')
 
 
 def l2_norm(tree: Any) -> jax.Array:

@@ -34,14 +34,15 @@ class MetricWriter:
         self._jsonl = None
         self._tb: dict[str, Any] = {}
         self._tb_available: bool | None = None
-        if output_dir is not None:
-            self._jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
 
     def print(self, line: str = "") -> None:
         print(line, file=self._stdout, flush=True)
 
     def scalar(self, mode: str, tag: str, step: int, value: float) -> None:
-        if self._jsonl is not None:
+        if self._output_dir is not None:
+            if self._jsonl is None:  # opened at the first value: a failed setup leaves no file
+                self._jsonl = open(os.path.join(self._output_dir, "metrics.jsonl"), "a",
+                                   encoding="utf-8")
             record = {"step": int(step), "mode": mode, "name": tag, "value": float(value),
                       "time": round(time.time(), 3)}
             self._jsonl.write(json.dumps(record) + "\n")

@@ -58,6 +58,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -68,7 +69,8 @@ import numpy as np
 from retrax import checkpoints, shapes
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
-from retrax.optimizers.base import Optimizer, flat_slots, unflat_slots
+from retrax.optimizers.base import Optimizer, check_nonnegative, flat_slots, unflat_slots
+from retrax.supervised import run_dir
 from retrax.supervised import train_step as ts
 from retrax.supervised.history import History
 from retrax.supervised.loop_io import MetricWriter, format_metric, format_step
@@ -159,7 +161,11 @@ class TrainTask:
 
     def learning_rate(self, step: int) -> float:
         if self._lr_schedule is not None:
-            return float(self._lr_schedule(step))
+            value = self._lr_schedule(step)
+            # The same check as the optimizer's learning_rate: a rate that is NaN,
+            # negative or beyond float32 (1e39 becomes inf) would poison the weights.
+            check_nonnegative(f"TrainTask: lr_schedule({step})", "the learning rate", value)
+            return float(value)
         if self._default_lr is None:  # read once: a device read-back per step stalls the Loop
             self._default_lr = float(self._optimizer.opt_params["learning_rate"])
         return self._default_lr
@@ -370,7 +376,8 @@ class Loop:
                  loss_chunk_size: int = 0, use_memory_efficient_trainer: bool = False,
                  adasum: bool = False, callbacks: Sequence[Any] | None = None, *,
                  keep_checkpoints: int = 3, write_trax_checkpoint: bool = True,
-                 progress_bar: bool | None = None, stdout: Any = None, prefetch: bool = True):
+                 progress_bar: bool | None = None, stdout: Any = None, prefetch: bool = True,
+                 overwrite: bool = False):
         if use_memory_efficient_trainer or adasum or loss_chunk_size:
             raise NotImplementedError(
                 "Loop: use_memory_efficient_trainer, adasum and loss_chunk_size are not "
@@ -396,7 +403,8 @@ class Loop:
         self._which_task = which_task or (lambda n: n % len(tasks))
         n_ckpt = tasks[0].n_steps_per_checkpoint
         self._checkpoint_at = checkpoint_at or _every(n_ckpt)
-        self._eval_at = eval_at or (_every(n_ckpt) if eval_tasks else (lambda step: False))
+        # Without eval tasks the train metrics are still logged at these steps (as Trax).
+        self._eval_at = eval_at or _every(n_ckpt)
         self._permanent_at = permanent_checkpoint_at or _every(
             tasks[0].n_steps_per_permanent_checkpoint)
         self._low_metric = checkpoint_low_metric
@@ -407,12 +415,24 @@ class Loop:
         self._stdout = stdout or sys.stdout
         self._progress_bar = progress_bar
         self._bar = None
+        self._prefetch = bool(prefetch)
+        # Claim the directory before anything is written (see retrax.supervised.run_dir).
+        self._run_token = object()
+        self._run_lock = None
         if self._output_dir is not None:
-            _ensure_writable(self._output_dir)
+            self._run_lock = run_dir.claim(self._output_dir, self._run_token, overwrite=overwrite)
+            weakref.finalize(self, self._run_lock.release, self._run_token)
+        try:
+            self._setup(model, tasks, eval_model, eval_tasks, callbacks)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, model: base.Layer, tasks: list, eval_model: base.Layer | None,
+               eval_tasks: list, callbacks: Sequence[Any] | None) -> None:
         self._writer = MetricWriter(self._output_dir, self._stdout)
 
         # Streams: tasks sharing one iterator share one counter.
-        self._prefetch = bool(prefetch)
         self._streams: dict[int, _Stream] = {}
         self._task_streams = [self._stream_for(t.labeled_data) for t in tasks]
         self._eval_streams = [self._stream_for(t.labeled_data) for t in eval_tasks]
@@ -465,6 +485,24 @@ class Loop:
     n_devices = property(lambda self: self._placement.n_devices)
     is_chief = property(lambda self: jax.process_index() == 0)
 
+    def close(self) -> None:
+        """Flushes the logs and releases ``output_dir`` for another Loop (idempotent).
+
+        A Loop also releases it when it is garbage-collected and when its
+        process ends, however it ends. A closed Loop cannot train or checkpoint.
+        """
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.close()
+        if self._run_lock is not None:
+            self._run_lock.release(self._run_token)
+
+    def __enter__(self) -> Loop:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def new_rng(self) -> Any:
         """A fresh key derived from the seed and the current step."""
         return fastmath_random.hash_fold_in(base.init_rng_split(self._base_key, 3)[2], self._step)
@@ -497,6 +535,8 @@ class Loop:
         """Runs ``n_steps`` more training steps (evals and checkpoints as configured)."""
         if not isinstance(n_steps, int) or n_steps < 0:
             raise ValueError(f"Loop.run: n_steps must be a non-negative int; got {n_steps!r}.")
+        if self._run_lock is not None:
+            self._run_lock.check_owner(self._run_token, "run")
         self._open_bar(n_steps)
         try:
             for _ in range(n_steps):
@@ -732,12 +772,15 @@ class Loop:
         """Writes the native checkpoint (and Trax's layout) for the current step."""
         if self._output_dir is None or not self.is_chief:
             return
+        self._run_lock.check_owner(self._run_token, "write a checkpoint")
         self._fetch_pending()  # Never checkpoint weights that produced a NaN loss.
         weights = jax.device_get(self._weights)
         state = jax.device_get(self._state)
+        slots = [jax.device_get(s) for s in self._slots]
+        self._check_finite(weights, state, slots)
         arrays: dict[str, Any] = {}
-        for t, slots in enumerate(self._slots):
-            for j, leaf in enumerate(jax.tree_util.tree_leaves(jax.device_get(slots))):
+        for t, task_slots in enumerate(slots):
+            for j, leaf in enumerate(jax.tree_util.tree_leaves(task_slots)):
                 arrays[f"slots{t}/{j:05d}"] = leaf
         extra = {
             "step": self._step,
@@ -764,6 +807,24 @@ class Loop:
         if basename == "model":
             self._last_good_checkpoint = path
             self._prune_checkpoints()
+
+    def _check_finite(self, weights: Any, state: Any, slots: list) -> None:
+        """Refuses to checkpoint a NaN or inf anywhere: the last good checkpoint stays good."""
+        trees = [("weight", weights), ("state", state)]
+        trees += [(f"optimizer slot of task {t}", s) for t, s in enumerate(slots)]
+        for what, tree in trees:
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+                arr = np.asarray(leaf)
+                if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                    bad = arr[~np.isfinite(arr)].flat[0]
+                    kept = (f"The last good checkpoint is {self._last_good_checkpoint}."
+                            if self._last_good_checkpoint else "No checkpoint was written yet.")
+                    raise FloatingPointError(
+                        f"Loop: at step {self._step} the {what} at {jax.tree_util.keystr(path)} "
+                        f"(shape {arr.shape}) holds {bad}; training diverged and no checkpoint "
+                        f"was written from it. {kept} Lower the learning rate, clip gradients "
+                        f"(clip_grad_norm=...), or check the data."
+                    )
 
     def _write_trax_layout(self, basename: str, weights: Any, state: Any, sig: Any) -> None:
         from retrax.compat import trax_pickle
@@ -942,20 +1003,6 @@ def _last_dim(sig: Any) -> int | None:
     first = sig[0] if isinstance(sig, tuple) else sig
     shape = getattr(first, "shape", None)
     return int(shape[-1]) if shape else None
-
-
-def _ensure_writable(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as err:
-        raise PermissionError(
-            f"Loop: cannot write to output_dir {path!r} ({err.strerror or err}). Choose a "
-            f"directory you can write to, or pass output_dir=None to train without checkpoints."
-        ) from err
 
 
 def _version() -> str:

@@ -337,13 +337,13 @@ def test_flat_slots_other_optimizers():
 
 @pytest.mark.parametrize('make, pattern', [
     (lambda: opts.SGD(learning_rate=-0.1),
-     r"SGD: learning_rate must be a finite number >= 0, got -0.1\."),
+     r"SGD: learning_rate must be a finite number >= 0 \(float32: at most 3.4e\+38\), got -0.1\."),
     (lambda: opts.Adam(b1=1.0), r"Adam: b1 must be a number in \[0, 1\), "
                                 r"got 1.0\."),
     (lambda: opts.Adam(b2=-0.5), r"Adam: b2 .* got -0.5"),
     (lambda: opts.AdamW(eps=-1.0), r"AdamW: eps .* got -1.0"),
     (lambda: opts.SGD(clip_grad_norm=0.0),
-     r"SGD: clip_grad_norm must be a finite number > 0, got 0.0\."),
+     r"SGD: clip_grad_norm must be a finite number > 0 \(float32: at most 3.4e\+38\), got 0.0\."),
     (lambda: opts.Adam(clip_grad_norm=float('inf')),
      r"Adam: clip_grad_norm .* got inf"),
     (lambda: opts.Momentum(mass=1.5), r"Momentum: mass .* got 1.5"),
