@@ -53,6 +53,7 @@ import copy
 import glob
 import json
 import os
+import pickle
 import queue
 import re
 import sys
@@ -67,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from retrax import checkpoints, shapes
+from retrax.compat import trax_pickle
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
 from retrax.optimizers.base import Optimizer, check_nonnegative, flat_slots, unflat_slots
@@ -827,8 +829,6 @@ class Loop:
                     )
 
     def _write_trax_layout(self, basename: str, weights: Any, state: Any, sig: Any) -> None:
-        from retrax.compat import trax_pickle
-
         flat_w, flat_s = base.flatten_weights_and_state(weights, state)
         slots = None
         try:
@@ -869,34 +869,57 @@ class Loop:
         state, history, data position); otherwise the Trax file itself
         (weights, step, history, and Adam/Momentum/RMSProp slots when present).
         With ``write_trax_checkpoint=False`` the newest native checkpoint is used.
+
+        A file that cannot be read (truncated, corrupt) does not block the
+        resume: the Loop says so and falls back to the next candidate, then to
+        the newest intact native checkpoint. When none can be read it raises
+        rather than start afresh over them.
         """
         directory = directory or self._output_dir
         if directory is None:
             return False
         natives = dict(_native_checkpoints(directory))
+        newest_first = [natives[s] for s in sorted(natives, reverse=True)]
         if filename is not None:
-            path = os.path.join(directory, filename)
+            candidates = [os.path.join(directory, filename)]
         elif self._write_trax:
             trax_path = os.path.join(directory, "model.pkl.gz")
             if not os.path.exists(trax_path):
                 return False
-            from retrax.compat import trax_pickle
-
-            step = trax_pickle.read_trax_checkpoint(trax_path).step
-            path = natives.get(int(step or -1), trax_path)
+            try:
+                step = int(trax_pickle.read_trax_checkpoint(trax_path).step or -1)
+                candidates = [natives[step], trax_path] if step in natives else [trax_path]
+            except _UNREADABLE as err:
+                self._print(f"Note: {trax_path} cannot be read ({_first_line(err)}); resuming "
+                            f"from the newest intact native checkpoint instead.")
+                candidates = newest_first
         else:
-            path = natives[max(natives)] if natives else None
-        if path is None:
+            candidates = newest_first
+        if not candidates:
             return False
-        if path.endswith(".pkl.gz"):
-            self._load_trax_checkpoint(path)
-        else:
-            self._load_native_checkpoint(path)
-        self._sync_model_weights()
-        return True
+        failures = []
+        for path in candidates:
+            try:
+                loaded = (trax_pickle.read_trax_checkpoint(path) if path.endswith(".pkl.gz")
+                          else checkpoints.read_native(checkpoints.read_bytes(path), path))
+            except _UNREADABLE as err:
+                failures.append(f"{path} ({_first_line(err)})")
+                self._print(f"Note: skipping {path}, which cannot be read ({_first_line(err)}).")
+                continue
+            if path.endswith(".pkl.gz"):
+                self._load_trax_checkpoint(path, loaded)
+            else:
+                self._load_native_checkpoint(path, loaded)
+            if failures:
+                self._print(f"Note: resumed from {path} (step {self._step}).")
+            self._sync_model_weights()
+            return True
+        raise ValueError(
+            f"Loop: no checkpoint in {directory} can be read: {'; '.join(failures)}. Move the "
+            f"damaged files away to resume from an older one, or use a new output_dir."
+        )
 
-    def _load_native_checkpoint(self, path: str) -> None:
-        ckpt = checkpoints.read_native(checkpoints.read_bytes(path), path)
+    def _load_native_checkpoint(self, path: str, ckpt: dict) -> None:
         extra = ckpt["meta"].get("extra", {})
         checkpoints.assign_flat_weights(self._model, ckpt["flat_weights"], source=path)
         if ckpt["flat_state"] is not None:
@@ -934,10 +957,7 @@ class Loop:
                 elif stream.consumed < n:
                     stream.skip(n - stream.consumed, f"the data of eval task {i}")
 
-    def _load_trax_checkpoint(self, path: str) -> None:
-        from retrax.compat import trax_pickle
-
-        ckpt = trax_pickle.read_trax_checkpoint(path)
+    def _load_trax_checkpoint(self, path: str, ckpt: Any) -> None:
         checkpoints.assign_flat_weights(self._model, ckpt.flat_weights, source=path)
         self._weights = self._placement.replicate(self._model.weights)
         self._step = int(ckpt.step or 0)
@@ -974,6 +994,16 @@ class Loop:
         }
         checkpoints.write_bytes_atomic(os.path.join(self._output_dir, "config.json"),
                                        json.dumps(config, indent=2).encode("utf-8"))
+
+
+# What reading a damaged checkpoint file raises (a CheckpointError is a ValueError;
+# OSError covers gzip's BadGzipFile and a file removed under us).
+_UNREADABLE = (ValueError, OSError, EOFError, KeyError, pickle.UnpicklingError)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def _native_checkpoints(directory: str) -> list[tuple[int, str]]:

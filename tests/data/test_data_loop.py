@@ -75,19 +75,24 @@ def test_prefetch_keeps_the_order_of_a_shared_train_and_eval_stream():
 
 def test_prefetch_draws_ahead_in_a_background_thread():
     drawn = []
+    each_draw = threading.Semaphore(0)
 
     def batches():
         rng = np.random.default_rng(0)
         while True:
             drawn.append(threading.current_thread().name)
+            each_draw.release()
             x = rng.integers(0, 32, (4, 6)).astype(np.int32)
             yield x, x, np.ones((4, 6), np.float32)
 
     loop = make_loop(batches())
     loop.run(3)
-    # The sample batch (main thread), 3 steps, and the next batch already drawn ahead.
-    assert len(drawn) == 5 and drawn[0] == "MainThread"
-    assert drawn[2:] == ["retrax-prefetch"] * 3
+    # The batch after step 3 is drawn ahead in the background: wait for that draw
+    # (not for a time); nothing more is drawn until the Loop asks again.
+    for _ in range(5):
+        assert each_draw.acquire(timeout=60)
+    # The sample batch (main thread), the 3 steps' batches and the one drawn ahead.
+    assert drawn == ["MainThread"] + ["retrax-prefetch"] * 4
 
 
 def test_prefetch_reraises_data_errors_at_the_step_that_needs_the_batch():

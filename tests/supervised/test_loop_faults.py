@@ -257,3 +257,42 @@ def test_without_eval_tasks_train_metrics_are_printed_and_written(tmp_path):
     steps = sorted({r["step"] for r in records
                     if r["mode"] == "train" and r["name"] == "metrics/CrossEntropyLoss"})
     assert steps == [1, 2, 4]
+
+
+# -- A damaged resume point does not block the resume --------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_model_pkl_falls_back_to_the_newest_intact_native_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    loop = loop_in(run, steps_per_ckpt=2, eval_tasks=False)
+    loop.run(6)
+    loop.close()
+    _truncate(run / "model.pkl.gz")
+    _truncate(run / "checkpoint_00000006.safetensors")
+    out = io.StringIO()
+    resumed = loop_in(run, steps_per_ckpt=2, eval_tasks=False, stdout=out)
+    assert resumed.step == 4
+    log = out.getvalue()
+    assert f"{run / 'model.pkl.gz'} cannot be read" in log
+    assert f"skipping {run / 'checkpoint_00000006.safetensors'}" in log
+    assert f"resumed from {run / 'checkpoint_00000004.safetensors'} (step 4)" in log
+    resumed.run(2)  # and trains on, writing a good resume point again
+    resumed.close()
+    assert loop_in(run, steps_per_ckpt=2, eval_tasks=False).step == 6
+
+
+def test_when_nothing_can_be_read_the_loop_refuses_instead_of_starting_over(tmp_path):
+    run = tmp_path / "run"
+    loop = loop_in(run, steps_per_ckpt=2, eval_tasks=False)
+    loop.run(4)
+    loop.close()
+    for path in [run / "model.pkl.gz", *run.glob("checkpoint_*.safetensors")]:
+        path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
+        loop_in(run, steps_per_ckpt=2, eval_tasks=False)
+    assert (run / "checkpoint_00000004.safetensors").read_bytes() == b"garbage"  # untouched
