@@ -8,9 +8,10 @@
     retrax show TransformerLM:d_model=32,n_layers=2,vocab_size=32 --svg model.svg
     retrax convert runs/rev/model.pkl.gz rev.safetensors
 
-Exit codes: 0 success, 2 bad usage (arguments, config, missing files), 1 a
-failure while working. Errors are one line on stderr; ``--debug`` shows the
-traceback instead.
+Exit codes: 0 success, 2 bad usage (arguments, config, missing or unreadable
+input files, an output path that cannot be written), 1 a failure while working
+(a bug, a diverged model, running out of memory). Either way the error is one
+line on stderr; ``--debug`` shows the traceback instead.
 
 The whole command line is this one file on purpose (over the ~500-line
 guideline): arguments, config handling and the five commands read top to
@@ -33,10 +34,14 @@ from __future__ import annotations
 
 import argparse
 import glob
+import io
 import json
+import math
 import os
+import pickle
 import re
 import sys
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,12 +85,35 @@ def apply_override(config: dict, assignment: str) -> None:
     node[parts[-1]] = _parse_value(value)
 
 
+def _read_text(path: str, what: str) -> str:
+    """The UTF-8 text of the file ``path``; a UsageError naming ``what`` and ``path`` if not."""
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {path} is a directory; pass a file.")
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise UsageError(f"cannot read {what} {path}: {err.strerror or _one_line(err)}.") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at "
+                         f"offset {err.start}); save it as UTF-8.") from None
+
+
+def _strict_json(text: str) -> Any:
+    """``json.loads`` without the NaN / Infinity extension (not JSON; they break training)."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number; write a finite number")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def load_config(path: str) -> dict:
     """Reads a JSON or YAML (``.yaml``/``.yml``, needs PyYAML) config file."""
-    if not os.path.isfile(path):
-        raise UsageError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = _read_text(path, "config file")
     if path.endswith((".yaml", ".yml")):
         try:
             import yaml
@@ -98,9 +126,9 @@ def load_config(path: str) -> dict:
             raise UsageError(f"{path} is not valid YAML: {_one_line(err)}") from None
     else:
         try:
-            config = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{path} is not valid JSON: {err}") from None
+            config = _strict_json(text)
+        except ValueError as err:  # json.JSONDecodeError is a ValueError
+            raise UsageError(f"{path} is not valid JSON: {_one_line(err)}") from None
     if not isinstance(config, dict):
         raise UsageError(f"{path}: the config must be a mapping of sections; "
                          f"got {type(config).__name__}.")
@@ -194,6 +222,30 @@ def _json_file(path: str) -> dict | None:
         return None
 
 
+# What reading a file that is not a checkpoint raises (a bad safetensors header, a
+# truncated or foreign gzip, a pickle the restricted unpickler refuses).
+_UNREADABLE = (ValueError, OSError, EOFError, pickle.UnpicklingError, zlib.error)
+
+
+def read_checkpoint(path: str) -> dict:
+    """``checkpoints.read_any(path)``; a UsageError naming ``path`` when it is no checkpoint."""
+    from retrax import checkpoints
+
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory, not a checkpoint file.")
+    try:
+        return checkpoints.read_any(path)
+    except FileNotFoundError as err:
+        raise UsageError(_one_line(err)) from None
+    except _UNREADABLE as err:
+        if isinstance(err, OSError) and err.strerror and err.filename:  # e.g. no permission
+            raise UsageError(f"cannot read checkpoint {path}: {err.strerror}.") from None
+        message = _one_line(err)
+        if path not in message:
+            message = f"{path} is not a readable retrax or Trax checkpoint: {message}"
+        raise UsageError(message) from None
+
+
 def resolve_checkpoint(source: str) -> dict:
     """Where ``source``'s weights are and what is known about its model.
 
@@ -202,7 +254,7 @@ def resolve_checkpoint(source: str) -> dict:
     'model' (config or None), 'ckpt' (read_any result), 'run' (train
     config or None), 'pretrained' (name or None)}``.
     """
-    from retrax import checkpoints, pretrained
+    from retrax import pretrained
 
     info: dict[str, Any] = {"model": None, "run": None, "pretrained": None}
     if source in pretrained.MODELS:
@@ -228,10 +280,7 @@ def resolve_checkpoint(source: str) -> dict:
     else:
         raise UsageError(f"{source!r} is not a checkpoint file, an output directory or a "
                          f"pretrained model ({', '.join(pretrained.available())}).")
-    try:
-        info["ckpt"] = checkpoints.read_any(info["path"])
-    except FileNotFoundError as err:
-        raise UsageError(str(err)) from None
+    info["ckpt"] = read_checkpoint(info["path"])
     meta_model = info["ckpt"]["meta"].get("model")
     if isinstance(meta_model, dict) and "kwargs" in meta_model:
         info["model"] = meta_model  # The checkpoint's own word wins.
@@ -247,14 +296,14 @@ def _model_from_args(args: argparse.Namespace, known: dict | None) -> dict | Non
             spec["kwargs"] = {**config["kwargs"], **spec["kwargs"]}
         config = spec
     if getattr(args, "config", None):
-        text = args.config
-        if os.path.isfile(text):
-            with open(text, encoding="utf-8") as f:
-                text = f.read()
+        from_file = os.path.exists(args.config)
+        text = _read_text(args.config, "--config file") if from_file else args.config
         try:
-            extra = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"--config must be JSON (or a JSON file): {err}") from None
+            extra = _strict_json(text)
+        except ValueError as err:
+            where = f"--config file {args.config}" if from_file else "--config"
+            raise UsageError(f"{where} must be a JSON object of model arguments (or a JSON "
+                             f"file of one): {_one_line(err)}") from None
         if not isinstance(extra, dict):
             raise UsageError("--config must be a JSON object of model arguments.")
         if "name" in extra:
@@ -289,6 +338,36 @@ def load_model(info: dict, config: dict | None, mode: str, source: str) -> Any:
     return model
 
 
+def _check_output_path(path: str, what: str, directory: bool = False) -> None:
+    """Refuses, naming ``path``, an output that cannot be written: checked before any work.
+
+    ``directory``: ``path`` is a directory to create or reuse, else a file to
+    write (it must not be a directory). Remote URLs are left to their backend.
+    """
+    if "://" in path:
+        return
+    full = os.path.abspath(os.path.expanduser(path))
+    if directory and os.path.exists(full) and not os.path.isdir(full):
+        raise UsageError(f"{what} {path} is a file, not a directory; choose a directory.")
+    if not directory and os.path.isdir(full):
+        raise UsageError(f"{what} {path} is a directory; give a file path inside it "
+                         f"instead.")
+    parent = full if directory else os.path.dirname(full)
+    while not os.path.exists(parent):  # The nearest existing ancestor decides.
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{what} {path} cannot be created: {parent} is a file, not a "
+                         f"directory.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path} cannot be written: no write permission on {parent}.")
+
+
+def _write_failed(err: OSError, path: str, what: str) -> UsageError:
+    """The error for an output that the checks above let through but the system refused."""
+    reason = err.strerror or _one_line(err)
+    return UsageError(f"cannot write {what} {path}: {reason}; choose a path you can write to.")
+
+
 # --------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------
@@ -297,7 +376,13 @@ def load_model(info: dict, config: dict | None, mode: str, source: str) -> Any:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from retrax import quickstart
 
-    quickstart.main(output_dir=args.output_dir, steps=args.steps)
+    if args.output_dir is not None:
+        _check_output_path(args.output_dir, "--output-dir", directory=True)
+    try:
+        quickstart.main(output_dir=args.output_dir, steps=args.steps)
+    except FileExistsError as err:  # The Loop refuses a directory holding foreign files.
+        raise UsageError(f"{_one_line(err)} For the quick start, pass --output-dir with an "
+                         f"empty or new directory.") from None
     return 0
 
 
@@ -319,6 +404,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 _TASKS = {"reverse": "reverse_ints_task", "sort": "sort_ints_task", "copy": "copy_ints_task"}
 _TASK_KEYS = {"name", "batch_size", "length", "seed"}
+_TOY_VOCAB = 31  # The toy tasks' ids: 0 (separator) and 1..30.
 # Language modelling on text files: "text_lm" (corpus = a glob) or "stdlib_lm" (the
 # .py files of the Python standard library), split by file into train / held-out.
 _TEXT_TASKS = {"text_lm", "stdlib_lm"}
@@ -335,6 +421,27 @@ def _check_keys(section: str, got: dict, allowed: set[str]) -> None:
 def _positive_int(section: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UsageError(f"config {section} must be a positive integer; got {json.dumps(value)}.")
+    return value
+
+
+# Seeds become JAX PRNG keys, which hold 32 bits: a larger seed would be cut (and alias a
+# smaller one) or overflow, and a negative one would wrap around.
+SEED_LIMIT = 2**32
+
+
+def _seed_problem(value: Any) -> str | None:
+    """Why ``value`` is not a seed (None when it is one)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "must be an integer"
+    if not 0 <= value < SEED_LIMIT:
+        return f"must be in [0, 2**32 - 1] = [0, {SEED_LIMIT - 1}]"
+    return None
+
+
+def _check_seed(section: str, value: Any) -> int:
+    problem = _seed_problem(value)
+    if problem:
+        raise UsageError(f"config {section} {problem}; got {json.dumps(value)}.")
     return value
 
 
@@ -361,14 +468,32 @@ def resolve_train_config(config: dict) -> dict:
     for key in ("batch_size", "length", "seq_len"):
         if key in task:
             _positive_int(f"task.{key}", task[key])
+    if "seed" in task:
+        _check_seed("task.seed", task["seed"])
     for key in ("steps", "n_steps_per_checkpoint"):
         _positive_int(key, run[key])
-    if not isinstance(run["random_seed"], int):
-        raise UsageError(f"config random_seed must be an int; got {json.dumps(run['random_seed'])}.")
+    _check_seed("random_seed", run["random_seed"])
     if run["eval"] is not None:
-        _positive_int("eval.n_batches", run["eval"]["n_batches"])
+        evals = run["eval"]
+        _positive_int("eval.n_batches", evals["n_batches"])
+        for key in ("every", "final_batches"):  # null: the default
+            if evals[key] is not None:
+                _positive_int(f"eval.{key}", evals[key])
+        if evals["seed"] is not None:
+            _check_seed("eval.seed", evals["seed"])
+        metrics = evals["metrics"]
+        if not isinstance(metrics, list) or not metrics:
+            raise UsageError(f'config eval.metrics must be a non-empty list of metric layer '
+                             f'names, e.g. ["CrossEntropyLoss", "Accuracy"]; got '
+                             f'{json.dumps(metrics)}.')
+    if not isinstance(run["plot"], (bool, str)) or run["plot"] == "":
+        raise UsageError(f"config plot must be true, false or a file name such as "
+                         f"\"history.png\"; got {json.dumps(run['plot'])}.")
     if not run["output_dir"]:
         raise UsageError("no output directory: pass --output-dir DIR or set output_dir in the config.")
+    if not isinstance(run["output_dir"], str):
+        raise UsageError(f"config output_dir must be a directory path (a string); got "
+                         f"{json.dumps(run['output_dir'])}. Fix it or pass --output-dir DIR.")
     return run
 
 
@@ -387,6 +512,36 @@ def _named(section: str, value: Any, namespace: Any, names: Sequence[str], what:
                          f"{_one_line(err)}") from None
 
 
+def _model_arg(config: dict, key: str) -> Any:
+    """``key`` from a model config, else the model function's default (None if neither)."""
+    import inspect
+
+    from retrax import models
+
+    if key in config["kwargs"]:
+        return config["kwargs"][key]
+    param = inspect.signature(getattr(models, config["name"])).parameters.get(key)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _check_toy_task_fits(task: dict, model_config: dict) -> None:
+    """Refuses a toy task whose ids or sequences the model cannot hold, before any work.
+
+    The toy tasks' rows are ``[0, source, 0, answer]``: ``2 * length + 2`` ids in ``[0, 31)``.
+    """
+    name, length = task["name"], task.get("length", 4)
+    vocab, max_len = _model_arg(model_config, "vocab_size"), _model_arg(model_config, "max_len")
+    if isinstance(vocab, int) and vocab < _TOY_VOCAB:
+        raise UsageError(f"config model vocab_size is {vocab} but the {name} task's token ids "
+                         f"go up to {_TOY_VOCAB - 1}; set model.vocab_size to {_TOY_VOCAB} or "
+                         f"more (the examples use 32).")
+    if isinstance(max_len, int) and 2 * length + 2 > max_len:
+        raise UsageError(f"config task.length is {length}: the {name} task's rows hold "
+                         f"2 * length + 2 = {2 * length + 2} tokens but the model's max_len is "
+                         f"{max_len}; set task.length to {(max_len - 2) // 2} or less, or raise "
+                         f"model.max_len.")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     for assignment in args.set or []:
@@ -399,8 +554,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from retrax import data, optimizers
     from retrax import layers as tl
+    from retrax.io import write_bytes_atomic
     from retrax.optimizers.base import Optimizer
     from retrax.supervised import lr_schedules, training
+    from retrax.supervised.run_dir import OutputDirLockedError
 
     output_dir = os.path.expanduser(run["output_dir"])
     tokenizer = None
@@ -420,6 +577,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         make_data = getattr(data, _TASKS[run["task"]["name"]])
         eval_kwargs = {}
     model = build_model(run["model"], "train", where="config model")
+    if run["task"]["name"] in _TASKS:
+        _check_toy_task_fits(run["task"], model._model_config)
     opt_names = [n for n in optimizers.__all__
                  if isinstance(getattr(optimizers, n), type)
                  and issubclass(getattr(optimizers, n), Optimizer) and n != "Optimizer"]
@@ -454,13 +613,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks.append(PlotHistoryCallback.configured(
             filename=run["plot"] if isinstance(run["plot"], str) else "history.png"))
     every = (run["eval"] or {}).get("every")
-    eval_at = None if not every else (lambda step: step == 1 or step % every == 0)
-    loop = training.Loop(model, train_task, eval_tasks=eval_tasks, output_dir=output_dir,
-                         random_seed=run["random_seed"], callbacks=callbacks, eval_at=eval_at)
+    eval_at = None if every is None else (lambda step: step == 1 or step % every == 0)
+    _check_output_path(output_dir, "output directory", directory=True)
+    try:
+        loop = training.Loop(model, train_task, eval_tasks=eval_tasks, output_dir=output_dir,
+                             random_seed=run["random_seed"], callbacks=callbacks,
+                             eval_at=eval_at, overwrite=args.force)
+    except (FileExistsError, NotADirectoryError, PermissionError, OutputDirLockedError) as err:
+        # Foreign files in the directory (--force overrides), another run holding it, or a
+        # path that cannot be a writable directory.
+        raise UsageError(_one_line(err)) from None
     if tokenizer is not None:  # next to the checkpoints, for `retrax sample --text`
         tokenizer.save(output_dir)
-    with open(os.path.join(output_dir, "train_config.json"), "w", encoding="utf-8") as f:
-        json.dump(run, f, indent=2)
+    write_bytes_atomic(os.path.join(output_dir, "train_config.json"),
+                       json.dumps(run, indent=2).encode("utf-8"))
     remaining = run["steps"] - loop.step
     if remaining <= 0:
         print(f"{output_dir} is already at step {loop.step} (steps={run['steps']}); nothing to do.")
@@ -525,17 +691,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompt = list(tokenizer.encode(args.text))
         if not prompt:
             raise UsageError("--text is empty; give some text to continue.")
+    flag = "--text" if tokenizer is not None else "--prompt"
     config = _model_from_args(args, info["model"])
     vocab = (config or {}).get("kwargs", {}).get("vocab_size")
     if prompt is not None and isinstance(vocab, int) and max(prompt) >= vocab:
-        raise UsageError(f"--prompt token {max(prompt)} is outside the model's vocabulary "
+        raise UsageError(f"{flag} token {max(prompt)} is outside the model's vocabulary "
                          f"[0, {vocab}).")
     max_length = args.max_length
     if max_length is None:  # The task's answer length when known (toy tasks: 4).
-        max_length = int(((info["run"] or {}).get("task") or {}).get("length", 4))
+        length = ((info["run"] or {}).get("task") or {}).get("length")
+        max_length = length if isinstance(length, int) and length > 0 else 4
     model = load_model(info, config, "predict", args.checkpoint)
-    inputs = None if prompt is None else np.array([prompt], np.int32)
+    vocab, max_len = model_limits(model)
+    if prompt is not None and vocab is not None and max(prompt) >= vocab:
+        raise UsageError(f"{flag} token {max(prompt)} is outside the model's vocabulary "
+                         f"[0, {vocab}).")
+    if prompt is not None and max(prompt) >= 2**31:
+        raise UsageError(f"{flag} token {max(prompt)} does not fit a 32-bit token id.")
+    _check_lengths(model, len(prompt or ()), max_length, max_len, flag,
+                   "--max-length" if args.max_length is not None
+                   else f"--max-length (default {max_length})")
     eos = None if args.eos_id is None or args.eos_id < 0 else args.eos_id
+    if eos is not None and vocab is not None and eos >= vocab:
+        raise UsageError(f"--eos-id {eos} is outside the model's vocabulary [0, {vocab}), so "
+                         f"no row could stop there; give an id below {vocab} (or a negative "
+                         f"one for no end token).")
+    inputs = None if prompt is None else np.array([prompt], np.int32)
     output = decoding.autoregressive_sample(
         model, inputs, temperature=args.temperature, max_length=max_length, eos_id=eos,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed)
@@ -548,6 +729,54 @@ def cmd_sample(args: argparse.Namespace) -> int:
         else:
             print(" ".join(str(int(t)) for t in row))
     return 0
+
+
+def model_limits(model: Any) -> tuple[int | None, int | None]:
+    """``(vocab_size, max_len)`` read off the weights of a model's first Embedding and its
+    PositionalEncodings (the smallest table): None where the model has no such layer."""
+    import numpy as np
+
+    vocab = max_len = None
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        kind = type(layer).__name__
+        if kind in ("Embedding", "PositionalEncoding"):
+            weights = layer.weights
+            table = weights[0] if isinstance(weights, (tuple, list)) and weights else weights
+            shape = np.shape(table) if hasattr(table, "shape") else ()
+            if kind == "Embedding" and vocab is None and len(shape) == 2:
+                vocab = int(shape[0])
+            elif kind == "PositionalEncoding" and len(shape) >= 2:
+                max_len = int(shape[-2]) if max_len is None else min(max_len, int(shape[-2]))
+        stack.extend(reversed(layer.sublayers))  # Depth first, in order.
+    return vocab, max_len
+
+
+def _check_lengths(model: Any, n_prompt: int, max_length: int, max_len: int | None,
+                   prompt_flag: str, length_flag: str) -> None:
+    """Refuses a prompt or --max-length that does not fit the model's max_len positions."""
+    if max_len is None:
+        return
+    if model.n_in == 2:  # Encoder-decoder: the prompt is the encoder's input.
+        if n_prompt > max_len:
+            raise UsageError(f"{prompt_flag} has {n_prompt} tokens but the model reads at most "
+                             f"max_len={max_len}; shorten it to {max_len} tokens or fewer.")
+        if max_length + 1 > max_len:
+            raise UsageError(f"{length_flag} is {max_length} but the model's decoder holds at "
+                             f"most max_len={max_len} positions (the start token and the new "
+                             f"tokens); use --max-length {max_len - 1} or less.")
+        return
+    # A language model reads the start token, the prompt, then each new token.
+    if n_prompt + 2 > max_len:
+        raise UsageError(f"{prompt_flag} has {n_prompt} tokens but the model holds at most "
+                         f"max_len={max_len} positions (the start token, the prompt and at "
+                         f"least one new token); shorten it to {max_len - 2} tokens or fewer.")
+    if n_prompt + 1 + max_length > max_len:
+        raise UsageError(f"{length_flag} is {max_length}, too long after {n_prompt} prompt "
+                         f"tokens: the start token, the prompt and the new tokens need "
+                         f"{n_prompt + 1 + max_length} positions but the model's max_len is "
+                         f"{max_len}; use --max-length {max_len - 1 - n_prompt} or less.")
 
 
 def _find_tokenizer(args: argparse.Namespace, info: dict) -> Any:
@@ -585,6 +814,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from retrax import visualize
 
     source = args.model_or_checkpoint
+    if args.svg:  # Before any work: the error names the target.
+        _check_output_path(args.svg, "--svg")
     is_spec = not (os.path.exists(source) or "://" in source or _is_pretrained(source))
     if is_spec and ":" not in source and source not in _model_names():
         from retrax import pretrained
@@ -625,7 +856,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"Total: {total:,} parameters in {sum(len(n.weight_shapes) for n in tree.walk())} "
           f"arrays; {n_layers} layers in the tree")
     if args.svg:
-        visualize.layer_diagram(model, args.svg)
+        try:
+            visualize.layer_diagram(model, args.svg)
+        except OSError as err:
+            raise _write_failed(err, args.svg, "the --svg diagram") from None
         print(f"Wrote {args.svg}")
     return 0
 
@@ -640,32 +874,36 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from retrax import checkpoints
 
     src, dst = args.input, args.output
+    if os.path.isdir(src):
+        raise UsageError(f"input checkpoint {src} is a directory; pass its model.pkl.gz or "
+                         f"checkpoint_*.safetensors file.")
     if not (os.path.isfile(src) or "://" in src):
         raise UsageError(f"input checkpoint not found: {src}")
-    if checkpoints.is_trax_pickle(checkpoints.read_bytes(src)):
-        if not dst.endswith(".safetensors"):
-            raise UsageError(f"{src} is a Trax checkpoint; the output must be a native "
-                             f".safetensors file, not {dst!r}.")
-        checkpoints.trax_to_native(src, dst)
-        info = resolve_checkpoint(src)  # A model config next to it (config.json) travels along.
-        if info["model"] is not None:
-            ckpt = checkpoints.read_any(dst)
-            checkpoints.save_native(
-                dst, tuple(ckpt["flat_weights"]),
-                None if ckpt["flat_state"] is None else tuple(ckpt["flat_state"]),
-                input_signature=ckpt["input_signature"], model_config=info["model"],
-                extra=ckpt["meta"].get("extra"))
-        print(f"Wrote {dst} (native) from Trax checkpoint {src}")
-    else:
-        if not dst.endswith(".pkl.gz"):
-            raise UsageError(f"{src} is a native checkpoint; the output must be a Trax "
-                             f".pkl.gz file, not {dst!r}.")
-        try:
-            checkpoints.read_native(checkpoints.read_bytes(src), src)
-        except ValueError as err:
-            raise UsageError(_one_line(err)) from None
-        written = checkpoints.native_to_trax(src, dst)
-        print(f"Wrote {written} (Trax) from native checkpoint {src}")
+    info = resolve_checkpoint(src)  # Reads (and so checks) it; a config.json next to it too.
+    to_native = info["ckpt"]["meta"].get("format") == "trax"
+    if to_native and not dst.endswith(".safetensors"):
+        raise UsageError(f"{src} is a Trax checkpoint; the output must be a native "
+                         f".safetensors file, not {dst!r}.")
+    if not to_native and not dst.endswith(".pkl.gz"):
+        raise UsageError(f"{src} is a native checkpoint; the output must be a Trax "
+                         f".pkl.gz file, not {dst!r}.")
+    _check_output_path(dst, "output")
+    try:
+        if to_native:
+            checkpoints.trax_to_native(src, dst)
+            if info["model"] is not None:  # The model config travels along.
+                ckpt = checkpoints.read_any(dst)
+                checkpoints.save_native(
+                    dst, tuple(ckpt["flat_weights"]),
+                    None if ckpt["flat_state"] is None else tuple(ckpt["flat_state"]),
+                    input_signature=ckpt["input_signature"], model_config=info["model"],
+                    extra=ckpt["meta"].get("extra"))
+            print(f"Wrote {dst} (native) from Trax checkpoint {src}")
+        else:
+            written = checkpoints.native_to_trax(src, dst)
+            print(f"Wrote {written} (Trax) from native checkpoint {src}")
+    except OSError as err:
+        raise _write_failed(err, dst, "the output") from None
     return 0
 
 
@@ -696,14 +934,28 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    problem = _seed_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"the seed {problem}, got {text}")
     return value
 
 
 def _probability(text: str) -> float:
-    value = _non_negative_float(text)
-    if not 0 < value <= 1:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:  # (False for NaN too.)
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
     return value
 
@@ -757,7 +1009,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[debug], help="train a model from a JSON/YAML config",
                        description="Trains the config's model on a toy task (reverse, sort, "
                        "copy). Resumes when the output directory holds a checkpoint; `steps` "
-                       "is the total to reach. Example: examples/configs/reverse.json.",
+                       "is the total to reach. A non-empty directory that holds no retrax "
+                       "run is refused unless --force. Example: examples/configs/reverse.json.",
                        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", metavar="CONFIG", help="JSON or YAML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -765,6 +1018,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as JSON, else a string); repeatable")
     p.add_argument("--output-dir", help="where checkpoints go (overrides output_dir)")
     p.add_argument("--steps", type=_positive, help="total steps (overrides steps)")
+    p.add_argument("--force", action="store_true",
+                   help="train in an output directory that holds files but no retrax run "
+                        "(default: refuse, so that no file retrax did not write is replaced)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", parents=[debug], help="decode from a checkpoint",
@@ -783,7 +1039,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 is greedy (default); otherwise sample softmax(logits / T)")
     p.add_argument("--top-k", type=_positive, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=_probability, help="nucleus sampling probability mass")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="random seed in [0, 2**32 - 1] (default 0)")
     p.add_argument("--eos-id", type=int, default=None,
                    help="stop a row after this id (default: never; the toy tasks use 1 as a token)")
     _add_model_args(p)
@@ -814,6 +1071,16 @@ def _one_line(err: BaseException | str) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null so that flushing it at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # Not a real file (captured output): nothing will be flushed to a closed pipe.
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``retrax`` command line; returns the exit code."""
     parser = build_parser()
@@ -832,6 +1099,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # The reader went away (`retrax show X | head`): stop quietly.
+        _silence_stdout()
+        return 141  # What a shell reports for a process ended by SIGPIPE.
     except Exception as err:
         if args.debug:
             raise

@@ -6,8 +6,15 @@ machines, so retrax trains the same model from a fixed seed and ships it:
 
     python scripts/train_sort_model.py            # ~2 minutes on a 2-core CPU
 
-It writes ``retrax/pretrained/sort-transformer.safetensors`` (weights only)
-and prints the exact-sort accuracy on 1,000 held-out random inputs.
+It writes ``retrax/pretrained/sort-transformer.safetensors`` (weights only,
+plus the model's config in the metadata, so ``retrax sample PATH`` and
+``retrax show PATH`` can rebuild the model from the file alone) and prints the
+exact-sort accuracy on 1,000 held-out random inputs.
+
+    python scripts/train_sort_model.py --relabel   # no training
+
+re-writes an existing file with the model config recorded and checks that
+every weight array is bit-identical to the old file's.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import argparse
 import os
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
 import retrax as trax
+from retrax import checkpoints
 from retrax import layers as tl
 from retrax.data import sort_ints_task
 from retrax.supervised import decoding, training
@@ -27,6 +36,7 @@ from retrax.supervised import decoding, training
 CONFIG = dict(d_model=32, d_ff=128, n_layers=2, vocab_size=32)
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "retrax", "pretrained", "sort-transformer.safetensors")
+SIGNATURE = trax.shapes.ShapeDtype((1, 1), np.int32)
 
 
 def exact_sort_accuracy(model: trax.layers.Layer, n: int = 1000, seed: int = 12345,
@@ -43,12 +53,61 @@ def exact_sort_accuracy(model: trax.layers.Layer, n: int = 1000, seed: int = 123
     return correct / n
 
 
+def predict_model() -> trax.layers.Layer:
+    """The shipped model's architecture in predict mode; it records its own config."""
+    return trax.models.TransformerLM(**CONFIG, mode="predict")
+
+
+def write_shipped(model: trax.layers.Layer, out: str) -> dict[str, Any]:
+    """Writes ``model``'s weights and config to ``out``; returns the config it recorded.
+
+    The config is the model's own record (``model._model_config``, the form
+    ``retrax.models.from_config`` and the ``retrax`` command read), checked
+    after writing so that a file without it is never shipped.
+    """
+    config = getattr(model, "_model_config", None)
+    if not isinstance(config, dict) or "kwargs" not in config:
+        raise ValueError(f"write_shipped: the model records no config (model._model_config is "
+                         f"{config!r}); build it with a retrax.models function.")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    checkpoints.save_native(out, model.weights, input_signature=SIGNATURE, model_config=config)
+    written = checkpoints.read_any(out)["meta"].get("model")
+    if written != config:
+        raise ValueError(f"write_shipped: {out} records the model config {written!r}, "
+                         f"expected {config!r}.")
+    return config
+
+
+def same_arrays(a: list[Any], b: list[Any]) -> bool:
+    """True when both lists hold arrays of the same dtypes, shapes and bytes."""
+    return len(a) == len(b) and all(
+        np.asarray(x).dtype == np.asarray(y).dtype and np.shape(x) == np.shape(y)
+        and np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(a, b))
+
+
+def relabel(out: str) -> None:
+    """Re-writes ``out`` with the model config recorded; the weights stay bit-identical."""
+    before = checkpoints.read_any(out)["flat_weights"]
+    model = predict_model()
+    model.init_from_file(out, weights_only=True, input_signature=SIGNATURE)
+    config = write_shipped(model, out)
+    after = checkpoints.read_any(out)["flat_weights"]
+    if not same_arrays(before, after):
+        raise ValueError(f"relabel: the weights of {out} changed while re-writing it.")
+    print(f"re-wrote {out} with model config {config} ({len(after)} weight arrays unchanged)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--relabel", action="store_true",
+                        help="re-write --out with the model config recorded (no training)")
     args = parser.parse_args()
+    if args.relabel:
+        relabel(args.out)
+        return
 
     t0 = time.time()
     data = sort_ints_task(64, seed=args.seed)
@@ -62,14 +121,12 @@ def main() -> None:
         loop = training.Loop(trax.models.TransformerLM(**CONFIG), task, eval_tasks=[eval_task],
                              output_dir=tmp, random_seed=args.seed)
         loop.run(args.steps)
-        predict = trax.models.TransformerLM(**CONFIG, mode="predict")
-        sig = trax.shapes.ShapeDtype((1, 1), np.int32)
+        predict = predict_model()
         predict.init_from_file(os.path.join(tmp, "model.pkl.gz"), weights_only=True,
-                               input_signature=sig)
+                               input_signature=SIGNATURE)
     accuracy = exact_sort_accuracy(predict)
     print(f"exact sorts on 1000 held-out inputs: {accuracy:.1%}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    predict.save_to_file(args.out, weights_only=True, input_signature=sig)
+    write_shipped(predict, args.out)
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes) in {time.time() - t0:.0f} s")
 
 

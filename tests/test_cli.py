@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from retrax import checkpoints, cli
+from retrax import checkpoints, cli, pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REVERSE_CONFIG = os.path.join(REPO, "examples", "configs", "reverse.json")
@@ -122,16 +122,16 @@ def test_bad_usage_in_a_subprocess_is_one_line_without_traceback():
     assert_usage_error(run("sample", "sort-transformer", "--prompt", "zero"), "--prompt must be")
 
 
-def test_failure_exits_1_with_one_line_and_debug_shows_traceback(tmp_path):
+def test_unreadable_checkpoint_exits_2_with_one_line_and_debug_shows_traceback(tmp_path):
+    # A file that is no checkpoint is bad input (exit 2); tests/test_cli_errors.py has a
+    # failure while working (exit 1) and more faults.
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
-    result = run("show", str(bad))
-    assert result.returncode == 1, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.stderr and "--debug" in result.stderr
-    with pytest.raises(ValueError, match="neither a retrax checkpoint"):
+    assert_usage_error(run("show", str(bad)), f"{re.escape(str(bad))} is neither a retrax "
+                                              f"checkpoint")
+    with pytest.raises(cli.UsageError, match="neither a retrax checkpoint"):
         cli.main(["--debug", "show", str(bad)])  # --debug: the exception itself.
-    with pytest.raises(ValueError, match="neither a retrax checkpoint"):
+    with pytest.raises(cli.UsageError, match="neither a retrax checkpoint"):
         cli.main(["show", str(bad), "--debug"])
 
 
@@ -224,6 +224,18 @@ def test_sample_pretrained_sorts():
     result = run("sample", "sort-transformer", "--prompt", "0 3 15 14 9 0")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "3 9 14 15\n"
+
+
+def test_sample_and_show_the_shipped_file_by_its_path(capsys):
+    # The file records its model config, so its path alone is enough (it was not).
+    path = pretrained.path("sort-transformer")
+    result = run("sample", path, "--prompt", "0 3 15 14 9 0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "3 9 14 15\n"
+    code, out, err = call(capsys, "show", path)
+    assert (code, err) == (0, "")
+    assert out.startswith("Serial[\n  Serial[\n    ShiftRight(1)\n  ]\n  Embedding_32_32\n")
+    assert "Total: 93,088 parameters in 38 arrays" in out
 
 
 def test_sample_agrees_across_checkpoint_formats(trained, tmp_path, capsys):

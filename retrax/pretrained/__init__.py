@@ -7,6 +7,10 @@ model, ``TransformerLM(d_model=32, d_ff=128, n_layers=2, vocab_size=32)``, on
 the same task (``[0, a, b, c, d, 0]`` -> the four sorted, ``1 <= a..d <= 30``)
 with ``scripts/train_sort_model.py`` from a fixed seed.
 
+The file records its model config in its metadata (the record
+``retrax.models.TransformerLM`` keeps, read by ``retrax.models.from_config``),
+so ``retrax sample PATH`` and ``retrax show PATH`` work on the path alone.
+
 >>> import numpy as np
 >>> from retrax import pretrained
 >>> from retrax.supervised import decoding
