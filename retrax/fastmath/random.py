@@ -7,15 +7,28 @@ leaking tracers.
 >>> from retrax.fastmath import random
 >>> random.get_prng(3)
 array([0, 3], dtype=uint32)
+
+Functions that take ``rng=None`` for Trax compatibility (only
+``tl.logsoftmax_sample`` today) draw a fresh key from a module-level
+generator on every call, as Trax drew from NumPy's global state. ``seed(n)``
+restarts that generator, so the draws after it repeat; it starts at seed 0.
+
+>>> random.seed(5)
+>>> a = random.next_key()
+>>> random.seed(5)
+>>> bool((random.next_key() == a).all())
+True
 """
 
 from __future__ import annotations
 
+import threading
+
 import jax
 import numpy as np
 
-__all__ = ["get_prng", "split", "fold_in", "uniform", "normal", "bernoulli", "randint",
-           "hash_split", "hash_fold_in", "hash_bits", "hash_bernoulli", "key_data"]
+__all__ = ["get_prng", "seed", "next_key", "split", "fold_in", "uniform", "normal",
+           "bernoulli", "randint", "hash_split", "hash_fold_in", "hash_bits", "hash_bernoulli", "key_data"]
 
 
 def get_prng(seed: int) -> np.ndarray:
@@ -31,6 +44,50 @@ def get_prng(seed: int) -> np.ndarray:
         seed %= 2**64
         return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
     return np.array([0, seed % 2**32], dtype=np.uint32)
+
+
+class _GlobalKeys:
+    """Fresh ``uint32[2]`` keys from a seedable NumPy generator (thread-safe)."""
+
+    def __init__(self, seed: int) -> None:
+        self._lock = threading.Lock()
+        self.seed(seed)
+
+    def seed(self, seed: int) -> None:
+        with self._lock:
+            self._generator = np.random.default_rng(seed)
+
+    def next_key(self) -> np.ndarray:
+        with self._lock:
+            return self._generator.integers(0, 2**32, size=2, dtype=np.uint32)
+
+
+_GLOBAL_KEYS = _GlobalKeys(0)
+
+
+def seed(n: int) -> None:
+    """Restarts the module-level generator that ``next_key`` draws from.
+
+    After ``seed(n)`` the keys drawn (and so the samples of
+    ``tl.logsoftmax_sample(x, temperature)`` without ``rng``) repeat exactly.
+    The generator starts at seed 0 when retrax is imported.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(
+            f"random.seed: the seed must be a non-negative int; got {n!r}. Pass e.g. "
+            f"random.seed(0)."
+        )
+    _GLOBAL_KEYS.seed(int(n))
+
+
+def next_key() -> np.ndarray:
+    """A fresh PRNG key from the module-level generator (``seed`` makes it repeat).
+
+    Each call returns a new key, so a loop that samples without passing an
+    ``rng`` gets new randomness every step. Drawn while ``jax.jit`` traces, the
+    key is fixed into the compiled program: pass keys as arguments there.
+    """
+    return _GLOBAL_KEYS.next_key()
 
 
 split = jax.random.split

@@ -26,10 +26,12 @@ and/or ``self.state``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -78,6 +80,37 @@ def _is_state_marker(x: Any) -> bool:
 # --------------------------------------------------------------------------
 
 
+class _Field:
+    """A ``LayerError`` attribute stored in the instance dict under a private key.
+
+    It is a data descriptor on ``LayerError`` itself, so in the subclass made
+    for a cause's type it wins over any same-named attribute of that type
+    (``ImportError.path``, a user exception's read-only ``cause`` property):
+    recording where an error happened can never fail or clobber the cause.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+        self._key = f"_layer_error_{name}"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self._key]
+        except KeyError:
+            raise AttributeError(
+                f"This LayerError has no {self._name!r} attribute: it was not made by "
+                f"LayerError(layer, function_name, input_signature, cause)."
+            ) from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self._key] = value
+
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set for classes made by `class` or type().
+
+
 class LayerError(Exception):
     """An exception raised inside a layer, with where it happened.
 
@@ -99,25 +132,51 @@ class LayerError(Exception):
     ``__call__``), ``caller`` (``(filename, lineno)``), ``input_signature``,
     ``cause`` (the original exception or a message) and ``path`` (the
     ``Name[index]`` entries of the enclosing combinators).
+
+    What reaches the caller when a layer raises ``err``:
+
+    * ``err`` is an ``Exception``: a ``LayerError`` that is also an instance of
+      ``type(err)`` (a subclass of both is made once per type), so
+      ``except FileNotFoundError`` or ``except jax.errors.TracerBoolConversionError``
+      still catches it. Its ``args`` and the attributes of ``err`` (``errno``,
+      ``filename``, ``encoding``/``start``/``end``, ``exceptions``, the
+      instance dict, ...) are copied; ``cause`` and ``__cause__`` are ``err``
+      itself. The constructors of ``type(err)`` are not called again, so
+      exceptions whose ``__init__`` needs arguments or whose ``__new__`` is
+      custom are kept whole. Where ``LayerError``'s own attributes share a
+      name with one of ``err``'s (``ImportError.path``,
+      ``ExceptionGroup.message``), ``LayerError``'s wins; ``err``'s is on
+      ``cause``.
+    * ``err``'s type cannot be subclassed (its ``__init_subclass__`` refuses,
+      a metaclass conflict, ...): ``err`` itself is re-raised at the outermost
+      layer, with this message (path included) added as a note
+      (``err.__notes__``).
+    * ``err`` is a ``BaseException`` but not an ``Exception``
+      (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, a
+      ``BaseExceptionGroup``): it passes through untouched, no note added.
     """
 
-    _subclasses: dict[type, type] = {}
+    _subclasses: dict[type, type | None] = {}
+
+    layer_name = _Field()
+    function_name = _Field()
+    caller = _Field()
+    input_signature = _Field()
+    cause = _Field()
+    path = _Field()
+    _hidden_index = _Field()
 
     def __new__(cls, layer: Any = None, function_name: Any = None, input_signature: Any = None,
                 cause: Any = None, *args: Any, **kwargs: Any):
         # A LayerError is also an instance of its cause's type, so code that
-        # catches ValueError / TypeError keeps working through layers.
+        # catches ValueError / FileNotFoundError keeps working through layers.
         if cls is LayerError and isinstance(cause, Exception) and not isinstance(cause, LayerError):
-            base_type = type(cause)
-            sub = LayerError._subclasses.get(base_type)
-            if sub is None:
+            sub = _layer_error_subclass(type(cause))
+            if sub is not None:
                 try:
-                    sub = type("LayerError", (LayerError, base_type),
-                               {"__module__": __name__, "__qualname__": "LayerError"})
-                except TypeError:  # incompatible exception layouts
-                    sub = LayerError
-                LayerError._subclasses[base_type] = sub
-            cls = sub
+                    return _instance_like(sub, cause)
+                except Exception:  # the cause's type refuses: plain LayerError, surfaced later
+                    pass
         return Exception.__new__(cls)
 
     def __reduce__(self):
@@ -130,14 +189,17 @@ class LayerError(Exception):
         input_signature: Any,
         cause: BaseException | str,
     ):
+        # BaseException's own __init__, never the cause type's (which may need
+        # arguments we do not have, e.g. TracerBoolConversionError(tracer)).
+        args = BaseException.args.__get__(cause) if isinstance(cause, BaseException) else ()
+        BaseException.__init__(self, *args)
         self.layer_name = layer.name_with_arity or type(layer).__name__
         self.function_name = function_name
         self.caller = layer._caller
         self.input_signature = input_signature
         self.cause = cause
-        self.path: list[str] = []
-        self._hidden_index: int | None = None
-        super().__init__()
+        self.path = []
+        self._hidden_index = None
 
     def push_parent(self, parent: Layer, index: int) -> None:
         """Records that the failing layer sits at ``index`` inside ``parent``."""
@@ -157,7 +219,11 @@ class LayerError(Exception):
     @property
     def message(self) -> str:
         if isinstance(self.cause, BaseException):
-            cause = f"{type(self.cause).__name__}: {self.cause}"
+            try:
+                text = str(self.cause)
+            except Exception:  # a cause whose __str__ fails still gets reported
+                text = repr(self.cause)
+            cause = f"{type(self.cause).__name__}: {text}"
         else:
             cause = str(self.cause)
         # JAX appends a note about its traceback filtering; it is noise here.
@@ -172,6 +238,142 @@ class LayerError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def _to_raise(self) -> BaseException:
+        """What the outermost layer raises: ``self``, or the cause if ``self`` is not one."""
+        cause = self.cause
+        if isinstance(cause, BaseException) and not isinstance(self, type(cause)):
+            note = self.message
+            notes = getattr(cause, "__notes__", None)
+            if not isinstance(notes, list):
+                notes = []
+            if note not in notes:
+                # What add_note does (Python 3.11+); on 3.10 the list is kept
+                # too, readable from the exception though not printed.
+                try:
+                    cause.__notes__ = [*notes, note]
+                except Exception:  # a cause that refuses attributes: unchanged
+                    pass
+            return cause
+        return self
+
+
+def _layer_error_subclass(base_type: type) -> type | None:
+    """``LayerError`` subclass that is also a ``base_type``; None if Python refuses one."""
+    try:
+        return LayerError._subclasses[base_type]
+    except KeyError:
+        pass
+    try:
+        sub: type | None = type("LayerError", (LayerError, base_type),
+                                {"__module__": __name__, "__qualname__": "LayerError"})
+    except Exception:  # final classes, metaclass or layout conflicts
+        sub = None
+    LayerError._subclasses[base_type] = sub
+    return sub
+
+
+def _instance_like(sub: type, cause: BaseException) -> BaseException:
+    """A ``sub`` instance carrying ``cause``'s args and attributes; no constructor of
+    ``type(cause)`` written in Python runs.
+
+    The object is made by a built-in ``__new__`` that CPython accepts for
+    ``sub`` (``OSError.__new__`` for ``FileNotFoundError``, ``Exception.__new__``
+    for most; see ``_static_news``); then the C-level fields (``errno``,
+    ``encoding``, ...) and the instance dict (notes aside) are copied from
+    ``cause``. Raises if no built-in ``__new__`` accepts ``sub``.
+    """
+    args = BaseException.args.__get__(cause)
+    obj = None
+    for maker in _static_news(type(cause), sub):
+        for maker_args in (args, ()):
+            try:
+                made = maker.__new__(sub, *maker_args)
+            except Exception:  # "X.__new__(LayerError) is not safe", wrong arguments
+                continue
+            if type(made) is sub:
+                obj = made
+                break
+        if obj is not None:
+            break
+    if obj is None:
+        raise TypeError(f"no built-in __new__ makes a {type(cause).__name__} LayerError")
+    own = vars(LayerError)
+    for klass in type(cause).__mro__:
+        if klass in (BaseException, object):
+            continue
+        for name, desc in vars(klass).items():
+            if name.startswith("__") or name in own:
+                continue
+            if isinstance(desc, (types.MemberDescriptorType, types.GetSetDescriptorType)):
+                try:
+                    desc.__set__(obj, desc.__get__(cause))
+                except Exception:  # read-only (set by __new__ already) or unset
+                    pass
+    try:
+        attrs = dict(object.__getattribute__(cause, "__dict__"))
+    except Exception:
+        attrs = {}
+    # The cause's notes stay on the cause (printed with it in the chain).
+    obj.__dict__.update({k: v for k, v in attrs.items()
+                         if k != "__notes__" and not k.startswith("_layer_error_")})
+    return obj
+
+
+def _static_news(cause_type: type, sub: type) -> list[type]:
+    """Built-in types whose ``__new__`` may make a ``sub``, most specific first.
+
+    CPython accepts ``T.__new__(sub)`` only for the ``T`` whose C constructor
+    ``sub`` inherits: ``OSError`` for an OSError subclass, ``Exception`` when
+    the cause's own constructor is written in Python or adds no C fields
+    (``MemoryError``). Both chains are tried, as is the cause's first built-in.
+    """
+    out: list[type] = []
+    chains = ([t for t in cause_type.__mro__ if not t.__flags__ & _HEAPTYPE][:1],
+              _base_chain(sub), sub.__mro__)
+    for chain in chains:
+        for t in chain:
+            if not t.__flags__ & _HEAPTYPE and issubclass(t, BaseException) and t not in out:
+                out.append(t)
+    return out
+
+
+def _base_chain(t: type | None) -> list[type]:
+    chain = []
+    while t is not None:
+        chain.append(t)
+        t = t.__base__
+    return chain
+
+
+def _surface_causes(method: Callable) -> Callable:
+    """Wraps a public entry point (``init``, ``pure_fn``, ...) of a layer.
+
+    At the outermost call (no pass running), a ``LayerError`` that could not be
+    made an instance of its cause's type is replaced by the cause itself, with
+    the layer path added as a note; anything else propagates unchanged.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _stack():
+            return method(*args, **kwargs)
+        return _outermost(method, *args, **kwargs)
+
+    return wrapper
+
+
+def _outermost(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Runs ``fn``; a ``LayerError`` that is not an instance of its cause's type
+    becomes the cause re-raised with the layer path as a note."""
+    try:
+        return fn(*args, **kwargs)
+    except LayerError as e:
+        error = e._to_raise()
+        if error is e:
+            raise
+    # Raised outside the handler so the cause's __context__ stays its own.
+    raise error
 
 
 def _plain_layer_error(message: str) -> Exception:
@@ -589,6 +791,7 @@ class Layer:
     def init_weights_and_state(self, input_signature: Any) -> None:
         """Override to assign ``self.weights`` / ``self.state`` (use ``self.rng``)."""
 
+    @_surface_causes
     def init(self, input_signature: Any, rng: Any = None, use_cache: bool = False):
         """Initializes weights and state for inputs of ``input_signature``.
 
@@ -649,6 +852,7 @@ class Layer:
         finally:
             self._weights, self._state, self._rng, self._in_hook = saved
 
+    @_surface_causes
     def weights_and_state_signature(self, input_signature: Any,
                                     unsafe: bool = False) -> tuple[Any, Any]:
         """Shapes of ``init``'s result, computed abstractly (no arrays made).
@@ -665,6 +869,7 @@ class Layer:
 
         return _to_shape_dtype(jax.eval_shape(f))
 
+    @_surface_causes
     def output_signature(self, input_signature: Any) -> Any:
         """Shapes of the outputs for inputs of ``input_signature``."""
         rng = self.rng
@@ -688,6 +893,7 @@ class Layer:
             f"{type(self).__name__} does not implement forward(self, inputs)."
         )
 
+    @_surface_causes
     def pure_fn(self, x: Any, weights: Any, state: Any, rng: Any, use_cache: bool = False):
         """Pure apply: returns ``(outputs, new_state)``; nothing on the layer changes."""
         del use_cache  # Shared weights are resolved through the pass context.

@@ -112,17 +112,33 @@ class Dense(Layer):
 class Embedding(Layer):
     """Maps integer ids ``(B, T)`` to vectors ``(B, T, d_feature)``.
 
-    Weight ``(vocab_size, d_feature)``. As in Trax, ids below 0 read row 0 and
-    ids ``>= vocab_size`` read the last row; there is no ``sqrt(d)`` scaling.
-    1 -> 1. ``init`` ignores the input signature (``init(None)`` works).
+    Weight ``(vocab_size, d_feature)``; there is no ``sqrt(d)`` scaling. 1 -> 1.
+    ``init`` ignores the input signature (``init(None)`` works).
+
+    Ids must be in ``[0, vocab_size)``. Called eagerly on concrete ids, an id
+    outside that range raises a ``ValueError`` (inside a ``LayerError``)
+    naming the id, the layer and ``vocab_size``. Under ``jax.jit`` (or
+    ``grad``/``vmap``) the ids are tracers and cannot be checked without a
+    device-to-host copy per step, so none is made: the gather clamps, as in
+    Trax, and an id below 0 reads row 0 while an id ``>= vocab_size`` reads the
+    last row, silently. Check the data (the training ``Loop`` checks its
+    batches) when it may hold such ids.
 
     >>> import numpy as np
+    >>> import jax
     >>> from retrax import layers as tl
     >>> emb = tl.Embedding(3, 2)
     >>> _ = emb.init(None)
     >>> emb.weights = np.arange(6, dtype=np.float32).reshape(3, 2)
-    >>> emb(np.array([[2, 0, 7]])).tolist()
-    [[[4.0, 5.0], [0.0, 1.0], [4.0, 5.0]]]
+    >>> emb(np.array([[2, 0]])).tolist()
+    [[[4.0, 5.0], [0.0, 1.0]]]
+    >>> try:
+    ...     emb(np.array([[2, 7]]))
+    ... except ValueError as e:
+    ...     print(str(e).splitlines()[-1].strip().split(" (vocab_size")[0])
+    ValueError: Embedding_3_2 got token id 7, outside its vocabulary [0, 3)
+    >>> jax.jit(emb)(np.array([[2, 7]])).tolist()  # traced: clamped, no error
+    [[[4.0, 5.0], [4.0, 5.0]]]
     """
 
     def __init__(
@@ -152,7 +168,26 @@ class Embedding(Layer):
                 f"{self.name} expects integer token ids; got dtype {x.dtype}. Cast the ids "
                 f"with .astype(np.int32)."
             )
+        if not isinstance(x, jax.core.Tracer):  # concrete (eager) ids: cheap to check
+            self._check_ids(x)
         return jnp.take(self.weights, x, axis=0, mode="clip")
+
+    def _check_ids(self, x: Any) -> None:
+        ids = np.asarray(x)
+        if ids.size == 0:
+            return
+        low, high = ids.min(), ids.max()
+        if low >= 0 and high < self._vocab_size:
+            return
+        bad = low if low < 0 else high
+        n_bad = int(np.count_nonzero((ids < 0) | (ids >= self._vocab_size)))
+        raise ValueError(
+            f"{self.name} got token id {int(bad)}, outside its vocabulary "
+            f"[0, {self._vocab_size}) (vocab_size={self._vocab_size}); {n_bad} of the "
+            f"{ids.size} ids it received are outside, ranging from {int(low)} to {int(high)}. "
+            f"Map the ids into the vocabulary (check the tokenizer and vocab_size), or build "
+            f"the model with a larger vocab_size."
+        )
 
 
 class Dropout(Layer):
@@ -424,18 +459,37 @@ def one_hot(x: Any, n_categories: int, dtype: Any = jnp.float32) -> Any:
 def logsoftmax_sample(log_probs: Any, temperature: float = 1.0, *, rng: Any = None) -> Any:
     """Samples ids from ``log_probs`` (Gumbel-max); ``temperature=0`` is argmax.
 
-    Unlike Trax, randomness comes from ``rng`` (a PRNG key), not NumPy's global
-    state; ``rng=None`` uses seed 0.
+    ``rng`` is a PRNG key. Without one, each call draws a fresh key from
+    ``retrax.fastmath.random``'s module-level generator (as Trax drew from
+    NumPy's global state), so repeated calls give new samples;
+    ``fastmath.random.seed(n)`` makes the sequence repeat. Under ``jax.jit``
+    pass ``rng``: a key drawn while tracing is fixed into the compiled program.
+    ``temperature`` must be a number >= 0 (NaN or a negative number raises).
 
     >>> import numpy as np
     >>> from retrax import layers as tl
     >>> tl.logsoftmax_sample(np.log(np.array([[0.1, 0.9]])), temperature=0.0).tolist()
     [1]
     """
-    if temperature == 0.0:
-        return jnp.argmax(log_probs, axis=-1)
+    if not isinstance(temperature, jax.core.Tracer):
+        try:
+            if isinstance(temperature, (str, bytes)):
+                raise TypeError
+            t = float(np.asarray(temperature).item())
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"logsoftmax_sample: temperature must be a number (0 means argmax); got "
+                f"{type(temperature).__name__} {temperature!r}."
+            ) from None
+        if not t >= 0.0:  # also catches NaN
+            raise ValueError(
+                f"logsoftmax_sample: temperature must be a number >= 0 (0 means argmax); got "
+                f"{temperature!r}. Pass e.g. temperature=1.0."
+            )
+        if t == 0.0:
+            return jnp.argmax(log_probs, axis=-1)
     if rng is None:
-        rng = jax.random.PRNGKey(0)
+        rng = fastmath_random.next_key()
     u = jax.random.uniform(rng, jnp.shape(log_probs), minval=1e-6, maxval=1.0 - 1e-6)
     g = -jnp.log(-jnp.log(u))
     return jnp.argmax(log_probs + g * temperature, axis=-1)

@@ -24,6 +24,10 @@ Differences from Trax 1.4.1, on purpose:
   arbitrary tie-breaking), so with ties the support can exceed ``k``.
 * NaN log-probabilities (e.g. a diverged checkpoint) raise
   ``FloatingPointError`` naming the row and step, instead of decoding garbage.
+* Arguments decoding cannot honour are refused before anything is compiled or
+  allocated: a NaN, infinite or negative ``temperature``, a ``start_id`` or
+  prompt id outside the vocabulary, and a ``max_length`` that with the prompt
+  exceeds the model's ``max_len``.
 
 Speed, on CPU: top-k / top-p thresholds are found by a bitwise search instead
 of a sort (XLA's CPU sort is slow), the argmax is a max/compare/min, and
@@ -97,11 +101,36 @@ def _check_model(model: base.Layer, where: str) -> None:
         raise ValueError(f"{where}: models with {model.n_in} inputs are not supported (1 or 2).")
 
 
+def _walk_in_order(layer: base.Layer) -> Iterator[base.Layer]:
+    """The layers of ``layer`` in the order ``print(model)`` lists them, each once."""
+    seen: set[int] = set()
+    stack = [layer]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(reversed(layer.sublayers))
+
+
+def _embedding_vocabs(model: base.Layer) -> list[int]:
+    """``vocab_size`` of each ``Embedding``, in print order.
+
+    The first embeds the inputs (the prompt of a language model, the source of
+    an encoder-decoder); the last embeds the decoded tokens, start_id included
+    (an encoder-decoder's target embedding follows its encoder).
+    """
+    return [layer._vocab_size for layer in _walk_in_order(model)
+            if type(layer).__name__ == "Embedding" and hasattr(layer, "_vocab_size")]
+
+
 def _vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
-    vocab = max_len = None
+    """The input vocabulary size and the positional encodings' length (None if absent)."""
+    vocabs = _embedding_vocabs(model)
+    vocab = vocabs[0] if vocabs else None
+    max_len = None
     for layer in _walk(model):
-        if type(layer).__name__ == "Embedding" and vocab is None:
-            vocab = getattr(layer, "_vocab_size", None)
         if type(layer).__name__ == "PositionalEncoding":
             w = layer._weights
             table = w[0] if isinstance(w, tuple) and w else w
@@ -438,6 +467,10 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
         )
     _check_sampling(temperature, top_k, top_p, where)
     prompt, lengths = _prepare(model, inputs, batch_size, max_length, prompt_lengths, where)
+    _check_start_id(model, start_id, where)
+    # The length check comes before any array of max_length is made.
+    longest = 0 if prompt is None or model.n_in == 2 else int(lengths.max())
+    _cache_length(model, longest + 1 + max_length if model.n_in == 1 else max_length + 1, where)
     groups = _length_groups(model, prompt, lengths, batch_size)
     tokens = np.zeros((batch_size, max_length), np.int32)
     log_probs = np.zeros((batch_size, max_length), np.float32)
@@ -495,12 +528,43 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
 
 
 def _check_sampling(temperature: float, top_k: Any, top_p: Any, where: str) -> None:
-    if temperature < 0:
-        raise ValueError(f"{where}: temperature must be >= 0; got {temperature}.")
+    if isinstance(temperature, (str, bytes)) or not np.ndim(temperature) == 0:
+        raise TypeError(
+            f"{where}: temperature must be a number (0.0 for greedy decoding); got "
+            f"{type(temperature).__name__} {temperature!r}."
+        )
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{where}: temperature must be a number (0.0 for greedy decoding); got "
+            f"{type(temperature).__name__} {temperature!r}."
+        ) from None
+    if not (t >= 0 and np.isfinite(t)):  # NaN fails both comparisons
+        raise ValueError(
+            f"{where}: temperature must be a finite number >= 0; got {temperature!r}. Use "
+            f"temperature=0.0 for greedy decoding or a positive value such as 1.0 to sample."
+        )
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ValueError(f"{where}: top_k must be a positive int; got {top_k!r}.")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"{where}: top_p must be in (0, 1]; got {top_p!r}.")
+
+
+def _check_start_id(model: base.Layer, start_id: Any, where: str) -> None:
+    """``start_id`` must be an int inside the vocabulary of the decoded tokens."""
+    if isinstance(start_id, bool) or not isinstance(start_id, (int, np.integer)):
+        raise TypeError(
+            f"{where}: start_id must be an int token id; got {type(start_id).__name__} "
+            f"{start_id!r}."
+        )
+    vocabs = _embedding_vocabs(model)
+    if vocabs and not 0 <= start_id < vocabs[-1]:
+        raise ValueError(
+            f"{where}: start_id={start_id} is outside the model's vocabulary [0, "
+            f"{vocabs[-1]}) (vocab_size={vocabs[-1]}); the model would read a clamped "
+            f"embedding row instead. Pass a start_id in that range (Trax's default is 0)."
+        )
 
 
 def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_size: int = 1,
@@ -520,8 +584,9 @@ def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_si
         raise NotImplementedError(f"{where}: eval_mode=True is not supported.")
     _check_sampling(temperature, top_k, top_p, where)
     _, max_len = _vocab_and_max_len(model)
-    limit = max_length or max_len or 2048
+    limit = max_length if max_length is not None else (max_len or 2048)
     prompt, _ = _prepare(model, inputs, batch_size, limit, None, where)
+    _check_start_id(model, start_id, where)
     if prompt is None:
         prompt = np.zeros((batch_size, 0), np.int32)
     if model.n_in == 1:
@@ -579,6 +644,7 @@ def beam_search(model: base.Layer, inputs: Any = None, batch_size: int = 1, n_be
     if not isinstance(n_beams, (int, np.integer)) or n_beams < 1:
         raise ValueError(f"{where}: n_beams must be a positive int; got {n_beams!r}.")
     prompt, _ = _prepare(model, inputs, batch_size, max_length, None, where)
+    _check_start_id(model, start_id, where)
     if prompt is None:
         prompt = np.zeros((batch_size, 0), np.int32)
     k = int(n_beams)

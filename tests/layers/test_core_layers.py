@@ -80,8 +80,12 @@ def test_embedding_lookup_and_clipping():
     assert weights.shape == (4, 2)
     emb.weights = np.arange(8, dtype=np.float32).reshape(4, 2)
     ids = np.array([[-3, 0, 2, 3, 9]], np.int32)
-    # Below 0 reads row 0, >= vocab reads the last row (Trax's clip mode).
-    assert emb(ids).tolist() == [[[0.0, 1.0], [0.0, 1.0], [4.0, 5.0], [6.0, 7.0], [6.0, 7.0]]]
+    # Under jit (no check possible): below 0 reads row 0, >= vocab the last row (clip mode).
+    assert jax.jit(emb)(ids).tolist() == [
+        [[0.0, 1.0], [0.0, 1.0], [4.0, 5.0], [6.0, 7.0], [6.0, 7.0]]]
+    # Eagerly, out-of-range ids raise (more in tests/supervised/test_decoding_refusals.py).
+    with pytest.raises(ValueError, match="got token id -3, outside its vocabulary"):
+        emb(ids)
 
 
 def test_embedding_init_ignores_the_signature():
