@@ -6,6 +6,17 @@ Local writes are atomic: a temporary file in the same directory is written,
 flushed and fsync'd, then renamed over the target, so a reader (or a crash)
 never sees half a file. Object stores only publish an upload when it completes,
 so remote paths are written directly.
+
+Reading checkpoints: every damaged, hostile or mismatched checkpoint raises
+:class:`CheckpointError` (a ``ValueError``) naming the file. Compressed data
+and arrays a file asks for are capped before they are allocated: at most
+``max(MAX_EXPANSION * compressed_size, EXPANSION_FLOOR)`` bytes per file, where
+``compressed_size`` is the size of the file on disk. The ratio (100) is far
+above what real checkpoints reach (float weights barely compress), the floor
+(256 MiB) lets small, highly compressible files such as all-zero weights load,
+and a file that asks for more is refused as a likely decompression bomb. Change
+the module settings (``retrax.io.MAX_EXPANSION = 1000``) or pass
+``max_expansion=`` to the readers for a genuine file that needs more.
 """
 
 from __future__ import annotations
@@ -20,7 +31,40 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.registry import known_implementations
 
-__all__ = ["filesystem", "read_bytes", "write_atomic", "write_bytes_atomic"]
+__all__ = [
+    "CheckpointError",
+    "EXPANSION_FLOOR",
+    "MAX_EXPANSION",
+    "expansion_limit",
+    "filesystem",
+    "read_bytes",
+    "write_atomic",
+    "write_bytes_atomic",
+]
+
+#: A file may expand (decompressed data, arrays it asks for) to this many times
+#: its size on disk, and always to at least ``EXPANSION_FLOOR`` bytes.
+MAX_EXPANSION: float = 100
+#: Bytes every file may expand to, whatever its size on disk (256 MiB).
+EXPANSION_FLOOR: int = 256 * 2**20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: damaged, hostile, or for another model.
+
+    The message names the file, what was expected, what was found and how to fix it.
+    """
+
+
+def expansion_limit(compressed_size: int, max_expansion: float | None = None) -> int:
+    """Bytes a file of ``compressed_size`` bytes may expand to (see the module docstring)."""
+    ratio = MAX_EXPANSION if max_expansion is None else max_expansion
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
+        raise ValueError(
+            f"max_expansion must be a positive number (a ratio of decompressed to "
+            f"compressed bytes, e.g. 100); got {ratio!r}."
+        )
+    return max(int(ratio * max(int(compressed_size), 0)), int(EXPANSION_FLOOR))
 
 
 def filesystem(path: str | os.PathLike) -> tuple[Any, str]:

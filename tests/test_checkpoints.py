@@ -87,8 +87,13 @@ def test_wrong_model_configuration_is_named(tmp_path):
     model.init(sig(1, 3))
     model.save_to_file(str(tmp_path / "m.safetensors"), input_signature=sig(1, 3))
     other = tl.Serial(tl.Embedding(10, 4), tl.Dropout(0.2), tl.Dense(7), tl.LayerNorm())
-    with pytest.raises(ValueError, match=r"weight array 1 has shape \(4, 3\).*expects \(4, 7\)"):
+    with pytest.raises(checkpoints.CheckpointError) as info:
         other.init_from_file(str(tmp_path / "m.safetensors"))
+    # The layer is named by its path, and the weight by its place in that layer.
+    assert str(info.value) == (
+        f"{tmp_path / 'm.safetensors'} does not fit Serial: Serial[2] > Dense_7, weights[0] "
+        f"has shape (4, 3) in the checkpoint but the model expects (4, 7) (weight array 1 of "
+        f"5). Build the model with the configuration the checkpoint was trained with.")
 
 
 def test_atomic_write_leaves_no_temporary_files_and_replaces(tmp_path):
