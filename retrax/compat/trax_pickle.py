@@ -21,9 +21,11 @@ refused before they are used (or, for sizes, before they are allocated).
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import errno
+import glob
 import gzip
 import io
 import math
@@ -911,13 +913,22 @@ def write_trax_loop_checkpoint(
     history: Any = None,
     input_signature: Any = None,
     flat_slots: Sequence[Any] | None = None,
+    inline: bool = False,
 ) -> str:
     """Writes a checkpoint in the layout of Trax's ``training.Loop``; returns the ``.pkl.gz`` path.
 
     Files: ``<base>.weights.npy.gz``, ``<base>.opt_slots0.npy.gz`` (only when
     ``flat_slots`` is given; a list of per-task lists writes one file per task)
     and, last, ``<base>.pkl.gz``, so a ``.pkl.gz`` on disk always has its side
-    files. Each is replaced atomically. ``flat_eval_state=None`` stores
+    files. Each is replaced atomically, but not all together: a crash between
+    two renames leaves side files one step ahead of the ``.pkl.gz``.
+
+    ``inline=True`` puts the weights and slots inside the ``.pkl.gz`` instead
+    (``flat_weights`` and ``slots_per_task`` as lists, which Trax's
+    ``Loop.load_checkpoint`` and ``Layer.init_from_file`` both read), writes
+    that one file atomically and removes side files of an earlier write: no
+    reader, crash or kill can then see weights and metadata of different
+    steps. The retrax ``Loop`` writes this form. ``flat_eval_state=None`` stores
     ``flat_state`` again, which is what Trax falls back to when it is missing.
     ``history`` may be a History-like object, ``{'_values': ...}`` or
     ``{'train': {...}, 'eval': {...}}``. Note that Trax's ``Loop`` resume reads
@@ -940,12 +951,12 @@ def write_trax_loop_checkpoint(
     hist = _normalise_history(history) or {"train": {}, "eval": {}}
     payload = {
         "step": int(step),
-        "flat_weights": _COMPRESSLEVEL,
+        "flat_weights": weights if inline else _COMPRESSLEVEL,
         "flat_state": state,
         "flat_eval_state": eval_state,
         # Trax's History.to_dict(): per-mode defaultdict(list) of (step, value) pairs.
         "history": {"_values": {m: collections.defaultdict(list, v) for m, v in hist.items()}},
-        "slots_per_task": _COMPRESSLEVEL,
+        "slots_per_task": slots_per_task if inline else _COMPRESSLEVEL,
         "input_signature": input_signature,
         "version_timestamp": _LOOP_VERSION,
     }
@@ -956,8 +967,20 @@ def write_trax_loop_checkpoint(
     # signature) would be unreadable by Trax too: fail before writing.
     load_trax_pickle(io.BytesIO(data))
 
+    if inline:
+        _write_gzip_atomic(base + ".pkl.gz", lambda f: f.write(data))
+        _remove_side_files(base)
+        return base + ".pkl.gz"
     _write_gzip_atomic(base + ".weights.npy.gz", _write_npy_stream(weights))
     for i, task_slots in enumerate(slots_per_task):
         _write_gzip_atomic(f"{base}.opt_slots{i}.npy.gz", _write_npy_stream(task_slots))
     _write_gzip_atomic(base + ".pkl.gz", lambda f: f.write(data))
     return base + ".pkl.gz"
+
+
+def _remove_side_files(base: str) -> None:
+    """Deletes ``<base>.weights.npy.gz`` and ``<base>.opt_slots<i>.npy.gz`` (stale after inline)."""
+    fs, _ = filesystem(base)
+    for path in [base + ".weights.npy.gz", *fs.glob(glob.escape(base) + ".opt_slots*.npy.gz")]:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(path)

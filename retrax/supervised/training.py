@@ -839,7 +839,7 @@ class Loop:
             os.path.join(self._output_dir, basename), flat_w, flat_state=flat_s,
             step=self._step, history=self._history.to_dict(),
             input_signature=sig if isinstance(sig, tuple) else (sig,),
-            flat_slots=slots[0] if slots else None)
+            flat_slots=slots[0] if slots else None, inline=True)
 
     def _prune_checkpoints(self) -> None:
         for _, path in _native_checkpoints(self._output_dir)[:-self._keep]:
@@ -921,6 +921,8 @@ class Loop:
 
     def _load_native_checkpoint(self, path: str, ckpt: dict) -> None:
         extra = ckpt["meta"].get("extra", {})
+        # Same shapes are not enough: a run resumes only into the model it saved.
+        checkpoints.check_model_config(self._model, ckpt["meta"].get("model"), path)
         checkpoints.assign_flat_weights(self._model, ckpt["flat_weights"], source=path)
         if ckpt["flat_state"] is not None:
             checkpoints.assign_flat_state(self._model, ckpt["flat_state"], source=path)

@@ -442,6 +442,28 @@ def test_written_pickle_loads_with_plain_pickle_and_a_fake_trax(tmp_path, monkey
     assert type(sig) is FakeShapeDtype and sig.shape == (2, 5) and sig.dtype == np.int32
 
 
+def test_inline_loop_checkpoint_is_one_file_that_trax_reads(tmp_path):
+    weights, slots, history, signature = _example(np.random.default_rng(1))
+    # Side files of an earlier, separate-files write are stale once the weights are inline.
+    write_trax_loop_checkpoint(tmp_path / "model", weights, step=1, history=history,
+                               input_signature=signature, flat_slots=slots)
+    pkl = write_trax_loop_checkpoint(tmp_path / "model", weights, step=2, history=history,
+                                     input_signature=signature, flat_slots=slots, inline=True)
+    assert sorted(os.listdir(tmp_path)) == ["model.pkl.gz"]
+    # What Trax's Loop.load_checkpoint and Layer.init_from_file look at: lists, not counts.
+    with gzip.open(pkl, "rb") as f:
+        raw = load_trax_pickle(f)
+    assert isinstance(raw["flat_weights"], list) and len(raw["flat_weights"]) == 4
+    assert isinstance(raw["slots_per_task"], list) and len(raw["slots_per_task"][0]) == 2
+    ckpt = read_trax_checkpoint(pkl)
+    assert ckpt.step == 2
+    for got, want in zip(ckpt.flat_weights[:3], weights[:3]):
+        np.testing.assert_array_equal(got, np.asarray(want))
+    assert len(ckpt.slots) == 1
+    for got, want in zip(ckpt.slots[0], slots):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_atomic_write_leaves_no_temp_files(tmp_path, monkeypatch):
     write_trax_loop_checkpoint(tmp_path / "model", [np.ones(2, np.float32)], step=1)
     first = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}

@@ -296,3 +296,20 @@ def test_when_nothing_can_be_read_the_loop_refuses_instead_of_starting_over(tmp_
     with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
         loop_in(run, steps_per_ckpt=2, eval_tasks=False)
     assert (run / "checkpoint_00000004.safetensors").read_bytes() == b"garbage"  # untouched
+
+
+def test_resuming_into_a_model_of_another_config_with_the_same_shapes_is_refused(tmp_path):
+    def lm(n_heads):
+        return trax.models.TransformerLM(vocab_size=16, d_model=8, d_ff=16, n_layers=1,
+                                         n_heads=n_heads, max_len=16)
+
+    def run_with(model):
+        data = iter(lambda: (np.ones((2, 6), np.int32),) * 2 + (np.ones((2, 6), np.float32),),
+                    None)
+        task = training.TrainTask(data, tl.CrossEntropyLoss(), trax.optimizers.Adam(0.01),
+                                  n_steps_per_checkpoint=1)
+        return training.Loop(model, task, output_dir=str(tmp_path / "run"), stdout=io.StringIO())
+
+    run_with(lm(2)).run(1)
+    with pytest.raises(checkpoints.CheckpointError, match="n_heads=2 .* n_heads=4"):
+        run_with(lm(4))

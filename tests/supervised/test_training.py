@@ -76,8 +76,9 @@ def test_stdout_format_and_files(tmp_path):
     assert lines[5].startswith("Step      1: eval          Accuracy | ")
     assert "Step      5: Ran 4 train steps" in out.getvalue()
     files = set(os.listdir(tmp_path))
-    assert {"model.pkl.gz", "model.weights.npy.gz", "config.json", "metrics.jsonl",
+    assert {"model.pkl.gz", "config.json", "metrics.jsonl",
             "checkpoint_00000005.safetensors"} <= files
+    assert "model.weights.npy.gz" not in files  # the Loop keeps its weights inside model.pkl.gz
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert {"step": 5, "mode": "eval", "name": "metrics/Accuracy"}.items() <= records[-1].items()
     config = json.load(open(tmp_path / "config.json"))
