@@ -153,7 +153,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"Corpus: {len(files)} .py files under {root}: {len(train_files)} train, "
           f"{len(held_files)} held out ({sum(map(os.path.getsize, held_files)) / 1e6:.1f} MB).")
     tok = data.ByteTokenizer()
-    tok.save(output_dir)  # The vocabulary travels with the checkpoints.
     train_stream = lm_pipeline(train_files, tok, task, seed=task["seed"])()
     eval_stream = lm_pipeline(held_files, tok, task, seed=task["seed"] + 1, shuffle=False)()
 
@@ -173,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     loop = training.Loop(model, train_task, eval_tasks=[eval_task], output_dir=output_dir,
                          random_seed=config["random_seed"],
                          eval_at=lambda n: n == 1 or n % every == 0 or n == steps)
+    tok.save(output_dir)  # The vocabulary travels with the checkpoints (once the Loop owns the dir).
     with open(os.path.join(output_dir, "run_config.json"), "w") as f:
         json.dump(config, f, indent=2)
     if loop.step:

@@ -40,6 +40,7 @@ def reversed_fraction(model, n=200, seed=99):
     return float((out == src[:, ::-1]).all(1).mean())
 
 
+@pytest.mark.slow  # the default suite gets [[10 8 6 4]] from tests/test_quickstart.py
 def test_notebook_answer_after_500_steps(tmp_path):
     model = train_reverse_model(0, 500, tmp_path)
     out = decoding.autoregressive_sample(model, np.array([[0, 4, 6, 8, 10, 0]]),
