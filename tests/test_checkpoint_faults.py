@@ -24,7 +24,7 @@ import retrax.io
 from retrax import checkpoints
 from retrax import layers as tl
 from retrax.checkpoints import CheckpointError
-from retrax.compat import trax_pickle
+from retrax.compat import safe_unpickle, trax_pickle
 from retrax.compat.trax_pickle import (
     TraxPickleError,
     load_trax_pickle,
@@ -102,7 +102,7 @@ def trax_pickle_file(obj, protocol=5) -> bytes:
     if protocol <= 2:
         return gz(trax_names(pickle.dumps(obj, protocol=protocol)))
     buffer = io.BytesIO()
-    trax_pickle._TraxPickler(buffer, protocol=protocol).dump(obj)
+    trax_pickle.TraxPickler(buffer, protocol=protocol).dump(obj)
     return gz(buffer.getvalue())
 
 
@@ -447,12 +447,12 @@ def test_messages_say_what_is_wrong(tmp_path, kind, name, expected):
 
 def test_hostile_calls_change_nothing_and_run_nothing(tmp_path):
     marker = tmp_path / "pwned"
-    doc = trax_pickle._rebuild_jax_array.__doc__
+    doc = safe_unpickle.rebuild_jax_array.__doc__
     for data in (set_attribute_pickle(),
                  pickle.dumps(Reduce(__import__("os").system, f"touch {marker}"), protocol=0)):
         with pytest.raises(TraxPickleError):
             load_trax_pickle(io.BytesIO(data))
-    assert trax_pickle._rebuild_jax_array.__doc__ == doc
+    assert safe_unpickle.rebuild_jax_array.__doc__ == doc
     assert not marker.exists()
     with pytest.raises(TraxPickleError, match="only allowed with no arguments"):
         load_trax_pickle(io.BytesIO(b"\x80\x02c__builtin__\nbytes\nK\x05\x85R."))

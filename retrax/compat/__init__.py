@@ -1,11 +1,13 @@
 """Compatibility with files written by the original Trax library."""
 
-from retrax.compat.trax_pickle import (
+from retrax.compat.safe_unpickle import (
     ALLOWED_GLOBALS,
-    TraxCheckpoint,
     TraxHistory,
     TraxUnpickler,
     load_trax_pickle,
+)
+from retrax.compat.trax_pickle import (
+    TraxCheckpoint,
     read_trax_checkpoint,
     write_trax_loop_checkpoint,
 )
