@@ -294,7 +294,7 @@ def _layer_path(chain: list[tuple[base.Layer, int]], leaf: base.Layer) -> str:
     return " > ".join(parts + [leaf.name_with_arity or type(leaf).__name__])
 
 
-def _leaf_names(layer: base.Layer, tree: Any, what: str) -> list[str]:
+def leaf_names(layer: base.Layer, tree: Any, what: str) -> list[str]:
     """For each leaf of ``tree`` (``layer``'s weights or state), in flat order, its
     layer's path and place: ``Serial[2] > Dense_4, weights[0]``."""
     names: list[str] = []
@@ -326,7 +326,7 @@ def _check_shapes(flat: list[Any], expected: list[Any], what: str, source: str,
     if len(got_shapes) == len(want_shapes) and all(
             _fits(g, w, what) for g, w in zip(got_shapes, want_shapes)):
         return
-    names = _leaf_names(layer, tree, "weights" if what == "weight" else "state")
+    names = leaf_names(layer, tree, "weights" if what == "weight" else "state")
     if len(names) != len(want_shapes):  # a layer with its own tree layout: plain indices
         names = [f"{what} array {i}" for i in range(len(want_shapes))]
     owner = layer.name_with_arity

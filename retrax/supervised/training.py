@@ -812,21 +812,35 @@ class Loop:
 
     def _check_finite(self, weights: Any, state: Any, slots: list) -> None:
         """Refuses to checkpoint a NaN or inf anywhere: the last good checkpoint stays good."""
-        trees = [("weight", weights), ("state", state)]
-        trees += [(f"optimizer slot of task {t}", s) for t, s in enumerate(slots)]
+        trees = [("weights", weights), ("state", state)]
+        trees += [(f"optimizer slots of task {t}", s) for t, s in enumerate(slots)]
         for what, tree in trees:
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-                arr = np.asarray(leaf)
-                if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-                    bad = arr[~np.isfinite(arr)].flat[0]
-                    kept = (f"The last good checkpoint is {self._last_good_checkpoint}."
-                            if self._last_good_checkpoint else "No checkpoint was written yet.")
-                    raise FloatingPointError(
-                        f"Loop: at step {self._step} the {what} at {jax.tree_util.keystr(path)} "
-                        f"(shape {arr.shape}) holds {bad}; training diverged and no checkpoint "
-                        f"was written from it. {kept} Lower the learning rate, clip gradients "
-                        f"(clip_grad_norm=...), or check the data."
-                    )
+            if what == "weights":  # the order checkpoints.leaf_names names
+                leaves = base.flatten_weights_and_state(tree, ())[0]
+            elif what == "state":
+                leaves = base.flatten_weights_and_state((), tree)[1]
+            else:
+                leaves = jax.tree_util.tree_leaves(tree)
+            bad = [i for i, leaf in enumerate(leaves)
+                   if np.asarray(leaf).dtype.kind in "fc" and not np.isfinite(leaf).all()]
+            if not bad:
+                continue
+            arr = np.asarray(leaves[bad[0]])
+            value = arr[~np.isfinite(arr)].flat[0]
+            if what in ("weights", "state"):  # named by layer: Serial[0] > Dense_4, weights[0]
+                where = checkpoints.leaf_names(self._model, tree, what)[bad[0]]
+            else:
+                paths = [jax.tree_util.keystr(p) for p, _ in
+                         jax.tree_util.tree_flatten_with_path(tree)[0]]
+                where = f"{what}{paths[bad[0]]}"
+            kept = (f"The last good checkpoint is {self._last_good_checkpoint}."
+                    if self._last_good_checkpoint else "No checkpoint was written yet.")
+            raise FloatingPointError(
+                f"Loop: at step {self._step}, {where} (shape {arr.shape}) holds {value}"
+                f"{f' ({len(bad)} arrays in all)' if len(bad) > 1 else ''}; training diverged "
+                f"and no checkpoint was written from it. {kept} Lower the learning rate, clip "
+                f"gradients (clip_grad_norm=...), or check the data."
+            )
 
     def _write_trax_layout(self, basename: str, weights: Any, state: Any, sig: Any) -> None:
         flat_w, flat_s = base.flatten_weights_and_state(weights, state)
