@@ -47,7 +47,7 @@ _TMP_FILE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 _TRAX_RUN_ENTRY = re.compile(
     r"^(model(_\d+)?\.(pkl\.gz|weights\.npy\.gz|opt_slots\d+\.npy\.gz)|"
     r"(lowest|highest)_.+\.(pkl\.gz|weights\.npy\.gz|opt_slots\d+\.npy\.gz)|"
-    r"train|eval|config\.gin|.*\.tmp)$"
+    r"train|eval|config\.gin|\..+\.[0-9a-f]{12}\.tmp)$"  # the last: retrax.io's temp files
 )
 _held: dict[str, RunDirLock] = {}  # real path -> the lock this process holds on it
 _held_guard = threading.Lock()
