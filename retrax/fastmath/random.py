@@ -23,12 +23,14 @@ True
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import jax
 import numpy as np
 
 __all__ = ["get_prng", "seed", "next_key", "split", "fold_in", "uniform", "normal",
-           "bernoulli", "randint", "hash_split", "hash_fold_in", "hash_bits", "hash_bernoulli", "key_data"]
+           "bernoulli", "randint", "hash_split", "hash_fold_in", "hash_bits", "hash_bernoulli", "key_data",
+           "init_rng_split", "numpy_generator", "split_rng"]
 
 
 def get_prng(seed: int) -> np.ndarray:
@@ -173,3 +175,48 @@ def hash_bernoulli(key, p, shape):
 
     threshold = jnp.floor(jnp.clip(jnp.asarray(p, jnp.float32), 0.0, 1.0) * 4294967040.0)
     return hash_bits(key, tuple(shape)) < threshold.astype(jnp.uint32)
+
+
+# --------------------------------------------------------------------------
+# Keys for layers: what ``init`` and the combinators hand their sublayers.
+# --------------------------------------------------------------------------
+
+
+def _raw_words(rng: Any) -> np.ndarray:
+    """The ``uint32`` words of a concrete raw or typed key, as a NumPy array."""
+    if jax.dtypes.issubdtype(getattr(rng, "dtype", np.uint32), jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    return np.asarray(rng, np.uint32)
+
+
+def init_rng_split(rng: Any, n: int) -> list[Any]:
+    """``n`` keys from ``rng`` for initialization.
+
+    A concrete key is split with NumPy (``SeedSequence``), which costs
+    microseconds instead of one XLA compilation per distinct ``n``; a traced
+    key (init under ``jit``/``eval_shape``) is split with ``jax.random``.
+    Either way the same key gives the same keys.
+    """
+    if rng is None:
+        return [None] * n
+    if isinstance(rng, jax.core.Tracer):
+        return list(jax.random.split(rng, n)) if n > 1 else [rng] * n
+    seq = np.random.SeedSequence([int(v) for v in _raw_words(rng).ravel()])
+    return list(seq.generate_state(2 * n, np.uint32).reshape(n, 2))
+
+
+def numpy_generator(rng: Any) -> np.random.Generator | None:
+    """A NumPy generator seeded from a concrete key, or None for a traced key."""
+    if isinstance(rng, jax.core.Tracer):
+        return None
+    return np.random.default_rng([int(v) for v in _raw_words(rng).ravel()])
+
+
+def split_rng(rng: Any, n: int) -> list[Any]:
+    """The keys a combinator hands its ``n`` sublayers in a forward pass.
+
+    All get the same key: each *leaf* derives its own from it and its index in
+    the pass (``retrax.layers.pass_context.DerivedKey``), so no key is split
+    per combinator.
+    """
+    return [rng] * n

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from retrax import shapes
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
 from retrax.layers.base import (
@@ -750,7 +751,7 @@ class BatchLeadingAxes(Layer):
         self._keep = n_last_axes_to_keep
 
     def _fold(self, x: Any) -> Any:
-        if isinstance(x, base.shapes.ShapeDtype):
+        if isinstance(x, shapes.ShapeDtype):
             lead = x.shape[: len(x.shape) - self._keep]
             n = 1
             for d in lead:
