@@ -16,12 +16,14 @@ Pipeline (``retrax.data``)::
     -> Shuffle(shuffle_queue) -> Batch(batch_size)
     -> ConcatenateToLMInput() -> AddLossWeights(id_to_mask=0)   # (x, x, weights)
 
-Training uses ``TrainTask``/``EvalTask``/``Loop``; checkpoints (with the data
-position) go to ``output_dir``, and running the script again continues from
-the last one. After training it measures the held-out loss on a fixed set of
-batches, samples text from a predict-mode model loaded from the checkpoint,
-and writes ``results.json``, ``tokenizer.json`` and ``loss.png`` (when
-matplotlib is installed) next to the checkpoints.
+The model is built by ``retrax.models.from_config``. Training uses
+``TrainTask``/``EvalTask``/``Loop``; checkpoints (with the data position) and
+``config.json`` (this run's config under ``"run"``) go to ``output_dir``, and
+running the script again continues from the last one. After training it
+measures the held-out loss on a fixed set of batches, samples text from a
+predict-mode model loaded from the checkpoint, and writes ``results.json``,
+``tokenizer.json`` and ``loss.png`` (when matplotlib is installed) next to the
+checkpoints.
 """
 
 from __future__ import annotations
@@ -73,9 +75,11 @@ def lm_pipeline(files: list[str], tok: data.Tokenizer, task: dict, *, seed: int,
                                 shuffle_queue=task["shuffle_queue"])
 
 
-def model_kwargs(config: dict, vocab_size: int) -> dict:
+def model_config(config: dict, vocab_size: int) -> dict:
+    """The ``{'name', 'kwargs'}`` config of ``config["model"]`` for ``retrax.models.from_config``."""
     kwargs = {k: v for k, v in config["model"].items() if k != "name"}
-    return {"vocab_size": vocab_size, "max_len": config["task"]["seq_len"], **kwargs}
+    return {"name": config["model"].get("name", "TransformerLM"),
+            "kwargs": {"vocab_size": vocab_size, "max_len": config["task"]["seq_len"], **kwargs}}
 
 
 def heldout_loss(model: tl.Layer, batches: list[tuple]) -> float:
@@ -114,9 +118,9 @@ def plot_losses(history: Any, path: str) -> bool:
     return True
 
 
-def sample_text(config: dict, kwargs: dict, output_dir: str, tok: data.Tokenizer) -> str:
+def sample_text(config: dict, model_cfg: dict, output_dir: str, tok: data.Tokenizer) -> str:
     """Loads the checkpoint into a predict-mode model and continues ``sample.prompt``."""
-    model = trax.models.TransformerLM(**{**kwargs, "mode": "predict"})
+    model = trax.models.from_config(model_cfg, mode="predict")
     model.init_from_file(os.path.join(output_dir, "model.pkl.gz"), weights_only=True,
                          input_signature=trax.shapes.ShapeDtype((1, 1), np.int32))
     spec = config["sample"]
@@ -157,8 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_stream = lm_pipeline(held_files, tok, task, seed=task["seed"] + 1, shuffle=False)()
 
     # Model and training.
-    kwargs = model_kwargs(config, tok.vocab_size)
-    model = trax.models.TransformerLM(**kwargs, mode="train")
+    model = trax.models.from_config(model_config(config, tok.vocab_size), mode="train")
     opt = config["optimizer"]
     lr = opt["learning_rate"]
     warmup = min(config["lr_schedule"]["n_warmup_steps"], max(steps - 1, 0))
@@ -171,10 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     every = config["eval"]["every"]
     loop = training.Loop(model, train_task, eval_tasks=[eval_task], output_dir=output_dir,
                          random_seed=config["random_seed"],
-                         eval_at=lambda n: n == 1 or n % every == 0 or n == steps)
+                         eval_at=lambda n: n == 1 or n % every == 0 or n == steps,
+                         run_config=config)  # The run's one config file: config.json.
     tok.save(output_dir)  # The vocabulary travels with the checkpoints (once the Loop owns the dir).
-    with open(os.path.join(output_dir, "run_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
     if loop.step:
         print(f"Resuming from step {loop.step} (data position restored).")
     start = time.time()
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     final = lm_pipeline(held_files, tok, task, seed=1234, shuffle=False, repeat=False)()
     batches = [next(final) for _ in range(config["eval"]["final_batches"])]
     loss = heldout_loss(loop.eval_model, batches)
-    sample = sample_text(config, kwargs, output_dir, tok)
+    sample = sample_text(config, trax.models.config_of(model), output_dir, tok)
     results = {
         "steps": loop.step,
         "train_minutes_this_run": round(minutes, 2),

@@ -38,14 +38,13 @@ import inspect
 import json
 import math
 import os
-import sys
 import warnings
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from retrax import shapes
+from retrax import models, shapes
 from retrax.io import CheckpointError, expansion_limit, filesystem
 from retrax.io import read_bytes as read_bytes  # re-exported: callers use checkpoints.read_bytes
 from retrax.io import write_bytes_atomic as write_bytes_atomic  # re-exported, as read_bytes
@@ -95,7 +94,7 @@ def save_layer(layer: base.Layer, file_name: str, weights_only: bool = False,
         )
     save_native(file_name, layer.weights, None if weights_only else layer.state,
                 input_signature=input_signature,
-                model_config=getattr(layer, "_model_config", None))
+                model_config=models.config_of(layer))
 
 
 def _model_signature(layer: base.Layer, sig: Any, source: str) -> Any:
@@ -146,13 +145,10 @@ def _config_value(value: Any) -> Any:
 def _config_defaults(name: str) -> dict[str, Any]:
     """Default arguments of the model function ``name`` in retrax.models, if registered.
 
-    A config recorded by the CLI holds only the arguments that were given.
-    The registry is read from ``sys.modules``: a model that carries a config
-    was built through retrax.models, so the module is already imported, and
-    checkpoints never imports the model code itself.
+    A config recorded by an older retrax (its CLI) holds only the arguments
+    that were given; the rest are the model function's defaults.
     """
-    registry = getattr(sys.modules.get("retrax.models.config"), "_REGISTRY", None) or {}
-    fn = registry.get(name)
+    fn = models.REGISTRY.get(name)
     if fn is None:
         return {}
     try:
@@ -166,15 +162,15 @@ def check_model_config(layer: base.Layer, saved: Any, source: str) -> None:
     """Refuses a checkpoint whose recorded model config differs from ``layer``'s.
 
     ``saved`` is the checkpoint's ``meta['model']`` (``{'name', 'kwargs'}``);
-    ``layer._model_config`` is set by the functions in :mod:`retrax.models`
-    and by the CLI. Nothing is checked when either side records no config.
+    ``retrax.models.config_of(layer)`` is recorded by the functions in
+    :mod:`retrax.models`. Nothing is checked when either side records no config.
     Arguments in ``CONFIG_KEYS_THAT_MAY_DIFFER`` are ignored, and an argument
     recorded on one side only is compared with the model function's default.
 
     Raises:
       CheckpointError: the model names or any other argument differ.
     """
-    own = getattr(layer, "_model_config", None)
+    own = models.config_of(layer)
     if not (isinstance(saved, dict) and isinstance(own, dict)):
         return
     saved_name, own_name = saved.get("name"), own.get("name")
@@ -217,7 +213,7 @@ def load_layer(layer: base.Layer, file_name: str, weights_only: bool = False,
 
     Args:
       check_config: refuse a native checkpoint whose recorded model config
-        differs from ``layer._model_config`` (see :func:`check_model_config`).
+        differs from ``models.config_of(layer)`` (see :func:`check_model_config`).
       max_expansion: see :func:`read_any`.
 
     Raises:

@@ -61,13 +61,13 @@ def predict_model() -> trax.layers.Layer:
 def write_shipped(model: trax.layers.Layer, out: str) -> dict[str, Any]:
     """Writes ``model``'s weights and config to ``out``; returns the config it recorded.
 
-    The config is the model's own record (``model._model_config``, the form
+    The config is the model's own record (``retrax.models.config_of(model)``, the form
     ``retrax.models.from_config`` and the ``retrax`` command read), checked
     after writing so that a file without it is never shipped.
     """
-    config = getattr(model, "_model_config", None)
+    config = trax.models.config_of(model)
     if not isinstance(config, dict) or "kwargs" not in config:
-        raise ValueError(f"write_shipped: the model records no config (model._model_config is "
+        raise ValueError(f"write_shipped: the model records no config (config_of(model) is "
                          f"{config!r}); build it with a retrax.models function.")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     checkpoints.save_native(out, model.weights, input_signature=SIGNATURE, model_config=config)

@@ -21,7 +21,7 @@ import pytest
 
 import retrax as trax
 import retrax.io
-from retrax import checkpoints
+from retrax import checkpoints, models
 from retrax import layers as tl
 from retrax.checkpoints import CheckpointError
 from retrax.compat import safe_unpickle, trax_pickle
@@ -660,9 +660,9 @@ def test_config_compares_recorded_and_default_arguments(tmp_path):
     # A config recorded by the CLI holds only the arguments given; the rest are defaults.
     model = tiny_lm(n_heads=8)
     model.init(sig(1, 4, dtype=np.int32))
-    kwargs = dict(model._model_config["kwargs"])
+    kwargs = models.config_of(model)["kwargs"]
     del kwargs["n_heads"]  # the default of TransformerLM is 8
-    model._model_config = {"name": "TransformerLM", "kwargs": kwargs}
+    models.set_config(model, {"name": "TransformerLM", "kwargs": kwargs})
     path = tmp_path / "lm.safetensors"
     model.save_to_file(str(path), weights_only=True, input_signature=sig(1, 4, dtype=np.int32))
     tiny_lm(n_heads=8).init_from_file(str(path), weights_only=True)  # same config: loads
@@ -670,7 +670,7 @@ def test_config_compares_recorded_and_default_arguments(tmp_path):
                                               "the model"):
         tiny_lm(n_heads=2).init_from_file(str(path), weights_only=True)
     named = tiny_lm()
-    named._model_config = {"name": "TransformerDecoder", "kwargs": {}}
+    models.set_config(named, {"name": "TransformerDecoder", "kwargs": {}})
     with pytest.raises(CheckpointError, match="was saved from a TransformerLM model, but it is "
                                               "being loaded into a TransformerDecoder"):
         named.init_from_file(str(path), weights_only=True)

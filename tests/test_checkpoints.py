@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import retrax as trax
-from retrax import checkpoints
+from retrax import checkpoints, models
 from retrax import layers as tl
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "trax"
@@ -51,7 +51,7 @@ def test_native_round_trip_weights_and_state(tmp_path):
 def test_native_metadata_is_plain_json(tmp_path):
     model = small_model()
     model.init(sig(1, 3))
-    model._model_config = {"name": "Custom", "kwargs": {"a": 1}}
+    models.set_config(model, {"name": "Custom", "kwargs": {"a": 1}})
     path = tmp_path / "m.safetensors"
     model.save_to_file(str(path), weights_only=True, input_signature=sig(1, 3))
     data = path.read_bytes()

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from retrax import checkpoints, cli, pretrained
+from retrax import checkpoints, cli, models, pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REVERSE_CONFIG = os.path.join(REPO, "examples", "configs", "reverse.json")
@@ -176,10 +176,14 @@ def test_train_writes_checkpoints_with_the_model_config(trained):
     out, result = trained
     assert "Trained to step 3" in result.stdout
     config = json.loads((out / "config.json").read_text())
-    assert config["model"] == {"name": "TransformerLM", "kwargs": {
-        "vocab_size": 32, "d_model": 16, "d_ff": 32, "n_layers": 1}}
-    run_config = json.loads((out / "train_config.json").read_text())
-    assert run_config["steps"] == 3 and run_config["task"]["batch_size"] == 4
+    # The model is built by models.from_config, so it records every argument.
+    assert config["model"] == models.config_of(models.TransformerLM(
+        vocab_size=32, d_model=16, d_ff=32, n_layers=1))
+    # One config file: the resolved train config is config.json's "run".
+    assert not (out / "train_config.json").exists()
+    assert config["run"]["steps"] == 3 and config["run"]["task"]["batch_size"] == 4
+    assert config["run"]["model"] == {"name": "TransformerLM", "vocab_size": 32,
+                                      "d_model": 16, "d_ff": 32, "n_layers": 1}
     native = sorted(out.glob("checkpoint_*.safetensors"))
     assert [p.name for p in native] == ["checkpoint_00000001.safetensors",
                                         "checkpoint_00000002.safetensors"]
@@ -257,6 +261,34 @@ def test_sample_agrees_across_checkpoint_formats(trained, tmp_path, capsys):
     assert ckpt["meta"]["model"] == json.loads((out / "config.json").read_text())["model"]
     for x, y in zip(ckpt["flat_weights"], checkpoints.read_any(native)["flat_weights"]):
         np.testing.assert_array_equal(x, y)
+
+
+def test_sample_reads_the_run_config_and_an_old_runs_train_config(trained, tmp_path, capsys):
+    # --max-length defaults to the trained task's length: config.json's "run", or, in a run
+    # written before the one config file, train_config.json.
+    out, _ = trained
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("config.json", "model.pkl.gz"):
+        (run_dir / name).write_bytes((out / name).read_bytes())
+    config = json.loads((run_dir / "config.json").read_text())
+    config["run"]["task"]["length"] = 3
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert cli.read_run_config(str(run_dir))["task"]["length"] == 3
+    code, stdout, _ = call(capsys, "sample", str(run_dir), "--prompt", "0 4 6 0")
+    assert code == 0 and len(stdout.split()) == 3
+    # An old run: no "run" in config.json, the train config in train_config.json.
+    old_run = {**config.pop("run"), "task": {"name": "reverse", "length": 2}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "train_config.json").write_text(json.dumps(old_run))
+    assert cli.read_run_config(str(run_dir)) == old_run
+    code, stdout, _ = call(capsys, "sample", str(run_dir), "--prompt", "0 4 6 0")
+    assert code == 0 and len(stdout.split()) == 2
+    # Both: config.json's "run" wins.
+    config["run"] = {**old_run, "task": {"name": "reverse", "length": 5}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    code, stdout, _ = call(capsys, "sample", str(run_dir), "--prompt", "0 4 6 0")
+    assert code == 0 and len(stdout.split()) == 5
 
 
 def test_a_bare_trax_file_needs_model(trained, tmp_path, capsys):
@@ -408,7 +440,7 @@ def test_text_lm_eval_data_is_held_out_whatever_its_seed(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(data, "text_lm_batches",
                         lambda files, *a, **k: seen.append(sorted(files)) or (lambda: iter(())))
-    make_data, _, _ = cli._text_lm_data({"name": "text_lm", "corpus": str(corpus / "*.py"),
+    make_data, _, _ = cli.text_lm_data({"name": "text_lm", "corpus": str(corpus / "*.py"),
                                          "held_out_percent": 34, "seed": 3})
     make_data(3)
     make_data(3, held_out=True)  # the same seed as training: still the held-out files

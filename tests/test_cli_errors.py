@@ -175,8 +175,6 @@ def test_output_dir_that_is_a_file(tmp_path, capsys):
 
 
 def test_foreign_output_dir_is_refused_and_force_trains_there(tmp_path, capsys, monkeypatch):
-    from retrax import io as retrax_io
-
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"\xff\xd8 not retrax")
@@ -185,16 +183,17 @@ def test_foreign_output_dir_is_refused_and_force_trains_there(tmp_path, capsys, 
     assert str(foreign) in line and "cat.jpg" in line and "--force" in line
     assert sorted(p.name for p in foreign.iterdir() if p.name != ".retrax.lock") == ["cat.jpg"]
 
-    written = []  # train_config.json goes through the atomic writer (no half-written file).
-    real = retrax_io.write_bytes_atomic
-    monkeypatch.setattr(retrax_io, "write_bytes_atomic",
+    written = []  # config.json goes through the atomic writer (no half-written file).
+    real = checkpoints.write_bytes_atomic
+    monkeypatch.setattr(checkpoints, "write_bytes_atomic",
                         lambda path, data: written.append(os.fspath(path)) or real(path, data))
     code, out, err = call(capsys, "train", config, "--output-dir", str(foreign), "--force")
     assert code == 0, err
     assert "Trained to step 1" in out
     assert (foreign / "cat.jpg").read_bytes() == b"\xff\xd8 not retrax"
-    assert str(foreign / "train_config.json") in written
-    assert json.loads((foreign / "train_config.json").read_text())["steps"] == 1
+    assert str(foreign / "config.json") in written
+    assert json.loads((foreign / "config.json").read_text())["run"]["steps"] == 1
+    assert not (foreign / "train_config.json").exists()
 
 
 def test_output_dir_held_by_another_run(tmp_path, capsys):

@@ -46,7 +46,7 @@ def test_shipped_file_records_its_model_config():
     meta = checkpoints.read_any(pretrained.path("sort-transformer"))["meta"]
     entry = pretrained.MODELS["sort-transformer"]
     # The record a model keeps of itself (what Loop and save_to_file write).
-    expected = getattr(models, entry["model"])(**entry["config"])._model_config
+    expected = models.config_of(getattr(models, entry["model"])(**entry["config"]))
     assert meta["model"] == expected
     assert meta["model"]["kwargs"]["d_model"] == 32 and meta["model"]["kwargs"]["n_layers"] == 2
     model = models.from_config(meta["model"], mode="predict")

@@ -1,75 +1,86 @@
-"""Model configurations as data: recorded on built models, rebuilt from JSON.
+"""Model configurations as data: the registry of model functions, rebuilt from JSON.
 
-Every model function in :mod:`retrax.models` records how it was called on the
-layer it returns (``model._model_config = {'name': ..., 'kwargs': ...}``, with
-``mode`` left out and ``ff_activation`` stored by name). Checkpoints and the
-training loop write that record next to the weights, so a checkpoint can be
-rebuilt without knowing its code.
+A model's config is ``{'name': <model function>, 'kwargs': {...}}``, the record
+every model function leaves on the layer it returns (see
+:mod:`retrax.models.record` and :func:`retrax.models.config_of`).
+:func:`from_config` is the one way retrax builds a model from such a record:
+the ``retrax`` command, the examples and checkpoint readers all go through it.
+
+The models it knows are the explicit mapping ``REGISTRY`` below (read-only);
+:func:`names` lists them.
 
 >>> from retrax import models
->>> lm = models.TransformerLM(vocab_size=32, d_model=16, d_ff=32, n_layers=1, n_heads=2)
->>> lm._model_config['kwargs']['d_model'], lm._model_config['kwargs']['ff_activation']
-(16, 'Relu')
->>> again = models.from_config(lm._model_config, mode='predict')
->>> again._model_config == lm._model_config
-True
+>>> models.names()
+['Transformer', 'TransformerDecoder', 'TransformerEncoder', 'TransformerLM']
+>>> lm = models.from_config({'name': 'TransformerLM', 'kwargs': {'vocab_size': 32,
+...     'd_model': 16, 'd_ff': 32, 'n_layers': 1, 'n_heads': 2, 'ff_activation': 'Gelu'}})
+>>> models.config_of(lm)['kwargs']['ff_activation'], models.config_of(lm)['kwargs']['max_len']
+('Gelu', 2048)
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["records_config", "from_config"]
+from retrax import layers as tl
+from retrax.models import transformer
 
-_REGISTRY: dict[str, Callable[..., Any]] = {}
+__all__ = ["ConfigError", "REGISTRY", "names", "from_config"]
+
+# Every model from_config can build, by the name its config records.
+REGISTRY: Mapping[str, Callable[..., Any]] = types.MappingProxyType({
+    "Transformer": transformer.Transformer,
+    "TransformerDecoder": transformer.TransformerDecoder,
+    "TransformerEncoder": transformer.TransformerEncoder,
+    "TransformerLM": transformer.TransformerLM,
+})
 
 
-def records_config(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator: the returned layer remembers the (JSON-able) call arguments."""
-    signature = inspect.signature(fn)
+class ConfigError(ValueError):
+    """A model config :func:`from_config` cannot build: malformed, or naming an unknown
+    model or layer. (Arguments the model function itself refuses raise its own error.)"""
 
-    @functools.wraps(fn)
-    def build(*args: Any, **kwargs: Any) -> Any:
-        model = fn(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        config = {}
-        for name, value in bound.arguments.items():
-            if name == "mode":
-                continue
-            if callable(value):
-                value = getattr(value, "__name__", repr(value))
-            elif isinstance(value, tuple):
-                value = list(value)
-            config[name] = value
-        model._model_config = {"name": fn.__name__, "kwargs": config}
-        return model
 
-    _REGISTRY[fn.__name__] = build
-    return build
+def names() -> list[str]:
+    """The names of the models :func:`from_config` can build, sorted."""
+    return sorted(REGISTRY)
+
+
+def _layer_named(key: str, name: str) -> Any:
+    """The layer constructor ``retrax.layers.<name>`` for the argument ``key``."""
+    layer = getattr(tl, name, None)
+    if not callable(layer):
+        raise ConfigError(f"{key}={name!r} is not a layer in retrax.layers.")
+    return layer
 
 
 def from_config(config: dict[str, Any], mode: str = "train", **overrides: Any) -> Any:
-    """Builds the model described by ``{'name': ..., 'kwargs': {...}}`` in ``mode``."""
-    from retrax import layers as tl
+    """Builds the model described by ``{'name': ..., 'kwargs': {...}}`` in ``mode``.
 
-    if not isinstance(config, dict) or "name" not in config:
-        raise ValueError(
-            f"from_config: expected {{'name': <model>, 'kwargs': {{...}}}}; got {config!r}."
-        )
+    ``overrides`` replace recorded arguments. String values of arguments named
+    ``*activation`` are layer names in :mod:`retrax.layers`; lists given for
+    ``dropout_shared_axes`` become tuples; a ``mode`` among the kwargs is
+    ignored (the ``mode`` argument decides). The model records the config it
+    was built from, with every default filled in.
+
+    Raises:
+      ConfigError: the config is malformed or names an unknown model or layer.
+      TypeError, ValueError: the model function refuses the arguments.
+    """
+    if not (isinstance(config, dict) and isinstance(config.get("name"), str)
+            and isinstance(config.get("kwargs", {}), dict)):
+        raise ConfigError(f"A model config is {{'name': <model>, 'kwargs': {{...}}}}; got "
+                          f"{config!r}.")
     name = config["name"]
-    if name not in _REGISTRY:
-        raise ValueError(f"from_config: unknown model {name!r}; known: {sorted(_REGISTRY)}.")
-    kwargs = dict(config.get("kwargs", {}))
-    kwargs.update(overrides)
-    activation = kwargs.get("ff_activation")
-    if isinstance(activation, str):
-        if not hasattr(tl, activation):
-            raise ValueError(f"from_config: unknown ff_activation {activation!r}.")
-        kwargs["ff_activation"] = getattr(tl, activation)
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; available: {names()}.")
+    kwargs = {**config.get("kwargs", {}), **overrides}
+    kwargs.pop("mode", None)
+    for key, value in list(kwargs.items()):
+        if key.endswith("activation") and isinstance(value, str):
+            kwargs[key] = _layer_named(key, value)
     if isinstance(kwargs.get("dropout_shared_axes"), list):
         kwargs["dropout_shared_axes"] = tuple(kwargs["dropout_shared_axes"])
-    return _REGISTRY[name](**kwargs, mode=mode)
+    return REGISTRY[name](**kwargs, mode=mode)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from retrax import layers as tl
-from retrax.models.config import records_config
+from retrax.models.record import records_config
 
 __all__ = ["TransformerLM", "Transformer", "TransformerEncoder", "TransformerDecoder"]
 

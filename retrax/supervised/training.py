@@ -24,7 +24,9 @@ Checkpoints in ``output_dir``:
 * ``model.pkl.gz`` + ``model.weights.npy.gz`` (+ ``model.opt_slots<i>.npy.gz``)
   in Trax's Loop layout, so ``init_from_file('.../model.pkl.gz')`` works in
   retrax *and* in real Trax (turn off with ``write_trax_checkpoint=False``).
-* ``config.json`` (the resolved run configuration) and ``metrics.jsonl``.
+* ``config.json`` (the run's one config: the Loop's settings, the model's
+  config, versions, and under ``"run"`` the ``run_config`` the caller built
+  the run from, e.g. ``retrax train``'s resolved config) and ``metrics.jsonl``.
 
 Resuming: a ``Loop`` whose ``output_dir`` holds a checkpoint continues from it.
 Data position: a Python generator cannot be rewound or restored, so on resume
@@ -67,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from retrax import checkpoints, shapes
+from retrax import checkpoints, models, shapes
 from retrax.compat import trax_pickle
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
@@ -357,7 +359,9 @@ class Loop:
     3), ``write_trax_checkpoint`` (also write Trax's ``model.pkl.gz`` layout,
     default True), ``progress_bar`` (None: only when stdout is a terminal),
     ``stdout`` (a file for the log lines), ``prefetch`` (draw each next batch in a
-    background thread, default True; see the module docstring).
+    background thread, default True; see the module docstring), ``run_config`` (a
+    dict of JSON values saved under ``"run"`` in ``config.json``, the run's one
+    config file).
 
     Differences from Trax: ``random_seed=None`` means seed 0 (Trax draws a random
     one); without ``eval_model`` the evaluation uses a copy of ``model`` switched
@@ -379,7 +383,7 @@ class Loop:
                  adasum: bool = False, callbacks: Sequence[Any] | None = None, *,
                  keep_checkpoints: int = 3, write_trax_checkpoint: bool = True,
                  progress_bar: bool | None = None, stdout: Any = None, prefetch: bool = True,
-                 overwrite: bool = False):
+                 overwrite: bool = False, run_config: dict | None = None):
         if use_memory_efficient_trainer or adasum or loss_chunk_size:
             raise NotImplementedError(
                 "Loop: use_memory_efficient_trainer, adasum and loss_chunk_size are not "
@@ -394,6 +398,12 @@ class Loop:
             list(eval_tasks) if isinstance(eval_tasks, (list, tuple)) else [eval_tasks])
         if keep_checkpoints < 1:
             raise ValueError(f"Loop: keep_checkpoints must be >= 1; got {keep_checkpoints}.")
+        if run_config is not None and not isinstance(run_config, dict):
+            raise TypeError(f"Loop: run_config must be a dict; got {type(run_config).__name__}.")
+        try:  # A copy, checked before anything is written: config.json must hold it.
+            self._run_config = None if run_config is None else json.loads(json.dumps(run_config))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"Loop: run_config must hold only JSON values: {err}.") from None
         self._model = model
         self._tasks = tasks
         self._eval_tasks = eval_tasks
@@ -802,7 +812,7 @@ class Loop:
         else:
             path = os.path.join(self._output_dir, f"{basename}.safetensors")
         checkpoints.save_native(path, weights, state, input_signature=sig,
-                                model_config=getattr(self._model, "_model_config", None),
+                                model_config=models.config_of(self._model),
                                 extra=extra, arrays=arrays)
         if self._write_trax:
             self._write_trax_layout(basename, weights, state, sig)
@@ -993,7 +1003,7 @@ class Loop:
             "jax_version": jax.__version__,
             "devices": [str(d) for d in jax.devices()[: self.n_devices]],
             "random_seed": self._seed,
-            "model": getattr(self._model, "_model_config", None) or {"name": self._model.name},
+            "model": models.config_of(self._model) or {"name": self._model.name},
             "input_signature": str(self._model_sig(self._tasks[0].sample_batch)),
             "tasks": [{
                 "loss": t.loss_name,
@@ -1007,6 +1017,7 @@ class Loop:
                            for t in self._eval_tasks],
             "keep_checkpoints": self._keep,
             "write_trax_checkpoint": self._write_trax,
+            "run": self._run_config,
         }
         checkpoints.write_bytes_atomic(os.path.join(self._output_dir, "config.json"),
                                        json.dumps(config, indent=2).encode("utf-8"))

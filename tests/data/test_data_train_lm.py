@@ -46,7 +46,13 @@ def test_train_lm_quick_smoke_run(tmp_path):
     assert json.loads((out / "results.json").read_text())["steps"] == 3
     assert json.loads((out / "tokenizer.json").read_text()) == {"type": "byte",
                                                                 "n_reserved_ids": 2}
-    for name in ("model.pkl.gz", "checkpoint_00000003.safetensors", "run_config.json"):
+    for name in ("model.pkl.gz", "checkpoint_00000003.safetensors"):
         assert (out / name).exists(), name
+    # One config file: the example's run config is config.json's "run".
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["steps"] == 3 and config["run"]["task"]["seq_len"] == 32
+    assert config["model"]["name"] == "TransformerLM"
+    assert config["model"]["kwargs"]["vocab_size"] == 258
+    assert not (out / "run_config.json").exists()
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "loss.png").stat().st_size > 1000

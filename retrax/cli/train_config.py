@@ -1,0 +1,150 @@
+"""The config of ``retrax train``: its sections, defaults and checks.
+
+:func:`resolve_train_config` fills the defaults of ``TRAIN_DEFAULTS`` and
+refuses, naming the key, anything the run could not use. The resolved config
+is what the run saves (under ``"run"`` in the output directory's
+``config.json``) and what ``retrax sample`` reads back.
+
+>>> seed_problem(2**32)
+'must be in [0, 2**32 - 1] = [0, 4294967295]'
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from retrax.cli.errors import UsageError
+
+__all__ = ["TRAIN_DEFAULTS", "TOY_TASKS", "TEXT_TASKS", "SEED_LIMIT", "seed_problem",
+           "resolve_train_config", "check_toy_task_fits"]
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": None,  # {"name": "TransformerLM", "vocab_size": 32, ...}
+    "task": None,  # {"name": "reverse" | "sort" | "copy", "batch_size", "length", "seed"}
+    "optimizer": {"name": "Adam", "learning_rate": 0.01},
+    "lr_schedule": None,  # {"name": "warmup_and_rsqrt_decay", "n_warmup_steps": ..., ...}
+    "loss": "CrossEntropyLoss",
+    "eval": {"metrics": ["CrossEntropyLoss", "Accuracy"], "n_batches": 10, "seed": None,
+             "every": None,  # evaluate every N steps (default: at each checkpoint)
+             "final_batches": None},  # read by examples/train_lm.py only
+    "steps": 1000,
+    "n_steps_per_checkpoint": 100,
+    "random_seed": 0,
+    "output_dir": None,
+    "plot": False,
+    "sample": None,  # prompt settings read by examples/train_lm.py only
+}
+# The toy tasks, by config name: the function of retrax.data that makes their batches.
+TOY_TASKS = {"reverse": "reverse_ints_task", "sort": "sort_ints_task", "copy": "copy_ints_task"}
+_TOY_TASK_KEYS = {"name", "batch_size", "length", "seed"}
+_TOY_VOCAB = 31  # The toy tasks' ids: 0 (separator) and 1..30.
+# Language modelling on text files: "text_lm" (corpus = a glob) or "stdlib_lm" (the
+# .py files of the Python standard library), split by file into train / held-out.
+TEXT_TASKS = frozenset({"text_lm", "stdlib_lm"})
+_TEXT_TASK_KEYS = {"name", "corpus", "tokenizer", "seq_len", "batch_size", "held_out_percent",
+                   "shuffle_queue", "seed"}
+
+# Seeds become JAX PRNG keys, which hold 32 bits: a larger seed would be cut (and alias a
+# smaller one) or overflow, and a negative one would wrap around.
+SEED_LIMIT = 2**32
+
+
+def seed_problem(value: Any) -> str | None:
+    """Why ``value`` is not a seed (None when it is one)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "must be an integer"
+    if not 0 <= value < SEED_LIMIT:
+        return f"must be in [0, 2**32 - 1] = [0, {SEED_LIMIT - 1}]"
+    return None
+
+
+def _check_seed(section: str, value: Any) -> int:
+    problem = seed_problem(value)
+    if problem:
+        raise UsageError(f"config {section} {problem}; got {json.dumps(value)}.")
+    return value
+
+
+def _check_keys(section: str, got: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(got) - allowed)
+    if unknown:
+        raise UsageError(f"config {section}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
+
+
+def _positive_int(section: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"config {section} must be a positive integer; got {json.dumps(value)}.")
+    return value
+
+
+def resolve_train_config(config: dict) -> dict:
+    """Fills defaults and checks a train config; raises UsageError naming the bad key."""
+    _check_keys("", config, set(TRAIN_DEFAULTS))
+    run = {k: config.get(k, v) for k, v in TRAIN_DEFAULTS.items()}
+    if config.get("eval") is not None:
+        if not isinstance(config["eval"], dict):
+            raise UsageError("config eval must be a section (or null for no evaluation).")
+        _check_keys("eval", config["eval"], set(TRAIN_DEFAULTS["eval"]))
+        run["eval"] = {**TRAIN_DEFAULTS["eval"], **config["eval"]}
+    if run["model"] is None:
+        raise UsageError('config needs a "model" section, e.g. {"name": "TransformerLM", '
+                         '"vocab_size": 32, "d_model": 32}.')
+    task = run["task"]
+    names = sorted(set(TOY_TASKS) | TEXT_TASKS)
+    if not isinstance(task, dict) or task.get("name") not in names:
+        raise UsageError(f'config needs a "task" section with "name" one of {names}; '
+                         f"got {json.dumps(task)}.")
+    _check_keys("task", task, _TEXT_TASK_KEYS if task["name"] in TEXT_TASKS else _TOY_TASK_KEYS)
+    if task["name"] == "text_lm" and not task.get("corpus"):
+        raise UsageError('config task text_lm needs "corpus": a glob of text files.')
+    for key in ("batch_size", "length", "seq_len"):
+        if key in task:
+            _positive_int(f"task.{key}", task[key])
+    if "seed" in task:
+        _check_seed("task.seed", task["seed"])
+    for key in ("steps", "n_steps_per_checkpoint"):
+        _positive_int(key, run[key])
+    _check_seed("random_seed", run["random_seed"])
+    if run["eval"] is not None:
+        evals = run["eval"]
+        _positive_int("eval.n_batches", evals["n_batches"])
+        for key in ("every", "final_batches"):  # null: the default
+            if evals[key] is not None:
+                _positive_int(f"eval.{key}", evals[key])
+        if evals["seed"] is not None:
+            _check_seed("eval.seed", evals["seed"])
+        metrics = evals["metrics"]
+        if not isinstance(metrics, list) or not metrics:
+            raise UsageError(f'config eval.metrics must be a non-empty list of metric layer '
+                             f'names, e.g. ["CrossEntropyLoss", "Accuracy"]; got '
+                             f'{json.dumps(metrics)}.')
+    if not isinstance(run["plot"], (bool, str)) or run["plot"] == "":
+        raise UsageError(f"config plot must be true, false or a file name such as "
+                         f"\"history.png\"; got {json.dumps(run['plot'])}.")
+    if not run["output_dir"]:
+        raise UsageError("no output directory: pass --output-dir DIR or set output_dir in the config.")
+    if not isinstance(run["output_dir"], str):
+        raise UsageError(f"config output_dir must be a directory path (a string); got "
+                         f"{json.dumps(run['output_dir'])}. Fix it or pass --output-dir DIR.")
+    return run
+
+
+def check_toy_task_fits(task: dict, model_config: dict) -> None:
+    """Refuses a toy task whose ids or sequences the model cannot hold, before any work.
+
+    ``model_config``: the built model's full config (:func:`retrax.models.config_of`).
+    The toy tasks' rows are ``[0, source, 0, answer]``: ``2 * length + 2`` ids in ``[0, 31)``.
+    """
+    name, length = task["name"], task.get("length", 4)
+    vocab = model_config["kwargs"].get("vocab_size")
+    max_len = model_config["kwargs"].get("max_len")
+    if isinstance(vocab, int) and vocab < _TOY_VOCAB:
+        raise UsageError(f"config model vocab_size is {vocab} but the {name} task's token ids "
+                         f"go up to {_TOY_VOCAB - 1}; set model.vocab_size to {_TOY_VOCAB} or "
+                         f"more (the examples use 32).")
+    if isinstance(max_len, int) and 2 * length + 2 > max_len:
+        raise UsageError(f"config task.length is {length}: the {name} task's rows hold "
+                         f"2 * length + 2 = {2 * length + 2} tokens but the model's max_len is "
+                         f"{max_len}; set task.length to {(max_len - 2) // 2} or less, or raise "
+                         f"model.max_len.")

@@ -1,0 +1,72 @@
+"""Model configs: the record a model keeps (config_of), the explicit registry, from_config."""
+
+from __future__ import annotations
+
+import pytest
+
+from retrax import layers as tl
+from retrax import models
+
+SMALL = {"vocab_size": 16, "d_model": 8, "d_ff": 16, "n_layers": 1, "n_heads": 2}
+VOCAB_ARGS = {"TransformerLM": {"vocab_size": 16}, "TransformerEncoder": {"vocab_size": 16},
+              "Transformer": {"input_vocab_size": 16}}
+
+
+def test_every_model_records_its_full_config_and_from_config_rebuilds_it():
+    for name in models.names():
+        args = {"d_model": 8, "d_ff": 16, "n_heads": 2, "max_len": 16,
+                **VOCAB_ARGS.get(name, {})}
+        model = models.REGISTRY[name](**args, mode="eval")
+        config = models.config_of(model)
+        assert config["name"] == name and "mode" not in config["kwargs"]
+        assert config["kwargs"]["d_model"] == 8 and "dropout" in config["kwargs"]  # defaults too
+        again = models.from_config(config, mode="predict")
+        assert models.config_of(again) == config
+        assert str(again) == str(models.REGISTRY[name](**args, mode="predict"))
+
+
+def test_config_of_is_a_copy_and_none_for_a_hand_built_layer():
+    lm = models.TransformerLM(**SMALL)
+    models.config_of(lm)["kwargs"]["d_model"] = 1000
+    assert models.config_of(lm)["kwargs"]["d_model"] == 8
+    assert models.config_of(tl.Serial(tl.Dense(3))) is None
+
+
+def test_set_config_records_validates_and_forgets():
+    layer = tl.Serial(tl.Dense(3))
+    assert models.set_config(layer, {"name": "Mine", "kwargs": {"width": 3}}) is layer
+    assert models.config_of(layer) == {"name": "Mine", "kwargs": {"width": 3}}
+    with pytest.raises(ValueError, match="a model config is"):
+        models.set_config(layer, {"kwargs": {}})
+    models.set_config(layer, None)
+    assert models.config_of(layer) is None
+
+
+def test_the_registry_is_an_explicit_read_only_mapping():
+    assert models.names() == ["Transformer", "TransformerDecoder", "TransformerEncoder",
+                              "TransformerLM"]
+    assert models.REGISTRY["TransformerLM"] is models.TransformerLM
+    with pytest.raises(TypeError):
+        models.REGISTRY["Mine"] = models.TransformerLM  # type: ignore[index]
+
+
+@pytest.mark.parametrize("config, pattern", [
+    ({"name": "NoSuch", "kwargs": {}}, r"unknown model 'NoSuch'; available: \['Transformer'"),
+    ({"name": "TransformerLM", "kwargs": {**SMALL, "ff_activation": "NoSuchLayer"}},
+     "ff_activation='NoSuchLayer' is not a layer in retrax.layers"),
+    ({"kwargs": {}}, "A model config is"),
+    ("TransformerLM", "A model config is"),
+])
+def test_from_config_refuses_what_it_cannot_build(config, pattern):
+    with pytest.raises(models.ConfigError, match=pattern):
+        models.from_config(config)
+
+
+def test_from_config_reads_names_lists_and_ignores_a_recorded_mode():
+    config = {"name": "TransformerLM", "kwargs": {**SMALL, "ff_activation": "Gelu",
+                                                  "dropout_shared_axes": [1], "mode": "train"}}
+    lm = models.from_config(config, mode="eval", d_ff=32)
+    recorded = models.config_of(lm)["kwargs"]
+    assert recorded["ff_activation"] == "Gelu" and recorded["d_ff"] == 32
+    assert recorded["dropout_shared_axes"] == [1]
+    assert "Gelu" in str(lm)
