@@ -28,7 +28,10 @@ order, and the sinusoid table of ``PositionalEncoding`` is a trainable weight.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -58,6 +61,7 @@ __all__ = [
     "EncoderDecoderMask",
     "PositionalEncoding",
     "dot_product_attention",
+    "predict_cache_length",
 ]
 
 _MODES = ("train", "eval", "predict", "viz")
@@ -105,6 +109,46 @@ def _check_heads(owner: str, d_feature: Any, n_heads: Any) -> tuple[int, int]:
             f"head gets d_feature // n_heads features, so pick n_heads dividing d_feature."
         )
     return d_feature, n_heads
+
+
+# --------------------------------------------------------------------------
+# Predict-mode cache length, an option of init
+# --------------------------------------------------------------------------
+
+_cache_length_option: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "predict_cache_length", default=None)
+
+
+@contextlib.contextmanager
+def predict_cache_length(length: int) -> Iterator[int]:
+    """Inits made inside give predict-mode key/value caches of ``length`` positions.
+
+    Without it a ``DotProductCausalAttention`` in ``'predict'`` mode sizes its
+    cache by its ``max_inference_length`` (a model's ``max_len`` by default),
+    as in Trax. This option reaches the state that ``init`` (or any init pass,
+    also under ``jax.jit``) creates; the layers are not modified, and inits
+    outside the ``with`` block (or in other threads) are not affected.
+    ``autoregressive_sample`` and the other decoders use it to size their
+    caches to each request.
+
+    >>> import jax
+    >>> from retrax import layers as tl, shapes
+    >>> attn = tl.CausalAttention(4, n_heads=2, max_inference_length=32, mode='predict')
+    >>> def key_cache_shape(state):  # (batch * heads, cache length, d_head)
+    ...     return jax.tree_util.tree_leaves(state)[0].shape
+    >>> with tl.predict_cache_length(8):
+    ...     _, state = attn.init(shapes.ShapeDtype((1, 1, 4)))
+    >>> key_cache_shape(state)
+    (2, 8, 2)
+    >>> key_cache_shape(attn.init(shapes.ShapeDtype((1, 1, 4)))[1])
+    (2, 32, 2)
+    """
+    length = _check_positive_int("predict_cache_length", "length", length)
+    token = _cache_length_option.set(length)
+    try:
+        yield length
+    finally:
+        _cache_length_option.reset(token)
 
 
 def _static_int(x: Any) -> int | None:
@@ -459,7 +503,8 @@ def CausalAttention(
     ``(B, L, D) -> (B, L, D)``; weights ``(Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo)``.
     In ``'predict'`` mode the ``DotProductCausalAttention`` inside keeps a
     key/value cache of ``max_inference_length`` positions in its state (layout
-    ``(B*H, max_inference_length, dh)``, as in Trax). ``use_dconv=True``
+    ``(B*H, max_inference_length, dh)``, as in Trax; ``predict_cache_length``
+    around the init sets another length). ``use_dconv=True``
     (Trax's depthwise convolutions) is not implemented.
     """
     d_feature, n_heads = _check_heads("CausalAttention", d_feature, n_heads)
@@ -490,7 +535,8 @@ class DotProductCausalAttention(Layer):
     In ``'predict'`` mode the state is ``(k_cache, v_cache, index)`` with caches
     of shape ``(N, max_inference_length, dh)``, ``N`` the product of the leading
     axes of the init signature (``B*H``; dtype from the signature) and
-    ``index`` an int32 scalar. Each call writes its
+    ``index`` an int32 scalar; an init inside ``with predict_cache_length(n)``
+    makes caches of ``n`` positions instead. Each call writes its
     ``L`` new keys and values at ``index``, lets query ``i`` attend to cache
     positions ``<= index + i``, and advances ``index`` by ``L``; the first call
     may carry a whole prompt. Going past ``max_inference_length`` raises a
@@ -519,6 +565,7 @@ class DotProductCausalAttention(Layer):
         if self._mode != "predict":
             return
         _, k_sig, v_sig = input_signature
+        cache_len = _cache_length_option.get() or self._max_len
 
         def zeros(sig):
             shape = tuple(sig.shape)
@@ -528,7 +575,7 @@ class DotProductCausalAttention(Layer):
                 )
             # Leading axes are merged, (B*H, L, dh) as in Trax: with a separate
             # size-1 batch axis XLA copied whole caches on every decoded token.
-            return jnp.zeros((_cache_rows(shape), self._max_len, shape[-1]),
+            return jnp.zeros((_cache_rows(shape), cache_len, shape[-1]),
                              np.dtype(sig.dtype))
 
         self.state = (zeros(k_sig), zeros(v_sig), jnp.array(0, jnp.int32))

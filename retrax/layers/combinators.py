@@ -727,7 +727,22 @@ class Cache(Layer):
             y, layer_state = _apply_child(self, 0, self._sublayers[0], xs, weights[0],
                                           layer_state, rng, ctx)
             return y, (y, layer_state)
+        # The layer is skipped, but its weights still belong to this pass: a
+        # layer shared with one that runs later (e.g. an embedding tied between
+        # an encoder and a decoder, whose later occurrence holds only the
+        # shared-weights marker) finds them as if the layer had run.
+        self._register_weights(self._sublayers[0], weights[0], ctx)
         return cached, state
+
+    @staticmethod
+    def _register_weights(layer: Layer, weights: Any, ctx: _Pass) -> None:
+        """Records ``weights`` for ``layer`` and its sublayers in ``ctx``, as applying would."""
+        if isinstance(weights, dict) and weights == base.GET_WEIGHTS_FROM_CACHE:
+            return  # Shared with an earlier occurrence, whose weights are recorded.
+        ctx.weights.setdefault(id(layer), weights)
+        # A combinator's weights hold one entry per sublayer (see Layer.init).
+        for sub, sub_weights in zip(layer.sublayers, weights if layer.sublayers else ()):
+            Cache._register_weights(sub, sub_weights, ctx)
 
 
 class BatchLeadingAxes(Layer):

@@ -181,36 +181,6 @@ def _encoder_decoder_block(
     ]
 
 
-class _EncoderCache(tl.Cache):
-    """``tl.Cache`` that keeps shared weights usable after it stops running its layer.
-
-    With a shared embedding the encoder holds the weight's first occurrence;
-    the decoder's occurrence is a cache marker that the pass context resolves
-    from the first one. Once the cache is full the encoder is skipped, so its
-    weights are registered here instead.
-    """
-
-    # TODO(#4): drop this once tl.Cache registers the weights of a skipped layer.
-
-    def __init__(self, layer: tl.Layer):
-        super().__init__(layer)
-        self._name = "Cache"
-
-    def _forward_pure(self, xs, weights, state, rng, ctx):
-        cached = state[0]
-        if not (isinstance(cached, tuple) and cached == ()):
-            _register_weights(self.sublayers[0], weights[0], ctx)
-        return super()._forward_pure(xs, weights, state, rng, ctx)
-
-
-def _register_weights(layer: tl.Layer, weights: Any, ctx: Any) -> None:
-    if isinstance(weights, dict) and weights == tl.GET_WEIGHTS_FROM_CACHE:
-        return
-    ctx.weights.setdefault(id(layer), weights)
-    for sub, w in zip(layer.sublayers, weights if layer.sublayers else ()):
-        _register_weights(sub, w, ctx)
-
-
 @records_config
 def TransformerLM(
     vocab_size: int,
@@ -344,7 +314,7 @@ def Transformer(
         tl.LayerNorm(),
     )
     if mode == "predict":
-        encoder = _EncoderCache(encoder)
+        encoder = tl.Cache(encoder)
 
     return tl.Serial(
         tl.Select([0, 1, 1]),  # tok_e tok_d tok_d

@@ -5,13 +5,17 @@ Trax's API, compiled: ``autoregressive_sample`` runs one XLA program per call
 each sampled token back through the model's key/value caches. No host round
 trip happens per token (``autoregressive_sample_stream`` yields per token, but
 its step function is compiled once). Compiled programs are cached per model and
-shape, so a repeated call compiles nothing.
+shape, so a repeated call compiles nothing; the cache belongs to this module
+and holds the model weakly (its programs go when the model does).
 
 Differences from Trax 1.4.1, on purpose:
 
-* The model's own state is not touched: each call starts from a fresh
-  predict-mode state whose caches are sized to what the call needs
-  (prompt + ``max_length``, rounded up to a multiple of 8), not 2048.
+* The model is not touched (neither its state nor any attribute of its
+  layers): each call starts from a fresh predict-mode state whose caches are
+  sized to what the call needs (prompt + ``max_length``, rounded up to a
+  multiple of 8), not 2048. The size is an option of the init
+  (``tl.predict_cache_length``), which a user's own step-by-step loop can
+  use too.
 * Each row stops at its own ``eos_id``; positions after it are ``0``; the loop
   ends when every row is done (Trax keeps sampling finished rows).
 * Randomness comes from ``rng`` / ``seed`` (default seed 0), never from NumPy's
@@ -47,8 +51,9 @@ Example (the quick start's sort model)::
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +63,7 @@ from jax import lax
 from retrax import shapes
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
+from retrax.layers.attention import predict_cache_length
 
 __all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search"]
 
@@ -132,7 +138,7 @@ def _vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
     max_len = None
     for layer in _walk(model):
         if type(layer).__name__ == "PositionalEncoding":
-            w = layer._weights
+            w = layer.weights
             table = w[0] if isinstance(w, tuple) and w else w
             if hasattr(table, "shape"):
                 n = int(table.shape[-2])
@@ -140,34 +146,46 @@ def _vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
     return vocab, max_len
 
 
+# The compiled programs of each model, {model: {key: program}}, owned by this
+# module: nothing is stored on the model. The model is a weak key, so its
+# programs go when it does; for that, a program reaches its model only through
+# a weak reference (a strong one inside the value would keep the key alive).
+_programs: weakref.WeakKeyDictionary[base.Layer, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _program(model: base.Layer, key: Any, make: Any) -> Any:
+    """``model``'s program ``key``: ``make(model_ref)`` on first use, the same one after.
+
+    ``make`` receives a ``weakref.ref`` to the model and must not keep the
+    model itself; the programs call ``model_ref()`` when they trace.
+    """
+    programs = _programs.get(model)
+    if programs is None:
+        programs = _programs[model] = {}
+    if key not in programs:
+        programs[key] = make(weakref.ref(model))
+    return programs[key]
+
+
 def _fresh_state(model: base.Layer, signature: Any, cache_len: int) -> Any:
-    """A new predict-mode state for ``signature`` with caches of ``cache_len``."""
-    attention = [layer for layer in _walk(model) if hasattr(layer, "_max_len")
-                 and type(layer).__name__ == "DotProductCausalAttention"]
-    saved = [layer._max_len for layer in attention]
-    try:
-        for layer in attention:
-            layer._max_len = cache_len
+    """A new predict-mode state for ``signature`` with caches of ``cache_len``.
+
+    The cache length is an option of this init pass (``predict_cache_length``);
+    no layer of the model is changed.
+    """
+    def make(model_ref):
         def state_only():
-            with base._new_pass() as ctx:
-                return model._init_in_pass(signature, jax.random.PRNGKey(0), ctx)[1]
+            with predict_cache_length(cache_len):
+                with base._new_pass() as ctx:
+                    return model_ref()._init_in_pass(signature, jax.random.PRNGKey(0), ctx)[1]
 
         # Under jit the weight initializers are dead code and XLA drops them.
-        return _jit_cache(model, ("state", repr(signature), cache_len), lambda: jax.jit(state_only))()
-    finally:
-        for layer, n in zip(attention, saved):
-            layer._max_len = n
+        return jax.jit(state_only)
+
+    return _program(model, ("state", repr(signature), cache_len), make)()
 
 
-def _jit_cache(model: base.Layer, key: Any, make: Any) -> Any:
-    cache = model.__dict__.setdefault("_decode_cache", {})
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
-
-
-def _batched_state_leaves(model: base.Layer, sig_fn: Any, inputs_fn: Any,
-                          cache_len: int) -> list[bool]:
+def _batched_state_leaves(model: base.Layer, setup: _Setup, cache_len: int) -> list[bool]:
     """Which leaves of the state *after the prefill* have the batch as first axis.
 
     Beam search reorders those rows. The state is compared for batch sizes 2
@@ -175,9 +193,9 @@ def _batched_state_leaves(model: base.Layer, sig_fn: Any, inputs_fn: Any,
     structure (an encoder-decoder's ``Cache`` fills in), so it is run too.
     """
     def shapes_for(b):
-        state = jax.eval_shape(lambda: _fresh_state(model, sig_fn(b), cache_len))
+        state = jax.eval_shape(lambda: _fresh_state(model, setup.signature(b), cache_len))
         after = jax.eval_shape(lambda s, x: model.pure_fn(x, model.weights, s, None)[1],
-                               state, inputs_fn(b))
+                               state, setup.abstract_inputs(b))
         return [getattr(x, "shape", ()) for x in jax.tree_util.tree_leaves(after)]
 
     return [x != y for x, y in zip(shapes_for(2), shapes_for(3))]
@@ -344,8 +362,54 @@ def _key(rng: Any, seed: int | None) -> Any:
 # --------------------------------------------------------------------------
 
 
-def _model_inputs(model: base.Layer, enc: Any, tokens: Any) -> Any:
-    return tokens if model.n_in == 1 else (enc, tokens)
+class _Setup(NamedTuple):
+    """What decoding feeds a model, made by ``_setup``.
+
+    ``enc``: the encoder's input tokens ``(B, S)`` of an encoder-decoder
+    (``None`` for a language model); ``first``: the decoder tokens of the
+    prefill, ``(B, P)``.
+    """
+
+    enc: Any
+    first: np.ndarray
+
+    @property
+    def positions(self) -> int:
+        """Decoder positions the prefill fills (the first sampled token comes after)."""
+        return self.first.shape[1]
+
+    def signature(self, batch: int) -> Any:
+        """The init signature of a predict-mode state for ``batch`` rows."""
+        step = shapes.ShapeDtype((batch, 1), np.int32)
+        if self.enc is None:
+            return step
+        return shapes.ShapeDtype((batch, self.enc.shape[1]), np.int32), step
+
+    def abstract_inputs(self, batch: int) -> Any:
+        """The prefill's inputs for ``batch`` rows, as ``jax.ShapeDtypeStruct``."""
+        first = jax.ShapeDtypeStruct((batch, self.positions), jnp.int32)
+        if self.enc is None:
+            return first
+        return jax.ShapeDtypeStruct((batch, self.enc.shape[1]), jnp.int32), first
+
+
+def _setup(model: base.Layer, prompt: np.ndarray, start_id: int) -> _Setup:
+    """The one place where a language model and an encoder-decoder differ in setup.
+
+    A language model (``n_in == 1``) is prefilled with ``[start_id] + prompt``;
+    an encoder-decoder (``n_in == 2``) reads ``prompt`` in its encoder and is
+    prefilled with ``[start_id]``. ``prompt``: ``(B, L)`` int32, ``L`` may be 0
+    for a language model.
+    """
+    start = np.full((prompt.shape[0], 1), start_id, np.int32)
+    if model.n_in == 1:
+        return _Setup(None, np.concatenate([start, prompt], axis=1))
+    return _Setup(jnp.asarray(prompt), start)
+
+
+def _model_inputs(enc: Any, tokens: Any) -> Any:
+    """The model's inputs for decoder ``tokens`` (``enc`` as in ``_Setup``)."""
+    return tokens if enc is None else (enc, tokens)
 
 
 def _ends_in_log_softmax(model: base.Layer) -> bool:
@@ -365,7 +429,7 @@ def _log_probs(model: base.Layer, outputs: Any) -> Any:
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-def _make_generate(model: base.Layer, max_length: int, temperature: float, top_k: int | None,
+def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: int | None,
                    top_p: float | None, eos_id: int | None, signature: Any,
                    cache_len: int) -> Any:
     """Builds ``generate(weights, enc, first_tokens, key)``, one XLA program.
@@ -380,11 +444,12 @@ def _make_generate(model: base.Layer, max_length: int, temperature: float, top_k
     """
 
     def generate(weights, enc, first_tokens, key):
+        model = model_ref()  # (the program holds the model weakly; see _program)
         batch = first_tokens.shape[0]
         state = _fresh_state(model, signature, cache_len)
         # Prefill: [start] + prompt in one forward pass; its last position
         # predicts the first new token.
-        out, state = model.pure_fn(_model_inputs(model, enc, first_tokens), weights, state, None)
+        out, state = model.pure_fn(_model_inputs(enc, first_tokens), weights, state, None)
         log_probs = _log_probs(model, out)
         tokens = jnp.zeros((batch, max_length), jnp.int32)
         scores = jnp.zeros((batch, max_length), jnp.float32)
@@ -410,8 +475,7 @@ def _make_generate(model: base.Layer, max_length: int, temperature: float, top_k
             done = done | is_nan
             if eos_id is not None:
                 done = done | (tok == eos_id)
-            out, state = model.pure_fn(_model_inputs(model, enc, tok[:, None]), weights, state,
-                                       None)
+            out, state = model.pure_fn(_model_inputs(enc, tok[:, None]), weights, state, None)
             return (t + 1, state, _log_probs(model, out), tokens, scores, done, nan_step, key)
 
         t, _, _, tokens, scores, _, nan_step, _ = lax.while_loop(cond, body, carry)
@@ -469,8 +533,9 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
     prompt, lengths = _prepare(model, inputs, batch_size, max_length, prompt_lengths, where)
     _check_start_id(model, start_id, where)
     # The length check comes before any array of max_length is made.
-    longest = 0 if prompt is None or model.n_in == 2 else int(lengths.max())
-    _cache_length(model, longest + 1 + max_length if model.n_in == 1 else max_length + 1, where)
+    longest = (np.zeros((batch_size, 0), np.int32) if prompt is None
+               else prompt[:, :int(lengths.max())])
+    _cache_length(model, _setup(model, longest, start_id).positions + max_length, where)
     groups = _length_groups(model, prompt, lengths, batch_size)
     tokens = np.zeros((batch_size, max_length), np.int32)
     log_probs = np.zeros((batch_size, max_length), np.float32)
@@ -503,22 +568,15 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
                     top_p, key, where, rows=None):
     if prompt is None:
         prompt = np.zeros((batch, 0), np.int32)
-    start = np.full((batch, 1), start_id, np.int32)
-    if model.n_in == 1:
-        total = prompt.shape[1] + 1 + max_length
-        sig, enc = shapes.ShapeDtype((batch, 1), np.int32), None
-        first = np.concatenate([start, prompt], axis=1)
-    else:
-        total = max_length + 1
-        sig = (shapes.ShapeDtype(prompt.shape, np.int32), shapes.ShapeDtype((batch, 1), np.int32))
-        enc, first = jnp.asarray(prompt), start
-    cache_len = _cache_length(model, total, where)
+    setup = _setup(model, prompt, start_id)
+    cache_len = _cache_length(model, setup.positions + max_length, where)
+    sig = setup.signature(batch)
     eos = None if eos_id is None else int(eos_id)
-    fn = _jit_cache(model, ("generate", max_length, float(temperature), top_k, top_p, eos,
-                            repr(sig), cache_len),
-                    lambda: _make_generate(model, max_length, float(temperature), top_k, top_p,
-                                           eos, sig, cache_len))
-    tokens, scores, steps, nan_step = fn(model.weights, enc, jnp.asarray(first), key)
+    fn = _program(model, ("generate", max_length, float(temperature), top_k, top_p, eos,
+                          repr(sig), cache_len),
+                  lambda model_ref: _make_generate(model_ref, max_length, float(temperature),
+                                                   top_k, top_p, eos, sig, cache_len))
+    tokens, scores, steps, nan_step = fn(model.weights, setup.enc, jnp.asarray(setup.first), key)
     _raise_on_nan(nan_step, where, rows)
     n = int(steps)
     out = np.zeros((batch, max_length), np.int32)
@@ -589,35 +647,35 @@ def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_si
     _check_start_id(model, start_id, where)
     if prompt is None:
         prompt = np.zeros((batch_size, 0), np.int32)
-    if model.n_in == 1:
-        total = prompt.shape[1] + 1 + limit
+    setup = _setup(model, prompt, start_id)
+    total = setup.positions + limit
+    if setup.enc is None:
+        # A language model's prompt shares the positions with the samples: by
+        # default the stream fills max_len; the total is checked and rounded
+        # as in autoregressive_sample. (An encoder-decoder's cache keeps its
+        # exact length, unchecked, as before.)
         if max_length is None and max_len is not None:
             total = max_len
-            limit = max_len - prompt.shape[1] - 1
+            limit = max_len - setup.positions
         total = _cache_length(model, total, where)
-        sig, enc = shapes.ShapeDtype((batch_size, 1), np.int32), None
-        first_in = np.concatenate([np.full((batch_size, 1), start_id, np.int32), prompt], 1)
-    else:
-        total = limit + 1
-        sig = (shapes.ShapeDtype(prompt.shape, np.int32),
-               shapes.ShapeDtype((batch_size, 1), np.int32))
-        enc = jnp.asarray(prompt)
-        first_in = np.full((batch_size, 1), start_id, np.int32)
-    state = _fresh_state(model, sig, total)
+    state = _fresh_state(model, setup.signature(batch_size), total)
     key = _key(rng, seed)
     temperature = float(temperature)
 
-    def step(weights, state, enc, tokens, key):
-        out, state = model.pure_fn(_model_inputs(model, enc, tokens), weights, state, None)
-        log_probs = _log_probs(model, out)
-        tok = _sample(log_probs, key, temperature, top_k, top_p)
-        return jnp.where(jnp.isnan(log_probs).any(axis=-1), -1, tok), state  # -1: a NaN row
+    def make(model_ref):
+        def step(weights, state, enc, tokens, key):
+            model = model_ref()  # (the program holds the model weakly; see _program)
+            out, state = model.pure_fn(_model_inputs(enc, tokens), weights, state, None)
+            log_probs = _log_probs(model, out)
+            tok = _sample(log_probs, key, temperature, top_k, top_p)
+            return jnp.where(jnp.isnan(log_probs).any(axis=-1), -1, tok), state  # -1: a NaN row
 
-    step_fn = _jit_cache(model, ("stream", temperature, top_k, top_p, model.n_in),
-                         lambda: jax.jit(step, donate_argnums=(1,)))
-    tokens = jnp.asarray(first_in)
+        return jax.jit(step, donate_argnums=(1,))
+
+    step_fn = _program(model, ("stream", temperature, top_k, top_p), make)
+    tokens = jnp.asarray(setup.first)
     for i in range(limit):
-        tok, state = step_fn(model.weights, state, enc, tokens,
+        tok, state = step_fn(model.weights, state, setup.enc, tokens,
                              fastmath_random.hash_fold_in(key, i))
         host = np.asarray(tok)
         _raise_on_nan(np.where(host < 0, i, -1), where)
@@ -648,43 +706,30 @@ def beam_search(model: base.Layer, inputs: Any = None, batch_size: int = 1, n_be
     if prompt is None:
         prompt = np.zeros((batch_size, 0), np.int32)
     k = int(n_beams)
-    bk = batch_size * k
-    if model.n_in == 1:
-        total = prompt.shape[1] + 1 + max_length
-        enc = None
-        seq = np.concatenate([np.full((batch_size, 1), start_id, np.int32), prompt], 1)
-        sig_fn = lambda b: shapes.ShapeDtype((b, 1), np.int32)  # noqa: E731
-        inputs_fn = lambda b: jax.ShapeDtypeStruct((b, seq.shape[1]), jnp.int32)  # noqa: E731
-    else:
-        total = max_length + 1
-        src = np.repeat(prompt, k, axis=0)
-        enc = jnp.asarray(src)
-        seq = np.full((batch_size, 1), start_id, np.int32)
-        sig_fn = lambda b: (shapes.ShapeDtype((b, src.shape[1]), np.int32),  # noqa: E731
-                            shapes.ShapeDtype((b, 1), np.int32))
-        inputs_fn = lambda b: (jax.ShapeDtypeStruct((b, src.shape[1]), jnp.int32),  # noqa: E731
-                               jax.ShapeDtypeStruct((b, 1), jnp.int32))
-    cache_len = _cache_length(model, total, where)
-    sig = sig_fn(bk)
+    # Each row's beams are k consecutive rows of one batch of batch_size * k.
+    setup = _setup(model, np.repeat(prompt, k, axis=0), start_id)
+    cache_len = _cache_length(model, setup.positions + max_length, where)
+    sig = setup.signature(batch_size * k)
     eos = -1 if eos_id is None else int(eos_id)
 
-    def make():  # traces the model twice for the batched leaves: once per program
-        batched = tuple(_batched_state_leaves(model, sig_fn, inputs_fn, cache_len))
-        return jax.jit(functools.partial(_beam_program, model, batch_size, k, max_length,
+    def make(model_ref):  # traces the model twice for the batched leaves: once per program
+        batched = tuple(_batched_state_leaves(model, setup, cache_len))
+        return jax.jit(functools.partial(_beam_program, model_ref, batch_size, k, max_length,
                                          float(length_penalty), eos, batched, sig, cache_len))
 
-    fn = _jit_cache(model, ("beam", batch_size, k, max_length, float(length_penalty), eos,
-                            repr(sig), cache_len), make)
-    tokens, scores = fn(model.weights, enc, jnp.asarray(np.repeat(seq, k, axis=0)))
+    fn = _program(model, ("beam", batch_size, k, max_length, float(length_penalty), eos,
+                          repr(sig), cache_len), make)
+    tokens, scores = fn(model.weights, setup.enc, jnp.asarray(setup.first))
     tokens, scores = np.asarray(tokens), np.asarray(scores)
     return [(tokens[:, i, :], scores[:, i]) for i in range(k)]
 
 
-def _beam_program(model, batch, k, max_length, alpha, eos, batched, signature, cache_len,
+def _beam_program(model_ref, batch, k, max_length, alpha, eos, batched, signature, cache_len,
                   weights, enc, seq):
+    model = model_ref()  # (the program holds the model weakly; see _program)
     neg = jnp.float32(-1e9)
     state = _fresh_state(model, signature, cache_len)  # made in the program, as in generate
-    out, state = model.pure_fn(_model_inputs(model, enc, seq), weights, state, None)
+    out, state = model.pure_fn(_model_inputs(enc, seq), weights, state, None)
     log_probs = _log_probs(model, out).reshape(batch, k, -1)
     vocab = log_probs.shape[-1]
     # All beams start identical: keep only beam 0 alive at the first step.
@@ -720,8 +765,7 @@ def _beam_program(model, batch, k, max_length, alpha, eos, batched, signature, c
         lengths = jnp.take_along_axis(lengths, beam_index, axis=1) + jnp.where(was_finished, 0, 1)
         finished = was_finished | (tok == eos)
         state = gather_state(state, beam_index)
-        out, state = model.pure_fn(_model_inputs(model, enc, tok.reshape(-1, 1)), weights, state,
-                                   None)
+        out, state = model.pure_fn(_model_inputs(enc, tok.reshape(-1, 1)), weights, state, None)
         log_probs = _log_probs(model, out).reshape(batch, k, vocab)
         return state, log_probs, top_scores, tokens, finished, lengths
 

@@ -315,6 +315,47 @@ def test_kv_cache_overflow_raises_eagerly_and_gives_nan_under_jit():
     assert np.isnan(np.asarray(y)).all()
 
 
+def test_predict_cache_length_is_an_option_of_init():
+    (ev, eval_state), pr, w, _ = _causal_pair(max_inference_length=4)
+    attrs = {id(layer): dict(vars(layer)) for layer in _layers(pr)}
+
+    def cache_lengths(state):
+        return [a.shape[1] for a in jax.tree_util.tree_leaves(state) if a.ndim == 3]
+
+    with tl.predict_cache_length(8) as n:
+        assert n == 8
+        _, state = pr.init(sig(2, 1, 8))
+        _, abstract = pr.weights_and_state_signature(sig(2, 1, 8))
+        with tl.predict_cache_length(6):  # the innermost block counts
+            assert cache_lengths(pr.weights_and_state_signature(sig(2, 1, 8))[1]) == [6, 6]
+    assert cache_lengths(state) == cache_lengths(abstract) == [8, 8]
+    assert cache_lengths(pr.init(sig(2, 1, 8))[1]) == [4, 4]  # back to max_inference_length
+    # Nothing was written on the layers but what init stores (weights and state).
+    for layer in _layers(pr):
+        now = vars(layer)
+        assert now.keys() == attrs[id(layer)].keys()
+        assert all(now[k] is v for k, v in attrs[id(layer)].items()
+                   if k not in ("_weights", "_state", "_initialized")), type(layer).__name__
+    # The longer cache serves eager steps past max_inference_length=4.
+    x = rand(1, 2, 7, 8)
+    outs = []
+    for t in range(7):
+        y, state = pr.pure_fn(x[:, t : t + 1], w, state, None)
+        outs.append(y)
+    np.testing.assert_allclose(np.concatenate(outs, 1), ev.pure_fn(x, w, eval_state, None)[0],
+                               atol=1e-5)
+    with pytest.raises(ValueError, match=r"predict_cache_length: length must be a positive int; "
+                                         r"got 0"):
+        with tl.predict_cache_length(0):
+            pass
+
+
+def _layers(layer):
+    yield layer
+    for sub in layer.sublayers:
+        yield from _layers(sub)
+
+
 def test_attention_dropout_in_train_mode():
     layer = tl.CausalAttention(8, n_heads=2, dropout=0.5, mode="train")
     x = rand(0, 2, 6, 8)

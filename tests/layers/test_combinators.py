@@ -425,6 +425,31 @@ def test_cache_runs_once_then_returns_the_stored_result():
     assert c.state[0].item() == 2.0
 
 
+def test_cache_keeps_the_weights_of_a_skipped_layer_for_a_later_shared_use():
+    # An embedding tied between a cached "encoder" and a later "decoder" use (as
+    # in a predict-mode Transformer with a shared embedding): once the cache is
+    # full the encoder is skipped, and the later occurrence, whose weights are
+    # the shared-weights marker, must still find the table of this pass.
+    emb = tl.Embedding(10, 4)
+    encoder = tl.Serial(emb, tl.Fn("Double", lambda x: 2 * x))
+    model = tl.Serial(tl.Parallel(tl.Cache(encoder), emb), tl.Add())
+    ids = shapes.ShapeDtype((1, 3), np.int32)
+    weights, state = model.init((ids, ids))
+    assert weights[0][1] == tl.GET_WEIGHTS_FROM_CACHE  # the decoder's occurrence
+    table = np.asarray(emb.weights)
+    src, tgt = np.array([[1, 2, 3]]), np.array([[4, 5, 6]])
+    np.testing.assert_allclose(model((src, tgt)), 2 * table[src] + table[tgt])
+    # Cache full: the encoder is skipped (a new source is ignored) and the
+    # decoder's embedding still reads the shared table.
+    tgt2 = np.array([[7, 8, 0]])
+    np.testing.assert_allclose(model((np.array([[9, 9, 9]]), tgt2)), 2 * table[src] + table[tgt2])
+    # Pure and jitted: the table comes from the weights passed, not from the layer.
+    _, full = model.pure_fn((src, tgt), weights, state, None)
+    other = jax.tree_util.tree_map(lambda w: w + 1.0, weights)
+    y, _ = jax.jit(lambda w, s: model.pure_fn((src, tgt2), w, s, None))(other, full)
+    np.testing.assert_allclose(y, 2 * table[src] + table[tgt2] + 1.0, rtol=1e-6)
+
+
 def test_batch_leading_axes():
     dense = tl.Dense(2)
     bla = tl.BatchLeadingAxes(dense)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import jax
@@ -126,7 +128,7 @@ def test_compiles_once_per_shape_and_not_again():
     model = tiny_lm("predict", 3)
 
     def compiled():
-        fns = [fn for key, fn in model._decode_cache.items() if key[0] == "generate"]
+        fns = [fn for key, fn in decoding._programs[model].items() if key[0] == "generate"]
         return len(fns), sum(fn._cache_size() for fn in fns)
 
     prompt = np.array([[0, 4, 5, 0]], np.int32)
@@ -451,3 +453,99 @@ def test_inf_logit_with_top_k_raises_not_garbage():
         with pytest.raises(FloatingPointError, match="NaN"):
             decoding.autoregressive_sample(model, np.zeros((1, 1), np.int32), max_length=3,
                                            **kwargs)
+
+
+# -- decoding owns its state -------------------------------------------------------
+
+
+def _all_layers(layer):
+    yield layer
+    for sub in layer.sublayers:
+        yield from _all_layers(sub)
+
+
+def _decode_every_way(model, src):
+    decoding.autoregressive_sample(model, src, temperature=0.0, max_length=5)
+    decoding.autoregressive_sample(model, src, top_k=3, max_length=4)
+    gen = decoding.autoregressive_sample_stream(model, src, temperature=0.0, max_length=3)
+    assert len(list(gen)) == 3
+    decoding.beam_search(model, src, n_beams=2, max_length=3)
+
+
+@pytest.mark.parametrize("kind", ["lm", "encoder-decoder"])
+def test_decoding_writes_nothing_on_the_model(kind, monkeypatch):
+    if kind == "lm":
+        model, src = tiny_lm("predict", 11), np.array([[0, 3, 4]], np.int32)
+    else:
+        model, _ = _enc_dec_pair(seed=3)
+        src = np.array([[3, 4, 5, 6, 0]], np.int32)
+    layers = list(_all_layers(model))
+    before = [dict(vars(layer)) for layer in layers]
+    # Running (or initializing) a layer installs its weights/state/rng for the
+    # call and puts them back (Layer._forward_pure, _init_tree); any other write
+    # on a layer is decoding's. (What is put back is checked below.)
+    hook_fields = {"_weights", "_state", "_rng", "_in_hook", "weights", "state"}
+    ids = {id(layer) for layer in layers}
+    written = []
+    original = tl.Layer.__setattr__
+
+    def record(self, name, value):
+        if id(self) in ids and name not in hook_fields:
+            written.append(f"{type(self).__name__}.{name}")
+        original(self, name, value)
+
+    monkeypatch.setattr(tl.Layer, "__setattr__", record)
+    _decode_every_way(model, src)
+    monkeypatch.undo()
+    assert written == []  # e.g. no cache length written into the attention layers
+    for layer, attrs in zip(layers, before):
+        now = vars(layer)
+        assert now.keys() == attrs.keys(), type(layer).__name__  # nothing new on the model
+        assert all(now[k] is v for k, v in attrs.items()), type(layer).__name__
+    assert any(key[0] == "generate" for key in decoding._programs[model])
+
+
+def test_compiled_programs_go_with_their_model():
+    models = {"lm": tiny_lm("predict", 12), "encoder-decoder": _enc_dec_pair(seed=4)[0]}
+    refs = {kind: weakref.ref(model) for kind, model in models.items()}
+    for kind, model in models.items():
+        src = np.array([[0, 3, 4]] if kind == "lm" else [[3, 4, 5, 6, 0]], np.int32)
+        _decode_every_way(model, src)
+        assert {key[0] for key in decoding._programs[model]} == {"state", "generate", "stream",
+                                                                "beam"}
+    n = len(decoding._programs)
+    del model
+    for kind in list(models):
+        models.pop(kind)
+        gc.collect()
+        assert refs[kind]() is None, f"the {kind} model is still referenced"
+        n -= 1
+        assert len(decoding._programs) == n  # its programs went with it
+
+
+def test_a_users_own_step_loop_decodes_with_the_max_len_cache():
+    # Trax's way, unchanged: init a predict-mode model for one token, then feed
+    # it token by token; the caches hold max_len positions.
+    model = tiny_lm("predict", 13, max_len=32)
+    prompt = np.array([[0, 3, 4, 5]], np.int32)
+    want = decoding.autoregressive_sample(model, prompt, temperature=0.0, max_length=6,
+                                          eos_id=None)
+
+    def cache_lengths():
+        return {a.shape[1] for a in jax.tree_util.tree_leaves(model.state) if a.ndim == 3}
+
+    def step_loop():
+        out = model(np.concatenate([[[0]], prompt], axis=1).astype(np.int32))  # start + prompt
+        tokens = []
+        for _ in range(6):
+            tokens.append(np.asarray(out)[:, -1].argmax(-1).astype(np.int32))
+            out = model(tokens[-1][:, None])
+        return np.stack(tokens, axis=1)
+
+    assert cache_lengths() == {32}
+    np.testing.assert_array_equal(step_loop(), want)
+    # The documented way to choose another cache length for such a loop:
+    with tl.predict_cache_length(16):
+        model.init(sig(1, 1))
+    assert cache_lengths() == {16}
+    np.testing.assert_array_equal(step_loop(), want)
