@@ -88,7 +88,7 @@ CONFIG_KEYS_THAT_MAY_DIFFER = frozenset(
 def save_layer(layer: base.Layer, file_name: str, weights_only: bool = False,
                input_signature: Any = None) -> None:
     """Implements ``Layer.save_to_file`` in the native format."""
-    if not layer._initialized:
+    if not layer.initialized:
         raise ValueError(
             f"{layer.name_with_arity} has no weights to save; call init() or init_from_file() first."
         )
@@ -226,14 +226,14 @@ def load_layer(layer: base.Layer, file_name: str, weights_only: bool = False,
     if check_config:
         check_model_config(layer, ckpt["meta"].get("model"), source)
     sig = input_signature if input_signature is not None else ckpt["input_signature"]
-    if sig is None and not layer._initialized:
+    if sig is None and not layer.initialized:
         raise ValueError(
             f"{file_name} stores no input signature and {layer.name_with_arity} is not "
             f"initialized; pass input_signature=trax.shapes.ShapeDtype(...)."
         )
     if sig is not None:
         sig = _model_signature(layer, sig, source)
-        if weights_only or not layer._initialized:
+        if weights_only or not layer.initialized:
             if input_signature is None:
                 # The file chose the signature, and init makes weights to fit it.
                 _check_signature_size(sig, ckpt["file_size"], max_expansion, source)
@@ -280,7 +280,7 @@ def _layer_path(chain: list[tuple[base.Layer, int]], leaf: base.Layer) -> str:
     parts: list[str] = []
     hidden_index = None
     for parent, index in reversed(chain):
-        if getattr(parent, "_hidden_in_path", False):
+        if parent.hidden_in_path:
             if hidden_index is None:
                 hidden_index = index
             continue

@@ -83,7 +83,7 @@ class LayerNode:
 
 
 def _printed_children(layer: base.Layer) -> list[Any]:
-    children = layer._sublayers_to_print
+    children = layer.sublayers_to_print
     if children is None:
         children = layer.sublayers
     # Layers whose repr is empty (e.g. shape checks) are not printed; skip them too.
@@ -108,7 +108,7 @@ def _is_parallel(layer: base.Layer) -> bool:
         return True
     # Branch is Serial(Select, Parallel) printed as its branches.
     subs = layer.sublayers
-    return (layer._sublayers_to_print is not None and len(subs) == 2
+    return (layer.sublayers_to_print is not None and len(subs) == 2
             and isinstance(subs[1], Parallel))
 
 

@@ -562,7 +562,7 @@ def test_a_file_signature_that_would_make_huge_weights_is_refused_before_init(tm
         f"input of 4398046511104 bytes, more than the {2**28} bytes a file of "
         f"{path.stat().st_size} bytes may expand to")
     assert "Pass input_signature=trax.shapes.ShapeDtype(...)" in str(info.value)
-    assert not model._initialized
+    assert not model.initialized
     # A signature from the caller is trusted, and the weights then load.
     weights, _ = model.init_from_file(str(path), weights_only=True, input_signature=sig(1, 2))
     assert [w.tolist() for w in flat(weights)] == [np.ones(s).tolist()

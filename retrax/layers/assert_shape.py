@@ -23,11 +23,13 @@ retrax.layers.errors.LayerError: ...
 from __future__ import annotations
 
 import functools
-import sys
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-from retrax.layers.base import Layer, _as_stack, _find_caller
+from retrax.layers.base import Layer
+from retrax.layers.errors import find_caller
+from retrax.layers.stack import as_stack
 
 __all__ = ["AssertShape", "AssertFunction", "assert_shape"]
 
@@ -121,7 +123,7 @@ class AssertShape(Layer):
         self._spec = spec
         self._tensors = tensors
         self._message = message
-        self._defined_at = defined_at or _find_caller()
+        self._defined_at = defined_at or find_caller()
         # Shared with the partner assertion of an AssertFunction so that letters
         # bound on the inputs are checked on the outputs. Only shapes are kept,
         # so tracing this layer never leaks values.
@@ -129,7 +131,7 @@ class AssertShape(Layer):
         self._starts_check = starts_check
 
     def forward(self, xs: Any) -> Any:
-        items = _as_stack(xs) if self._n_in != 1 else [xs]
+        items = as_stack(xs) if self._n_in != 1 else [xs]
         if self._starts_check:
             self._linked.clear()
         where = "input" if self._starts_check else "output"
@@ -151,7 +153,7 @@ def AssertFunction(specification: str, layer: Layer, message: str | None = None,
     from retrax.layers.combinators import Serial
 
     spec_in, spec_out = _split_arrow(specification)
-    defined_at = defined_at or _find_caller()
+    defined_at = defined_at or find_caller()
     linked: dict = {}
     first = AssertShape(spec_in, message, linked=linked, defined_at=defined_at)
     last = AssertShape(spec_out, message, linked=linked, starts_check=False,
@@ -191,7 +193,7 @@ def assert_shape(specification: str) -> Callable[[Any], Any]:
     """
     spec_in, spec_out = _split_arrow(specification)
     tensors_in, tensors_out = _parse(spec_in), _parse(spec_out)
-    caller = sys._getframe(1)
+    caller = inspect.currentframe().f_back  # where the decorator is applied
     defined_at = (caller.f_code.co_filename, caller.f_lineno)
 
     def wrap(target: Any) -> Any:
@@ -212,11 +214,11 @@ def assert_shape(specification: str) -> Callable[[Any], Any]:
         def checked_forward(self: Layer, xs: Any) -> Any:
             linked: dict = {}
             n_in = len(tensors_in)
-            _check_shapes(spec_in, tensors_in, _as_stack(xs) if n_in != 1 else [xs], linked,
+            _check_shapes(spec_in, tensors_in, as_stack(xs) if n_in != 1 else [xs], linked,
                           defined_at, "input", None)
             ys = forward(self, xs)
             n_out = len(tensors_out)
-            _check_shapes(spec_out, tensors_out, _as_stack(ys) if n_out != 1 else [ys],
+            _check_shapes(spec_out, tensors_out, as_stack(ys) if n_out != 1 else [ys],
                           linked, defined_at, "output", None)
             return ys
 

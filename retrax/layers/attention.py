@@ -161,7 +161,7 @@ def _static_int(x: Any) -> int | None:
 
 def _dropout_rng(layer: Layer) -> Any:
     # Like tl.Dropout: an explicit rng is required for train-mode randomness.
-    if layer._rng is None:
+    if not layer.has_rng:
         raise ValueError(
             f"{layer.name}: dropout and random offsets in 'train' mode need an rng; pass "
             f"rng=... to pure_fn (or build the layer with mode='eval' for deterministic "

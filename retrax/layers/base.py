@@ -38,8 +38,10 @@ from retrax.layers.errors import LayerError, find_caller
 from retrax.layers.pass_context import (
     DerivedKey,
     Pass,
+    apply_child,
     current_or_new_pass,
     current_pass,
+    init_child,
     new_pass,
     signature_key,
     surface_causes,
@@ -57,6 +59,9 @@ from retrax.layers.trees import (
     GET_STATE_FROM_CACHE,
     GET_WEIGHTS_FROM_CACHE,
     abstract,
+    assign_child_state,
+    check_per_sublayer,
+    child_state,
     flatten_weights_and_state,
     is_state_marker,
     is_weights_marker,
@@ -69,28 +74,27 @@ from retrax.layers.trees import (
 )
 
 __all__ = [
-    "Layer",
-    "PureLayer",
-    "Fn",
-    "LayerError",
-    "EMPTY_WEIGHTS",
-    "EMPTY_STATE",
-    "GET_WEIGHTS_FROM_CACHE",
-    "GET_STATE_FROM_CACHE",
-    "flatten_weights_and_state",
-    "unflatten_weights_and_state",
-    "to_list",
+    "Layer", "PureLayer", "Fn", "LayerError", "EMPTY_WEIGHTS", "EMPTY_STATE",
+    "GET_WEIGHTS_FROM_CACHE", "GET_STATE_FROM_CACHE", "flatten_weights_and_state",
+    "unflatten_weights_and_state", "to_list",
+    # Defined beside Layer before it was split, importable from here as then:
+    "init_rng_split", "numpy_generator", "split_rng", "signature_key", "inputs_from_stack",
+    "outputs_onto_stack",
+    # The combinator protocol (docs/writing_a_combinator.md), in one namespace:
+    "Pass", "new_pass", "init_child", "apply_child", "child_state", "assign_child_state",
+    "as_stack", "pack", "abstract", "is_weights_marker", "is_state_marker",
 ]
 
-# Names that lived here before the split, still importable from this module:
-_REEXPORTED = (init_rng_split, numpy_generator, split_rng, signature_key, inputs_from_stack,
-               outputs_onto_stack)
-
-# Until the importers use the public names (next step of issue 13).
-_abstract, _as_stack, _pack, _new_pass, _Pass, _find_caller = (
-    abstract, as_stack, pack, new_pass, Pass, find_caller)
-
 _DEFAULT_SEED = 0
+
+# Protocol hooks that had private names before; a subclass still defining one
+# would silently not be called, so defining one is refused.
+_RENAMED_HOOKS = {
+    "_init_tree": "init_in_pass",
+    "_forward_pure": "forward_in_pass",
+    "_state_tree": "state_tree",
+    "_assign_state": "assign_state_tree",
+}
 
 
 # --------------------------------------------------------------------------
@@ -160,6 +164,13 @@ class Layer:
         self._in_hook = False
         self._caller = find_caller()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        renamed = [f"{old} to {new}" for old, new in _RENAMED_HOOKS.items() if old in vars(cls)]
+        if renamed:
+            raise TypeError(f"{cls.__name__} overrides layer hooks that are public now: rename "
+                            f"{', '.join(renamed)} (see docs/writing_a_combinator.md).")
+
     # -- attributes ---------------------------------------------------------
 
     def __setattr__(self, attr: str, value: Any) -> None:
@@ -201,6 +212,16 @@ class Layer:
     @property
     def has_backward(self) -> bool:
         return False
+
+    @property
+    def sublayers_to_print(self) -> Any:
+        """The children ``print`` shows, or None when they are ``sublayers``."""
+        return self._sublayers_to_print
+
+    @property
+    def initialized(self) -> bool:
+        """True once weights were assigned (by ``init``, ``init_from_file`` or ``weights =``)."""
+        return self._initialized
 
     @property
     def caller(self) -> tuple[str, int]:
@@ -254,7 +275,7 @@ class Layer:
     def state(self) -> Any:
         if self._in_hook:
             return self._state
-        return self._state_tree(set())
+        return self.state_tree(set())
 
     @state.setter
     def state(self, state: Any) -> None:
@@ -263,7 +284,7 @@ class Layer:
             return
         if is_state_marker(state):
             return
-        self._assign_state(state, set())
+        self.assign_state_tree(state, set())
 
     @property
     def rng(self) -> Any:
@@ -278,6 +299,15 @@ class Layer:
     def rng(self, rng: Any) -> None:
         self._rng = rng
 
+    @property
+    def has_rng(self) -> bool:
+        """True when a key is installed (given to ``init``/``pure_fn`` or assigned).
+
+        Otherwise ``rng`` returns the default key (seed 0); layers whose train
+        mode is random (dropout) refuse to run without one.
+        """
+        return self._rng is not None
+
     def _weights_tree(self, seen: set[int]) -> Any:
         if not self._sublayers:
             return self._weights
@@ -290,55 +320,49 @@ class Layer:
                 out.append(layer._weights_tree(seen))
         return tuple(out)
 
-    def _state_tree(self, seen: set[int]) -> Any:
-        """The state tree; combinators with their own layout override this."""
+    def state_tree(self, seen: set[int]) -> Any:
+        """Override for a state layout of your own: the stored state as one tree.
+
+        This is what ``layer.state`` returns. The default is the layer's own
+        state for a leaf and a tuple of ``child_state(child, seen)`` for a
+        combinator; ``seen`` holds the ids of layers already visited, so a
+        shared layer's state appears once (later occurrences get the marker).
+        ``Scan`` and ``Cache`` override it (and ``assign_state_tree``) to keep a
+        pair: their own value and their child's state.
+        """
         if not self._sublayers:
             return self._state
-        return tuple(_child_state(layer, seen) for layer in self._sublayers)
+        return tuple(child_state(layer, seen) for layer in self._sublayers)
 
     def _assign_weights(self, weights: Any, seen: set[int]) -> None:
         self._initialized = True
         if not self._sublayers:
             self._weights = weights
             return
-        if not isinstance(weights, (tuple, list)) or len(weights) != len(self._sublayers):
-            got = len(weights) if isinstance(weights, (tuple, list)) else type(weights).__name__
-            raise ValueError(
-                f"Number of weight elements ({got}) does not equal the number of sublayers "
-                f"({len(self._sublayers)}) in {self.name_with_arity}. Pass a tuple with one "
-                f"entry per sublayer, e.g. the weights returned by init()."
-            )
+        check_per_sublayer(self, weights, "weights")
         for layer, w in zip(self._sublayers, weights):
             if is_weights_marker(w) or id(layer) in seen:
                 continue
             seen.add(id(layer))
             layer._assign_weights(w, seen)
 
-    def _assign_state(self, state: Any, seen: set[int]) -> None:
-        """Stores ``state`` on this layer and its sublayers (inverse of ``_state_tree``)."""
+    def assign_state_tree(self, state: Any, seen: set[int]) -> None:
+        """Stores ``state`` on this layer and its sublayers: the inverse of ``state_tree``.
+
+        Override it together with ``state_tree``; store each child's part with
+        ``assign_child_state(child, part, seen)``.
+        """
         if not self._sublayers:
             self._state = state
             return
-        if not isinstance(state, (tuple, list)) or len(state) != len(self._sublayers):
-            got = len(state) if isinstance(state, (tuple, list)) else type(state).__name__
-            raise ValueError(
-                f"Number of state elements ({got}) does not equal the number of sublayers "
-                f"({len(self._sublayers)}) in {self.name_with_arity}. Pass a tuple with one "
-                f"entry per sublayer, e.g. the state returned by init()."
-            )
+        check_per_sublayer(self, state, "state")
         for layer, s in zip(self._sublayers, state):
-            _assign_child_state(layer, s, seen)
+            assign_child_state(layer, s, seen)
 
     def _check_weights_structure(self, weights: Any, what: str) -> None:
         """Raises if ``weights`` differs in structure or shapes from the current ones."""
-        if self._sublayers and (not isinstance(weights, (tuple, list))
-                                or len(weights) != len(self._sublayers)):
-            got = len(weights) if isinstance(weights, (tuple, list)) else type(weights).__name__
-            raise ValueError(
-                f"Number of weight elements ({got}) does not equal the number of sublayers "
-                f"({len(self._sublayers)}) in {self.name_with_arity}. Pass a tuple with one "
-                f"entry per sublayer, e.g. the weights returned by init()."
-            )
+        if self._sublayers:
+            check_per_sublayer(self, weights, "weights")
         if not self._initialized:
             return
         expected = self.weights
@@ -377,35 +401,27 @@ class Layer:
         if ctx is not None:  # Inside another layer's init: part of that pass.
             if use_cache and id(self) in ctx.initialized:
                 return GET_WEIGHTS_FROM_CACHE, GET_STATE_FROM_CACHE
-            weights, state = self._init_in_pass(input_signature, rng, ctx)
+            weights, state = ctx.init_layer(self, input_signature, rng)
         else:
             with new_pass() as ctx:
-                weights, state = self._init_in_pass(input_signature, rng, ctx)
+                weights, state = ctx.init_layer(self, input_signature, rng)
             # Initializers may return NumPy arrays; hand out device arrays.
             weights, state = to_device(weights), to_device(state)
         self._assign_weights(weights, set())
-        self._assign_state(state, set())
+        self.assign_state_tree(state, set())
         return weights, state
 
-    def _init_in_pass(self, input_signature: Any, rng: Any, ctx: Pass) -> tuple[Any, Any]:
-        """Pure: computes ``(weights, state)`` without storing them on the layer."""
-        if id(self) in ctx.initialized:
-            return GET_WEIGHTS_FROM_CACHE, GET_STATE_FROM_CACHE
-        ctx.initialized.add(id(self))
-        try:
-            self._check_n_inputs(input_signature)
-            weights, state = self._init_tree(input_signature, rng, ctx)
-        except LayerError:
-            raise
-        except Exception as e:
-            raise LayerError(self, "init", input_signature, e) from e
-        ctx.weights[id(self)] = weights
-        ctx.state[id(self)] = state
-        return weights, state
+    def init_in_pass(self, input_signature: Any, rng: Any, ctx: Pass) -> tuple[Any, Any]:
+        """Override in a combinator: returns ``(weights, state)`` for ``input_signature``.
 
-    def _init_tree(self, input_signature: Any, rng: Any, ctx: Pass) -> tuple[Any, Any]:
-        # Run the Trax-style init_weights_and_state with fields installed, then
-        # put the layer back the way it was: the result is returned, not kept.
+        Pure: compute and return, store nothing. Initialize child ``i`` with
+        ``init_child(self, i, child, signature_i, rng_i, ctx)`` (keys from
+        ``init_rng_split(rng, n)``) and return one entry per sublayer, unless
+        ``state_tree`` says otherwise. ``ctx.init_layer`` calls it (and checks
+        the inputs, resolves sharing, names this layer in errors). The default
+        runs the Trax-style ``init_weights_and_state`` with ``self.weights``,
+        ``self.state`` and ``self.rng`` installed for the call.
+        """
         saved = (self._weights, self._state, self._rng, self._in_hook)
         self._weights, self._state, self._rng = EMPTY_WEIGHTS, EMPTY_STATE, rng
         self._in_hook = True
@@ -428,7 +444,7 @@ class Layer:
 
         def f():
             with new_pass() as ctx:
-                return self._init_in_pass(input_signature, rng, ctx)
+                return ctx.init_layer(self, input_signature, rng)
 
         return to_shape_dtype(jax.eval_shape(f))
 
@@ -443,8 +459,8 @@ class Layer:
                 if use_stored:
                     w, s = self.weights, self.state
                 else:
-                    w, s = self._init_in_pass(input_signature, rng, ctx)
-                return self._apply(x, w, s, rng, ctx)[0]
+                    w, s = ctx.init_layer(self, input_signature, rng)
+                return ctx.apply_layer(self, x, w, s, rng)[0]
 
         return to_shape_dtype(jax.eval_shape(f, abstract(input_signature)))
 
@@ -461,42 +477,20 @@ class Layer:
         """Pure apply: returns ``(outputs, new_state)``; nothing on the layer changes."""
         del use_cache  # Shared weights are resolved through the pass context.
         with current_or_new_pass() as ctx:
-            return self._apply(x, weights, state, rng, ctx)
+            return ctx.apply_layer(self, x, weights, state, rng)
 
-    def _apply(self, x: Any, weights: Any, state: Any, rng: Any, ctx: Pass) -> tuple[Any, Any]:
-        key = id(self)
-        if is_weights_marker(weights):
-            if key not in ctx.weights:
-                raise LayerError(
-                    self, "pure_fn", x,
-                    "got the shared-weights marker but this layer's weights were not passed "
-                    "earlier in the same call; pass the weight tree returned by init().",
-                )
-            weights = ctx.weights[key]
-        else:
-            ctx.weights[key] = weights
-        if is_state_marker(state):
-            state = ctx.state.get(key, EMPTY_STATE)
-        try:
-            self._check_n_inputs(x)
-            if not self._sublayers and self._initialized and weights is not self._weights:
-                problem = tree_mismatch(self._weights, weights)
-                if problem:
-                    raise ValueError(
-                        f"the weights passed do not match the layer's weights: {problem}. "
-                        f"Pass the weights returned by init() for this layer."
-                    )
-            outputs, new_state = self._forward_pure(x, weights, state, rng, ctx)
-        except LayerError:
-            raise
-        except Exception as e:
-            raise LayerError(self, "pure_fn", x, e) from e
-        ctx.state[key] = new_state
-        return outputs, new_state
+    def forward_in_pass(self, x: Any, weights: Any, state: Any, rng: Any,
+                        ctx: Pass) -> tuple[Any, Any]:
+        """Override in a combinator: returns ``(outputs, new_state)`` for inputs ``x``.
 
-    def _forward_pure(self, x: Any, weights: Any, state: Any, rng: Any, ctx: Pass):
-        # Trax-style forward reads its weights from the layer; install them for
-        # the duration of the call only.
+        Pure: ``weights`` and ``state`` are this layer's trees as ``init``
+        made them. Run child ``i`` with ``apply_child(self, i, child, x_i,
+        weights[i], state[i], rng_i, ctx)``, keys from ``split_rng(rng, n)``
+        (``rng`` may be None: a deterministic call). ``ctx.apply_layer``
+        calls it (and checks the inputs, resolves sharing, names this layer in
+        errors). The default runs the Trax-style ``forward`` with
+        ``self.weights``, ``self.state`` and ``self.rng`` installed for the call.
+        """
         saved = (self._weights, self._state, self._rng, self._in_hook)
         self._weights, self._state = weights, state
         # Each leaf of a pass gets its own key, derived only if it reads it.
@@ -510,17 +504,6 @@ class Layer:
         outputs_as_list(self, outputs)
         return outputs, new_state
 
-    def _check_n_inputs(self, x: Any) -> None:
-        if self._n_in <= 1:
-            return
-        if not isinstance(x, (tuple, list)) or len(x) < self._n_in:
-            got = f"{len(x)} items" if isinstance(x, (tuple, list)) else "a single array"
-            raise ValueError(
-                f"{self.name_with_arity} takes {self._n_in} inputs from the stack but got "
-                f"{got}. Pass a tuple of {self._n_in} arrays (or put enough layers before "
-                f"it to produce them)."
-            )
-
     def __call__(self, x: Any, weights: Any = None, state: Any = None, rng: Any = None) -> Any:
         """Runs the layer on ``x`` with its stored weights (for tests and notebooks)."""
         if weights is None:
@@ -533,7 +516,7 @@ class Layer:
         if rng is None:
             rng = self.rng
         outputs, new_state = self.pure_fn(x, weights, state, rng)
-        self._assign_state(new_state, set())
+        self.assign_state_tree(new_state, set())
         return outputs
 
     def _init_if_weightless(self, x: Any) -> None:
@@ -564,41 +547,6 @@ class Layer:
         from retrax import checkpoints
 
         return checkpoints.load_layer(self, file_name, weights_only, input_signature)
-
-
-def _child_state(layer: Layer, seen: set[int]) -> Any:
-    """``layer``'s state tree, or the cache marker if it was already visited."""
-    if id(layer) in seen:
-        return GET_STATE_FROM_CACHE
-    seen.add(id(layer))
-    return layer._state_tree(seen)
-
-
-def _assign_child_state(layer: Layer, state: Any, seen: set[int]) -> None:
-    if is_state_marker(state) or id(layer) in seen:
-        return
-    seen.add(id(layer))
-    layer._assign_state(state, seen)
-
-
-def _apply_child(parent: Layer, index: int, layer: Layer, x: Any, weights: Any, state: Any,
-                 rng: Any, ctx: Pass) -> tuple[Any, Any]:
-    """``layer._apply`` that adds ``parent[index]`` to the path of a LayerError."""
-    try:
-        return layer._apply(x, weights, state, rng, ctx)
-    except LayerError as e:
-        e.push_parent(parent, index)
-        raise
-
-
-def _init_child(parent: Layer, index: int, layer: Layer, input_signature: Any, rng: Any,
-                ctx: Pass) -> tuple[Any, Any]:
-    """``layer._init_in_pass`` that adds ``parent[index]`` to the path of a LayerError."""
-    try:
-        return layer._init_in_pass(input_signature, rng, ctx)
-    except LayerError as e:
-        e.push_parent(parent, index)
-        raise
 
 
 # --------------------------------------------------------------------------

@@ -24,25 +24,12 @@ from jax import lax
 
 from retrax import shapes
 from retrax.fastmath import random as fastmath_random
+from retrax.fastmath.random import init_rng_split, split_rng
 from retrax.layers import base
-from retrax.layers.base import (
-    Fn,
-    Layer,
-    LayerError,
-    PureLayer,
-    _abstract,
-    _apply_child,
-    _as_stack,
-    _assign_child_state,
-    _child_state,
-    _init_child,
-    _new_pass,
-    _pack,
-    _Pass,
-    init_rng_split,
-    signature_key,
-    split_rng,
-)
+from retrax.layers.base import Fn, Layer, LayerError, PureLayer
+from retrax.layers.pass_context import Pass, apply_child, init_child, new_pass, signature_key
+from retrax.layers.stack import as_stack, inputs_from_stack, outputs_onto_stack, pack
+from retrax.layers.trees import abstract, assign_child_state, child_state
 
 __all__ = [
     "Serial",
@@ -67,9 +54,6 @@ __all__ = [
     "inputs_from_stack",
     "outputs_onto_stack",
 ]
-
-inputs_from_stack = base.inputs_from_stack
-outputs_onto_stack = base.outputs_onto_stack
 
 
 def _ensure_flat(layers: Any, owner: str, prefix: str = "") -> list[Layer]:
@@ -111,19 +95,19 @@ def _as_layer(item: Any, owner: str, index: int) -> Layer:
 
 
 def _abstract_outputs(layer: Layer, inputs: Any, weights: Any, state: Any, rng: Any,
-                      ctx: _Pass) -> list[Any]:
+                      ctx: Pass) -> list[Any]:
     """Output signatures of ``layer`` for abstract ``inputs`` (no FLOPs spent)."""
     recorded = ctx.outputs.get((id(layer), signature_key(inputs)))
     if recorded is not None:
         return list(recorded)
 
     def f(x, w, s):
-        with _new_pass(ctx.weights) as inner:
+        with new_pass(ctx.weights) as inner:
             inner.state.update(ctx.state)
-            return layer._apply(x, w, s, rng, inner)[0]
+            return inner.apply_layer(layer, x, w, s, rng)[0]
 
     try:
-        out = jax.eval_shape(f, _abstract(inputs), weights, state)
+        out = jax.eval_shape(f, abstract(inputs), weights, state)
     except LayerError as e:
         e.function_name = "init"  # Shape inference is part of init.
         raise
@@ -132,7 +116,7 @@ def _abstract_outputs(layer: Layer, inputs: Any, weights: Any, state: Any, rng: 
 
 def _too_few_inputs(owner: Layer, index: int, layer: Layer, stack: list[Any]) -> LayerError:
     err = LayerError(
-        layer, "pure_fn", _pack(stack),
+        layer, "pure_fn", pack(stack),
         f"ValueError: {layer.name_with_arity} takes {layer.n_in} inputs but only "
         f"{len(stack)} are on the stack at this point of {owner.name_with_arity}. Give the "
         f"model more inputs, or produce them before this layer (e.g. with tl.Dup, tl.Select "
@@ -169,17 +153,17 @@ class Serial(Layer):
         self._sublayers = tuple(layers)
         self._n_in, self._n_out = _serial_arity(layers)
 
-    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
-        stack = _as_stack(input_signature)
+    def init_in_pass(self, input_signature: Any, rng: Any, ctx: Pass):
+        stack = as_stack(input_signature)
         weights, states = [], []
         for i, (layer, r) in enumerate(zip(self._sublayers,
                                            init_rng_split(rng, len(self._sublayers)))):
             k = layer.n_in
             if k > len(stack):
                 raise _too_few_inputs(self, i, layer, stack)
-            inputs = _pack(stack[:k])
+            inputs = pack(stack[:k])
             try:
-                w, s = layer._init_in_pass(inputs, r, ctx)
+                w, s = ctx.init_layer(layer, inputs, r)
                 outs = _abstract_outputs(layer, inputs, w, s, r, ctx)
             except LayerError as e:
                 e.push_parent(self, i)
@@ -190,24 +174,24 @@ class Serial(Layer):
         ctx.outputs[(id(self), signature_key(input_signature))] = stack
         return tuple(weights), tuple(states)
 
-    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+    def forward_in_pass(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: Pass):
         _check_per_sublayer(self, weights, "weights")
         _check_per_sublayer(self, state, "state")
-        stack = _as_stack(xs)
+        stack = as_stack(xs)
         new_states = []
         for i, (layer, r) in enumerate(zip(self._sublayers, split_rng(rng, len(self._sublayers)))):
             k = layer.n_in
             if k > len(stack):
                 raise _too_few_inputs(self, i, layer, stack)
             try:
-                outputs, s = layer._apply(_pack(stack[:k]), weights[i], state[i], r, ctx)
+                outputs, s = ctx.apply_layer(layer, pack(stack[:k]), weights[i], state[i], r)
             except LayerError as e:
                 e.push_parent(self, i)
                 raise
             outs = [outputs] if layer.n_out == 1 else list(outputs)
             stack = outs + stack[k:]
             new_states.append(s)
-        return _pack(stack), tuple(new_states)
+        return pack(stack), tuple(new_states)
 
 
 def _check_per_sublayer(layer: Layer, tree: Any, what: str) -> None:
@@ -271,20 +255,20 @@ class Parallel(Layer):
         self._n_out = sum(layer.n_out for layer in layers)
 
     def _slices(self, xs: Any) -> list[Any]:
-        items = _as_stack(xs)
+        items = as_stack(xs)
         out, start = [], 0
         for layer in self._sublayers:
-            out.append(_pack(items[start:start + layer.n_in]))
+            out.append(pack(items[start:start + layer.n_in]))
             start += layer.n_in
         return out
 
-    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
+    def init_in_pass(self, input_signature: Any, rng: Any, ctx: Pass):
         weights, states = [], []
         rngs = init_rng_split(rng, len(self._sublayers))
         outputs: list[Any] = []
         for i, (layer, x, r) in enumerate(zip(self._sublayers, self._slices(input_signature), rngs)):
             try:
-                w, s = layer._init_in_pass(x, r, ctx)
+                w, s = ctx.init_layer(layer, x, r)
                 outputs.extend(_abstract_outputs(layer, x, w, s, r, ctx))
             except LayerError as e:
                 e.push_parent(self, i)
@@ -294,20 +278,20 @@ class Parallel(Layer):
         ctx.outputs[(id(self), signature_key(input_signature))] = outputs
         return tuple(weights), tuple(states)
 
-    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+    def forward_in_pass(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: Pass):
         _check_per_sublayer(self, weights, "weights")
         _check_per_sublayer(self, state, "state")
         outputs, new_states = [], []
         rngs = split_rng(rng, len(self._sublayers))
         for i, (layer, x, r) in enumerate(zip(self._sublayers, self._slices(xs), rngs)):
             try:
-                y, s = layer._apply(x, weights[i], state[i], r, ctx)
+                y, s = ctx.apply_layer(layer, x, weights[i], state[i], r)
             except LayerError as e:
                 e.push_parent(self, i)
                 raise
             outputs.extend([y] if layer.n_out == 1 else list(y))
             new_states.append(s)
-        return _pack(outputs), tuple(new_states)
+        return pack(outputs), tuple(new_states)
 
 
 def Branch(*layers: Any, name: str = "Branch") -> Layer:  # noqa: N802
@@ -326,7 +310,7 @@ def Branch(*layers: Any, name: str = "Branch") -> Layer:  # noqa: N802
     if not layers:
         raise ValueError(f"{name}: needs at least one layer (or None for the identity).")
     parallel = Parallel(*[_as_layer(item, name, i) for i, item in enumerate(layers)])
-    parallel._hidden_in_path = True  # Error paths read Branch_out2[i], i = branch index.
+    parallel.hide_in_path()  # Error paths read Branch_out2[i], i = branch index.
     indices = [i for layer in parallel.sublayers for i in range(layer.n_in)]
     return Serial(Select(indices), parallel, name=name, sublayers_to_print=layers)
 
@@ -374,7 +358,7 @@ class Select(PureLayer):
 
         def select(xs: Any) -> Any:
             items = [xs] if n == 1 else list(xs)
-            return _pack([items[i] for i in indices]) if indices else ()
+            return pack([items[i] for i in indices]) if indices else ()
 
         super().__init__(select, n_in=n_in, n_out=len(indices), name=name)
         self._indices = indices
@@ -474,7 +458,7 @@ def Concatenate(n_items: int = 2, axis: int = -1) -> Layer:  # noqa: N802
     name = "Concatenate" if axis == -1 else f"Concatenate_axis{axis}"
 
     def concat(xs: Any) -> Any:
-        return jnp.concatenate(_as_stack(xs), axis)
+        return jnp.concatenate(as_stack(xs), axis)
 
     return PureLayer(concat, n_in=n_items, name=name)
 
@@ -545,23 +529,23 @@ class Scan(Layer):
         self._n_carry = n_carry
         self._remat = remat
         self._mode = mode
-        self._state = ()  # The saved carries (predict mode); see _state_tree.
+        self._state = ()  # The saved carries (predict mode); see state_tree.
 
     # State layout (Trax's): (sublayer_state, saved_carries).
-    def _state_tree(self, seen: set[int]) -> Any:
-        return (_child_state(self._sublayers[0], seen), self._state)
+    def state_tree(self, seen: set[int]) -> Any:
+        return (child_state(self._sublayers[0], seen), self._state)
 
-    def _assign_state(self, state: Any, seen: set[int]) -> None:
+    def assign_state_tree(self, state: Any, seen: set[int]) -> None:
         _check_pair(self, state)
-        _assign_child_state(self._sublayers[0], state[0], seen)
+        assign_child_state(self._sublayers[0], state[0], seen)
         self._state = state[1]
 
     def _split_inputs(self, xs: Any) -> tuple[list[Any], list[Any]]:
-        items = _as_stack(xs) if self._n_in != 1 else [xs]
+        items = as_stack(xs) if self._n_in != 1 else [xs]
         n_xs = self._n_in - self._n_carry
         return items[:n_xs], items[n_xs:]
 
-    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
+    def init_in_pass(self, input_signature: Any, rng: Any, ctx: Pass):
         xs, carries = self._split_inputs(input_signature)
         sliced = []
         for x in xs:
@@ -572,10 +556,10 @@ class Scan(Layer):
                 )
             a = self._axis % len(x.shape)
             sliced.append(x.replace(shape=x.shape[:a] + x.shape[a + 1:]))
-        w, s = _init_child(self, 0, self._sublayers[0], _pack(sliced + carries), rng, ctx)
+        w, s = init_child(self, 0, self._sublayers[0], pack(sliced + carries), rng, ctx)
         return (w,), (s, ())
 
-    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+    def forward_in_pass(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: Pass):
         layer = self._sublayers[0]
         _check_per_sublayer(self, weights, "weights")
         _check_pair(self, state)
@@ -591,8 +575,8 @@ class Scan(Layer):
         def body(carry, x_slice):
             c, s, i = carry
             r = None if rng is None else fastmath_random.hash_fold_in(rng, i)
-            with _new_pass(seed_weights) as inner:
-                out, s2 = _apply_child(self, 0, layer, _pack(list(x_slice) + list(c)), w, s, r,
+            with new_pass(seed_weights) as inner:
+                out, s2 = apply_child(self, 0, layer, pack(list(x_slice) + list(c)), w, s, r,
                                        inner)
             outs = [out] if layer.n_out == 1 else list(out)
             return (tuple(outs[n_ys:]), s2, i + 1), tuple(outs[:n_ys])
@@ -602,7 +586,7 @@ class Scan(Layer):
         (carry, layer_state, _), ys = lax.scan(body, (tuple(carries), layer_state, 0), moved)
         ys = [jnp.moveaxis(y, 0, self._axis) for y in ys]
         new_saved = tuple(carry) if self._mode == "predict" else ()
-        return _pack(ys + list(carry)), (layer_state, new_saved)
+        return pack(ys + list(carry)), (layer_state, new_saved)
 
 
 class Cond(Layer):
@@ -639,24 +623,24 @@ class Cond(Layer):
         self._sublayers = (cond, true, false)
 
     def _parts(self, xs: Any) -> tuple[Any, Any]:
-        items = _as_stack(xs)
+        items = as_stack(xs)
         k = self._sublayers[0].n_in
-        return _pack(items[:k]), _pack(items[k:self._n_in])
+        return pack(items[:k]), pack(items[k:self._n_in])
 
-    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
+    def init_in_pass(self, input_signature: Any, rng: Any, ctx: Pass):
         c_in, rest = self._parts(input_signature)
         rngs = init_rng_split(rng, 3)
-        results = [_init_child(self, i, layer, x, r, ctx) for i, (layer, x, r) in
+        results = [init_child(self, i, layer, x, r, ctx) for i, (layer, x, r) in
                    enumerate(zip(self._sublayers, (c_in, rest, rest), rngs))]
         return tuple(r[0] for r in results), tuple(r[1] for r in results)
 
-    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+    def forward_in_pass(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: Pass):
         cond, true, false = self._sublayers
         _check_per_sublayer(self, weights, "weights")
         _check_per_sublayer(self, state, "state")
         c_in, rest = self._parts(xs)
         r_c, r_t, r_f = split_rng(rng, 3)
-        pred, s_c = _apply_child(self, 0, cond, c_in, weights[0], state[0], r_c, ctx)
+        pred, s_c = apply_child(self, 0, cond, c_in, weights[0], state[0], r_c, ctx)
         if tuple(getattr(pred, "shape", ())) not in ((), (1,)):
             raise ValueError(
                 f"Cond: the cond layer {cond.name_with_arity} must return one boolean "
@@ -665,13 +649,13 @@ class Cond(Layer):
         seed_weights = dict(ctx.weights)
 
         def run_true(operand):
-            with _new_pass(seed_weights) as inner:
-                y, s = _apply_child(self, 1, true, operand, weights[1], state[1], r_t, inner)
+            with new_pass(seed_weights) as inner:
+                y, s = apply_child(self, 1, true, operand, weights[1], state[1], r_t, inner)
             return y, s, state[2]
 
         def run_false(operand):
-            with _new_pass(seed_weights) as inner:
-                y, s = _apply_child(self, 2, false, operand, weights[2], state[2], r_f, inner)
+            with new_pass(seed_weights) as inner:
+                y, s = apply_child(self, 2, false, operand, weights[2], state[2], r_f, inner)
             return y, state[1], s
 
         try:
@@ -704,27 +688,27 @@ class Cache(Layer):
     def __init__(self, layer: Layer):
         super().__init__(n_in=layer.n_in, n_out=layer.n_out)
         self._sublayers = (layer,)
-        self._state = ()  # The cached result; see _state_tree.
+        self._state = ()  # The cached result; see state_tree.
 
     # State layout (Trax's): (cached_result, sublayer_state).
-    def _state_tree(self, seen: set[int]) -> Any:
-        return (self._state, _child_state(self._sublayers[0], seen))
+    def state_tree(self, seen: set[int]) -> Any:
+        return (self._state, child_state(self._sublayers[0], seen))
 
-    def _assign_state(self, state: Any, seen: set[int]) -> None:
+    def assign_state_tree(self, state: Any, seen: set[int]) -> None:
         _check_pair(self, state)
         self._state = state[0]
-        _assign_child_state(self._sublayers[0], state[1], seen)
+        assign_child_state(self._sublayers[0], state[1], seen)
 
-    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
-        w, s = _init_child(self, 0, self._sublayers[0], input_signature, rng, ctx)
+    def init_in_pass(self, input_signature: Any, rng: Any, ctx: Pass):
+        w, s = init_child(self, 0, self._sublayers[0], input_signature, rng, ctx)
         return (w,), ((), s)
 
-    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
+    def forward_in_pass(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: Pass):
         _check_per_sublayer(self, weights, "weights")
         _check_pair(self, state)
         cached, layer_state = state
         if isinstance(cached, tuple) and cached == ():
-            y, layer_state = _apply_child(self, 0, self._sublayers[0], xs, weights[0],
+            y, layer_state = apply_child(self, 0, self._sublayers[0], xs, weights[0],
                                           layer_state, rng, ctx)
             return y, (y, layer_state)
         # The layer is skipped, but its weights still belong to this pass: a
@@ -735,7 +719,7 @@ class Cache(Layer):
         return cached, state
 
     @staticmethod
-    def _register_weights(layer: Layer, weights: Any, ctx: _Pass) -> None:
+    def _register_weights(layer: Layer, weights: Any, ctx: Pass) -> None:
         """Records ``weights`` for ``layer`` and its sublayers in ``ctx``, as applying would."""
         if isinstance(weights, dict) and weights == base.GET_WEIGHTS_FROM_CACHE:
             return  # Shared with an earlier occurrence, whose weights are recorded.
@@ -774,15 +758,15 @@ class BatchLeadingAxes(Layer):
             return x.replace(shape=(n,) + x.shape[len(x.shape) - self._keep:])
         return jnp.reshape(x, (-1,) + tuple(x.shape[x.ndim - self._keep:]))
 
-    def _init_tree(self, input_signature: Any, rng: Any, ctx: _Pass):
-        folded = _pack([self._fold(x) for x in _as_stack(input_signature)])
-        w, s = _init_child(self, 0, self._sublayers[0], folded, rng, ctx)
+    def init_in_pass(self, input_signature: Any, rng: Any, ctx: Pass):
+        folded = pack([self._fold(x) for x in as_stack(input_signature)])
+        w, s = init_child(self, 0, self._sublayers[0], folded, rng, ctx)
         return (w,), (s,)
 
-    def _forward_pure(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: _Pass):
-        items = _as_stack(xs) if self._n_in != 1 else [xs]
+    def forward_in_pass(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: Pass):
+        items = as_stack(xs) if self._n_in != 1 else [xs]
         lead = items[0].shape[: items[0].ndim - self._keep]
-        folded = _pack([self._fold(x) for x in items])
-        y, s = _apply_child(self, 0, self._sublayers[0], folded, weights[0], state[0], rng, ctx)
+        folded = pack([self._fold(x) for x in items])
+        y, s = apply_child(self, 0, self._sublayers[0], folded, weights[0], state[0], rng, ctx)
         return jnp.reshape(y, tuple(lead) + tuple(y.shape[1:])), (s,)
 

@@ -226,7 +226,7 @@ class Dropout(Layer):
     def forward(self, x):
         if self._mode != "train" or self._initial_rate == 0.0:
             return x
-        if self._rng is None:
+        if not self.has_rng:
             raise ValueError(
                 "Dropout in 'train' mode needs an rng; pass rng=... to pure_fn (or build "
                 "the model with mode='eval' for deterministic outputs)."

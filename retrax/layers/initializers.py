@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from retrax.layers.base import numpy_generator
+from retrax.fastmath.random import numpy_generator
 
 __all__ = [
     "RandomNormalInitializer",

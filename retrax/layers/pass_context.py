@@ -34,7 +34,15 @@ from typing import Any
 import numpy as np
 
 from retrax.fastmath import random as fastmath_random
-from retrax.layers.errors import call_outermost
+from retrax.layers.errors import LayerError, call_outermost
+from retrax.layers.trees import (
+    EMPTY_STATE,
+    GET_STATE_FROM_CACHE,
+    GET_WEIGHTS_FROM_CACHE,
+    is_state_marker,
+    is_weights_marker,
+    tree_mismatch,
+)
 
 __all__ = [
     "Pass",
@@ -44,6 +52,8 @@ __all__ = [
     "current_pass",
     "current_or_new_pass",
     "surface_causes",
+    "init_child",
+    "apply_child",
 ]
 
 
@@ -71,6 +81,91 @@ class Pass:
         """A new index for the next leaf that derives a key (``DerivedKey``)."""
         self.key_index += 1
         return self.key_index
+
+    def init_layer(self, layer: Any, input_signature: Any, rng: Any) -> tuple[Any, Any]:
+        """Initializes ``layer`` in this pass; stores nothing on the layer.
+
+        Checks the number of inputs, runs ``layer.init_in_pass`` and records
+        the result. Returns ``(weights, state)``, or the shared-layer markers
+        when ``layer`` was initialized earlier in this pass (the same instance
+        used twice). Errors come out as a ``LayerError`` naming ``layer``.
+        ``Layer.init`` is this call in a new pass, plus storing the result; a
+        combinator calls it through ``init_child``.
+        """
+        key = id(layer)
+        if key in self.initialized:
+            return GET_WEIGHTS_FROM_CACHE, GET_STATE_FROM_CACHE
+        self.initialized.add(key)
+        try:
+            _check_n_inputs(layer, input_signature)
+            weights, state = layer.init_in_pass(input_signature, rng, self)
+        except LayerError:
+            raise
+        except Exception as e:
+            raise LayerError(layer, "init", input_signature, e) from e
+        self.weights[key] = weights
+        self.state[key] = state
+        return weights, state
+
+    def apply_layer(self, layer: Any, x: Any, weights: Any, state: Any,
+                    rng: Any) -> tuple[Any, Any]:
+        """Applies ``layer`` to ``x`` in this pass: returns ``(outputs, new_state)``.
+
+        Resolves shared-layer markers (or records ``weights`` for later
+        occurrences), checks the inputs and a leaf's weights against its own,
+        runs ``layer.forward_in_pass`` and records the new state. Errors come
+        out as a ``LayerError`` naming ``layer``. ``Layer.pure_fn`` is this
+        call; a combinator calls it through ``apply_child``.
+        """
+        key = id(layer)
+        if is_weights_marker(weights):
+            if key not in self.weights:
+                raise LayerError(
+                    layer, "pure_fn", x,
+                    "got the shared-weights marker but this layer's weights were not passed "
+                    "earlier in the same call; pass the weight tree returned by init().",
+                )
+            weights = self.weights[key]
+        else:
+            self.weights[key] = weights
+        if is_state_marker(state):
+            state = self.state.get(key, EMPTY_STATE)
+        try:
+            _check_n_inputs(layer, x)
+            if not layer.sublayers and layer.initialized:
+                _check_leaf_weights(layer, weights)
+            outputs, new_state = layer.forward_in_pass(x, weights, state, rng, self)
+        except LayerError:
+            raise
+        except Exception as e:
+            raise LayerError(layer, "pure_fn", x, e) from e
+        self.state[key] = new_state
+        return outputs, new_state
+
+
+def _check_n_inputs(layer: Any, x: Any) -> None:
+    n_in = layer.n_in
+    if n_in <= 1:
+        return
+    if not isinstance(x, (tuple, list)) or len(x) < n_in:
+        got = f"{len(x)} items" if isinstance(x, (tuple, list)) else "a single array"
+        raise ValueError(
+            f"{layer.name_with_arity} takes {n_in} inputs from the stack but got "
+            f"{got}. Pass a tuple of {n_in} arrays (or put enough layers before "
+            f"it to produce them)."
+        )
+
+
+def _check_leaf_weights(layer: Any, weights: Any) -> None:
+    stored = layer.weights
+    if weights is stored:
+        return
+    problem = tree_mismatch(stored, weights)
+    if problem:
+        raise ValueError(
+            f"the weights passed do not match the layer's weights: {problem}. "
+            f"Pass the weights returned by init() for this layer."
+        )
 
 
 class DerivedKey:
@@ -163,3 +258,36 @@ def surface_causes(method: Callable) -> Callable:
         return call_outermost(method, *args, **kwargs)
 
     return wrapper
+
+
+def init_child(parent: Any, index: int, child: Any, input_signature: Any, rng: Any,
+               ctx: Pass) -> tuple[Any, Any]:
+    """Initializes ``child``, the ``index``-th sublayer of ``parent``, in the pass ``ctx``.
+
+    What a combinator's ``init_in_pass`` calls for each child:
+    ``ctx.init_layer(child, input_signature, rng)``, with
+    ``parent[index]`` added to the path of a ``LayerError`` on the way out.
+    Returns the child's ``(weights, state)``, or the shared-layer markers for
+    a child already initialized in ``ctx``.
+    """
+    try:
+        return ctx.init_layer(child, input_signature, rng)
+    except LayerError as e:
+        e.push_parent(parent, index)
+        raise
+
+
+def apply_child(parent: Any, index: int, child: Any, x: Any, weights: Any, state: Any,
+                rng: Any, ctx: Pass) -> tuple[Any, Any]:
+    """Applies ``child``, the ``index``-th sublayer of ``parent``, in the pass ``ctx``.
+
+    What a combinator's ``forward_in_pass`` calls for each child:
+    ``ctx.apply_layer(child, x, weights, state, rng)``, with
+    ``parent[index]`` added to the path of a ``LayerError`` on the way out.
+    Returns the child's ``(outputs, new_state)``.
+    """
+    try:
+        return ctx.apply_layer(child, x, weights, state, rng)
+    except LayerError as e:
+        e.push_parent(parent, index)
+        raise

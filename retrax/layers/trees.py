@@ -44,6 +44,9 @@ __all__ = [
     "signature_or_none",
     "to_device",
     "to_list",
+    "check_per_sublayer",
+    "child_state",
+    "assign_child_state",
 ]
 
 EMPTY_WEIGHTS: tuple = ()
@@ -204,3 +207,40 @@ def to_list(outputs: Any) -> Any:
     if isinstance(outputs, (tuple, list)):
         return [to_list(o) for o in outputs]
     return np.asarray(outputs).tolist()
+
+
+def check_per_sublayer(layer: Any, tree: Any, what: str) -> None:
+    """Raises unless ``tree`` (``what``: ``'weights'`` or ``'state'``) has one entry per sublayer."""
+    n = len(layer.sublayers)
+    if isinstance(tree, (tuple, list)) and len(tree) == n:
+        return
+    got = len(tree) if isinstance(tree, (tuple, list)) else type(tree).__name__
+    raise ValueError(
+        f"Number of {what.rstrip('s')} elements ({got}) does not equal the number of "
+        f"sublayers ({n}) in {layer.name_with_arity}. Pass a tuple with one entry per "
+        f"sublayer, e.g. the {what} returned by init()."
+    )
+
+
+def child_state(layer: Any, seen: set[int]) -> Any:
+    """``layer.state_tree(seen)``, or ``GET_STATE_FROM_CACHE`` if ``layer`` was seen.
+
+    A combinator's ``state_tree`` calls it for each child, so that a layer
+    used twice keeps its state at its first occurrence only.
+    """
+    if id(layer) in seen:
+        return GET_STATE_FROM_CACHE
+    seen.add(id(layer))
+    return layer.state_tree(seen)
+
+
+def assign_child_state(layer: Any, state: Any, seen: set[int]) -> None:
+    """``layer.assign_state_tree(state, seen)``, skipped for markers and seen layers.
+
+    The inverse of ``child_state``: a combinator's ``assign_state_tree`` calls
+    it for each child.
+    """
+    if is_state_marker(state) or id(layer) in seen:
+        return
+    seen.add(id(layer))
+    layer.assign_state_tree(state, seen)

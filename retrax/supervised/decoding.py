@@ -98,7 +98,7 @@ def _check_model(model: base.Layer, where: str) -> None:
             f"{where}: the model is in {mode!r} mode; decoding needs mode='predict' "
             f"(e.g. trax.models.TransformerLM(..., mode='predict'))."
         )
-    if not model._initialized:
+    if not model.initialized:
         raise ValueError(
             f"{where}: the model has no weights; call model.init_from_file(...) or "
             f"model.init(...) first."
@@ -176,8 +176,8 @@ def _fresh_state(model: base.Layer, signature: Any, cache_len: int) -> Any:
     def make(model_ref):
         def state_only():
             with predict_cache_length(cache_len):
-                with base._new_pass() as ctx:
-                    return model_ref()._init_in_pass(signature, jax.random.PRNGKey(0), ctx)[1]
+                with base.new_pass() as ctx:
+                    return ctx.init_layer(model_ref(), signature, jax.random.PRNGKey(0))[1]
 
         # Under jit the weight initializers are dead code and XLA drops them.
         return jax.jit(state_only)

@@ -81,9 +81,9 @@ def apply_model_and_ends(model: base.Layer, ends: Sequence[base.Layer], ends_wei
     rest of the batch, as in Trax's ``Serial(model, Branch(*ends))``.
     """
     n_in = model.n_in
-    inputs = base._pack(list(batch[:n_in]))
+    inputs = base.pack(list(batch[:n_in]))
     outputs, new_state = model.pure_fn(inputs, weights, state, rng)
-    stack = base._as_stack(outputs) if model.n_out != 1 else [outputs]
+    stack = base.as_stack(outputs) if model.n_out != 1 else [outputs]
     stack = stack + list(batch[n_in:])
     results = []
     for end, w, s in zip(ends, ends_weights, ends_state):
@@ -93,7 +93,7 @@ def apply_model_and_ends(model: base.Layer, ends: Sequence[base.Layer], ends_wei
                 f"the rest of the batch give {len(stack)}. A batch must be (inputs..., "
                 f"targets, weights)."
             )
-        value, _ = end.pure_fn(base._pack(stack[:end.n_in]), w, s, None)
+        value, _ = end.pure_fn(base.pack(stack[:end.n_in]), w, s, None)
         results.append(value)
     return results, new_state
 

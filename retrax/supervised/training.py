@@ -451,7 +451,7 @@ class Loop:
 
         self._init_model(model, tasks[0].sample_batch)
         self._eval_model = eval_model if eval_model is not None else _eval_mode_copy(model)
-        if eval_model is not None and not eval_model._initialized:
+        if eval_model is not None and not eval_model.initialized:
             eval_model.init(self._model_sig(tasks[0].sample_batch))
         self._vocab = _find_embedding_vocab(model)
         self._ref_sigs = [shapes.signature(t.sample_batch) for t in tasks]
@@ -538,7 +538,7 @@ class Loop:
                 f"Loop: the model takes {model.n_in} inputs but a batch has only "
                 f"{len(sample_batch)} items; batches are (inputs..., targets, weights)."
             )
-        if not model._initialized:
+        if not model.initialized:
             model.init(self._model_sig(sample_batch), rng=base.init_rng_split(self._base_key, 1)[0])
 
     # -- running ------------------------------------------------------------------
@@ -1052,7 +1052,7 @@ def _init_end(layer: base.Layer, out_sig: Any, sample_batch: Sequence[Any], n_in
             f"{layer.name_with_arity} takes {layer.n_in} inputs but the model's outputs and the "
             f"rest of a batch give {len(stack)}. Batches must be (inputs..., targets, weights)."
         )
-    sig = base._pack(stack[:layer.n_in])
+    sig = base.pack(stack[:layer.n_in])
     return layer.init(sig)
 
 
