@@ -3,9 +3,10 @@
 Use it as a drop-in for Trax code: ``import retrax as trax``.
 """
 
-__version__ = "0.1.0"
-
-from retrax import (  # noqa: E402,F401
+# Importing retrax.checkpoints registers it as the implementation of
+# Layer.save_to_file / init_from_file (see retrax/layers/file_io.py).
+from retrax import (  # noqa: F401
+    checkpoints,
     data,
     fastmath,
     layers,
@@ -14,4 +15,5 @@ from retrax import (  # noqa: E402,F401
     shapes,
     supervised,  # noqa: E402,F401
 )
-from retrax.supervised import lr_schedules as lr  # noqa: E402,F401
+from retrax.supervised import lr_schedules as lr  # noqa: F401
+from retrax.version import __version__  # noqa: F401  (a leaf module: retrax/version.py)

@@ -4,9 +4,12 @@ The native format (one safetensors file with JSON metadata, written
 atomically) is :mod:`retrax.native_format`; its public names are re-exported
 here. This module puts checkpoints into layers and takes them out.
 
-``load_layer`` also reads Trax's ``.pkl.gz`` layouts (``Layer.save_to_file``,
-``training.Loop`` and the 2020 trainer) with a restricted unpickler, see
-:mod:`retrax.compat.trax_pickle`.
+``save_layer`` and ``load_layer`` implement ``Layer.save_to_file`` and
+``Layer.init_from_file``: this module registers them in
+:mod:`retrax.layers.file_io` when it is imported (``import retrax`` does), so
+the layers never import it. ``load_layer`` also reads Trax's ``.pkl.gz``
+layouts (``Layer.save_to_file``, ``training.Loop`` and the 2020 trainer) with a
+restricted unpickler, see :mod:`retrax.compat.trax_pickle`.
 
 Faults: every file that cannot be loaded raises :class:`CheckpointError` (a
 ``ValueError``, defined in :mod:`retrax.io`) with the file's name: random or
@@ -48,7 +51,7 @@ from retrax import models, shapes
 from retrax.io import CheckpointError, expansion_limit, filesystem
 from retrax.io import read_bytes as read_bytes  # re-exported: callers use checkpoints.read_bytes
 from retrax.io import write_bytes_atomic as write_bytes_atomic  # re-exported, as read_bytes
-from retrax.layers import base
+from retrax.layers import base, file_io
 from retrax.native_format import (
     FORMAT_VERSION,
     is_trax_pickle,
@@ -248,6 +251,11 @@ def load_layer(layer: base.Layer, file_name: str, weights_only: bool = False,
             )
         state = assign_flat_state(layer, flat_state, source=source)
     return weights, state
+
+
+# Layer.save_to_file / init_from_file call these (layers cannot import this
+# module: it sits above them); see retrax.layers.file_io.
+file_io.register(save=save_layer, load=load_layer)
 
 
 def _check_signature_size(sig: Any, file_size: int, max_expansion: float | None,

@@ -359,6 +359,6 @@ def read_any(path: str | os.PathLike, *, max_expansion: float | None = None) -> 
 
 
 def _version() -> str:
-    from retrax import __version__
+    from retrax.version import __version__
 
     return __version__

@@ -126,7 +126,7 @@ config sections (defaults in brackets):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``retrax`` argument parser; each command's ``func`` is its ``cmd_*`` function."""
-    from retrax import __version__
+    from retrax.version import __version__
 
     debug = _Parser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -34,6 +34,7 @@ import numpy as np
 
 from retrax.fastmath import random as fastmath_random
 from retrax.fastmath.random import init_rng_split, numpy_generator, split_rng
+from retrax.layers import file_io
 from retrax.layers.errors import LayerError, find_caller
 from retrax.layers.pass_context import (
     DerivedKey,
@@ -531,22 +532,22 @@ class Layer:
             )
         self.init(sig)
 
-    # -- checkpoints (implemented in retrax.checkpoints) ------------------------
+    # -- checkpoints (retrax.checkpoints registers the implementation) --------
 
     def save_to_file(self, file_name: str, weights_only: bool = False, input_signature: Any = None):
-        """Saves weights (and state unless ``weights_only``) to ``file_name``."""
-        from retrax import checkpoints
+        """Saves weights (and state unless ``weights_only``) to ``file_name``.
 
-        return checkpoints.save_layer(self, file_name, weights_only, input_signature)
+        Done by ``retrax.checkpoints.save_layer``, registered in ``file_io``.
+        """
+        return file_io.save(self, file_name, weights_only, input_signature)
 
     def init_from_file(self, file_name: str, weights_only: bool = False, input_signature: Any = None):
         """Loads weights (and state unless ``weights_only``) from a checkpoint file.
 
-        Reads retrax's own format and Trax's ``.pkl.gz`` layouts.
+        Reads retrax's own format and Trax's ``.pkl.gz`` layouts; done by
+        ``retrax.checkpoints.load_layer``, registered in ``file_io``.
         """
-        from retrax import checkpoints
-
-        return checkpoints.load_layer(self, file_name, weights_only, input_signature)
+        return file_io.load(self, file_name, weights_only, input_signature)
 
 
 # --------------------------------------------------------------------------

@@ -1063,6 +1063,6 @@ def _last_dim(sig: Any) -> int | None:
 
 
 def _version() -> str:
-    from retrax import __version__
+    from retrax.version import __version__
 
     return __version__
