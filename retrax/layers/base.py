@@ -14,7 +14,15 @@ Subclasses write Trax-style code: ``forward(self, inputs)`` reads
 ``self.weights``, ``self.state`` and ``self.rng`` (installed only for the
 duration of the call) and may assign ``self.state``;
 ``init_weights_and_state(self, input_signature)`` assigns ``self.weights``
-and/or ``self.state``.
+and/or ``self.state``. Combinators override the pure hooks ``init_in_pass`` and
+``forward_in_pass`` instead and drive their children with the public protocol
+re-exported here (``init_child``, ``apply_child``, ``child_state``, ``pack``,
+...; see docs/writing_a_combinator.md).
+
+The concepts around ``Layer`` have modules of their own, below this one:
+``errors`` (``LayerError``), ``pass_context`` (one init/apply pass: shared
+layers, keys), ``trees`` (weight and state trees), ``stack`` (the data stack),
+``retrax.fastmath.random`` (init keys) and ``file_io`` (where checkpoints plug in).
 
 >>> import numpy as np
 >>> from retrax import layers as tl
@@ -25,8 +33,9 @@ and/or ``self.state``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -98,11 +107,6 @@ _RENAMED_HOOKS = {
 }
 
 
-# --------------------------------------------------------------------------
-# Layer
-# --------------------------------------------------------------------------
-
-
 class Layer:
     """Base class for layers: ``n_in`` inputs from the stack, ``n_out`` outputs.
 
@@ -172,8 +176,6 @@ class Layer:
             raise TypeError(f"{cls.__name__} overrides layer hooks that are public now: rename "
                             f"{', '.join(renamed)} (see docs/writing_a_combinator.md).")
 
-    # -- attributes ---------------------------------------------------------
-
     def __setattr__(self, attr: str, value: Any) -> None:
         if attr.startswith("_") or attr in self._SETTABLE:
             object.__setattr__(self, attr, value)
@@ -235,16 +237,12 @@ class Layer:
         return self._hidden_in_path
 
     def hide_in_path(self) -> Layer:
-        """Marks this layer as an inner part of its parent, not shown by ``print``.
+        """Makes error paths and weight names skip this inner part of a combinator.
 
-        Error paths (``Serial[2] > Branch_out2[1] > Dense_4``) and checkpoint
-        weight names then skip it and show its parent with the index of the
-        child inside it (``Branch``'s ``Parallel``). Returns the layer.
+        ``Branch`` hides its ``Parallel``: paths read ``Branch_out2[1] > Dense_4``.
         """
         self._hidden_in_path = True
         return self
-
-    # -- printing -----------------------------------------------------------
 
     def __repr__(self) -> str:
         children = self._sublayers if self._sublayers_to_print is None else self._sublayers_to_print
@@ -269,7 +267,15 @@ class Layer:
             return
         if is_weights_marker(weights):
             return
-        self._check_weights_structure(weights, "weights")
+        if self._sublayers:
+            check_per_sublayer(self, weights, "weights")
+        problem = self._initialized and tree_mismatch(self.weights, weights)
+        if problem:
+            raise ValueError(
+                f"{self.name_with_arity}: the weights given do not match the layer's "
+                f"weights: {problem}. Use weights from init() or from a checkpoint of the "
+                f"same model configuration."
+            )
         self._assign_weights(weights, set())
 
     @property
@@ -302,11 +308,8 @@ class Layer:
 
     @property
     def has_rng(self) -> bool:
-        """True when a key is installed (given to ``init``/``pure_fn`` or assigned).
-
-        Otherwise ``rng`` returns the default key (seed 0); layers whose train
-        mode is random (dropout) refuse to run without one.
-        """
+        """True when a key is installed (given to ``init``/``pure_fn`` or assigned);
+        without one ``rng`` is the seed-0 key, and train-mode dropout refuses to run."""
         return self._rng is not None
 
     def _weights_tree(self, seen: set[int]) -> Any:
@@ -360,21 +363,6 @@ class Layer:
         for layer, s in zip(self._sublayers, state):
             assign_child_state(layer, s, seen)
 
-    def _check_weights_structure(self, weights: Any, what: str) -> None:
-        """Raises if ``weights`` differs in structure or shapes from the current ones."""
-        if self._sublayers:
-            check_per_sublayer(self, weights, "weights")
-        if not self._initialized:
-            return
-        expected = self.weights
-        problem = tree_mismatch(expected, weights)
-        if problem:
-            raise ValueError(
-                f"{self.name_with_arity}: the {what} given do not match the layer's "
-                f"weights: {problem}. Use weights from init() or from a checkpoint of the "
-                f"same model configuration."
-            )
-
     # -- init ---------------------------------------------------------------
 
     def init_weights_and_state(self, input_signature: Any) -> None:
@@ -404,8 +392,7 @@ class Layer:
                 return GET_WEIGHTS_FROM_CACHE, GET_STATE_FROM_CACHE
             weights, state = ctx.init_layer(self, input_signature, rng)
         else:
-            with new_pass() as ctx:
-                weights, state = ctx.init_layer(self, input_signature, rng)
+            weights, state = _init_alone(self, input_signature, rng)
             # Initializers may return NumPy arrays; hand out device arrays.
             weights, state = to_device(weights), to_device(state)
         self._assign_weights(weights, set())
@@ -423,12 +410,17 @@ class Layer:
         runs the Trax-style ``init_weights_and_state`` with ``self.weights``,
         ``self.state`` and ``self.rng`` installed for the call.
         """
-        saved = (self._weights, self._state, self._rng, self._in_hook)
-        self._weights, self._state, self._rng = EMPTY_WEIGHTS, EMPTY_STATE, rng
-        self._in_hook = True
-        try:
+        with self._fields_installed(EMPTY_WEIGHTS, EMPTY_STATE, rng):
             self.init_weights_and_state(input_signature)
             return self._weights, self._state
+
+    @contextlib.contextmanager
+    def _fields_installed(self, weights: Any, state: Any, rng: Any) -> Iterator[None]:
+        """Installs the pass's values for a Trax-style hook; puts the layer's back after."""
+        saved = (self._weights, self._state, self._rng, self._in_hook)
+        self._weights, self._state, self._rng, self._in_hook = weights, state, rng, True
+        try:
+            yield
         finally:
             self._weights, self._state, self._rng, self._in_hook = saved
 
@@ -442,12 +434,7 @@ class Layer:
         """
         del unsafe
         rng = self.rng
-
-        def f():
-            with new_pass() as ctx:
-                return ctx.init_layer(self, input_signature, rng)
-
-        return to_shape_dtype(jax.eval_shape(f))
+        return to_shape_dtype(jax.eval_shape(lambda: _init_alone(self, input_signature, rng)))
 
     @surface_causes
     def output_signature(self, input_signature: Any) -> Any:
@@ -457,10 +444,8 @@ class Layer:
 
         def f(x):
             with new_pass() as ctx:
-                if use_stored:
-                    w, s = self.weights, self.state
-                else:
-                    w, s = ctx.init_layer(self, input_signature, rng)
+                w, s = ((self.weights, self.state) if use_stored
+                        else ctx.init_layer(self, input_signature, rng))
                 return ctx.apply_layer(self, x, w, s, rng)[0]
 
         return to_shape_dtype(jax.eval_shape(f, abstract(input_signature)))
@@ -492,16 +477,11 @@ class Layer:
         errors). The default runs the Trax-style ``forward`` with
         ``self.weights``, ``self.state`` and ``self.rng`` installed for the call.
         """
-        saved = (self._weights, self._state, self._rng, self._in_hook)
-        self._weights, self._state = weights, state
         # Each leaf of a pass gets its own key, derived only if it reads it.
-        self._rng = None if rng is None else DerivedKey(rng, ctx.next_key_index())
-        self._in_hook = True
-        try:
+        key = None if rng is None else DerivedKey(rng, ctx.next_key_index())
+        with self._fields_installed(weights, state, key):
             outputs = self.forward(x)
             new_state = self._state
-        finally:
-            self._weights, self._state, self._rng, self._in_hook = saved
         outputs_as_list(self, outputs)
         return outputs, new_state
 
@@ -550,9 +530,10 @@ class Layer:
         return file_io.load(self, file_name, weights_only, input_signature)
 
 
-# --------------------------------------------------------------------------
-# Function layers
-# --------------------------------------------------------------------------
+def _init_alone(layer: Layer, input_signature: Any, rng: Any) -> tuple[Any, Any]:
+    """``layer``'s ``(weights, state)`` from an init pass of its own; nothing is stored."""
+    with new_pass() as ctx:
+        return ctx.init_layer(layer, input_signature, rng)
 
 
 class PureLayer(Layer):
