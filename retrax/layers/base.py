@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -115,6 +115,7 @@ class Layer:
       n_out: number of outputs pushed onto the stack (default 1).
       name: the name shown when printing; defaults to the class name.
       sublayers_to_print: children to show when printing, if not ``sublayers``.
+      sublayers: a combinator's children, in order (keyword-only).
 
     Subclass it Trax's way: override ``forward(self, x)`` (reading
     ``self.weights``, ``self.state``, ``self.rng``) and, for layers with
@@ -138,13 +139,8 @@ class Layer:
 
     _SETTABLE = ("weights", "state", "rng")
 
-    def __init__(
-        self,
-        n_in: int = 1,
-        n_out: int = 1,
-        name: str | None = None,
-        sublayers_to_print: Any = None,
-    ):
+    def __init__(self, n_in: int = 1, n_out: int = 1, name: str | None = None,
+                 sublayers_to_print: Any = None, *, sublayers: Sequence[Layer] = ()):
         for arg, value in (("n_in", n_in), ("n_out", n_out)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ValueError(
@@ -155,7 +151,7 @@ class Layer:
         self._n_out = int(n_out)
         self._name = type(self).__name__ if name is None else name
         self._sublayers_to_print = sublayers_to_print
-        self._sublayers: tuple[Layer, ...] = ()
+        self._sublayers: tuple[Layer, ...] = tuple(sublayers)
         self._weights: Any = EMPTY_WEIGHTS
         self._state: Any = EMPTY_STATE
         self._rng: Any = None
