@@ -482,7 +482,7 @@ def test_decoding_writes_nothing_on_the_model(kind, monkeypatch):
     layers = list(_all_layers(model))
     before = [dict(vars(layer)) for layer in layers]
     # Running (or initializing) a layer installs its weights/state/rng for the
-    # call and puts them back (Layer._forward_pure, _init_tree); any other write
+    # call and puts them back (Layer.forward_in_pass, init_in_pass); any other write
     # on a layer is decoding's. (What is put back is checked below.)
     hook_fields = {"_weights", "_state", "_rng", "_in_hook", "weights", "state"}
     ids = {id(layer) for layer in layers}
