@@ -60,18 +60,8 @@ TIERS: list[tuple[str, list[str]]] = [
 
 # (module, private name) -> why it is still there. Delete entries as they go.
 KNOWN_PRIVATE_USES: dict[tuple[str, str], str] = {
-    ("retrax.supervised.training", "_vocab_size"):
-        "the Loop reads Embedding's vocabulary size (issue 13, Loop split)",
     ("retrax.visualize", "_checkpoint_at"):
         "PlotHistoryCallback reads Loop._checkpoint_at (issue 13, Loop split)",
-    ("retrax.layers.core", "_log_softmax_axis"):
-        "LogSoftmax tags its PureLayer for decoding (issue 13, decoding)",
-    ("retrax.supervised.decoding", "_log_softmax_axis"):
-        "reads the LogSoftmax tag (issue 13, decoding)",
-    ("retrax.supervised.decoding", "_vocab_size"):
-        "reads Embedding's vocabulary size (issue 13, decoding)",
-    ("retrax.supervised.decoding", "_mode"): "reads layer modes (issue 13, modes)",
-    ("retrax.supervised.training", "_mode"): "eval copy flips _mode (issue 13, modes)",
 }
 
 # (module, private name) -> why it is right.

@@ -16,6 +16,7 @@ from retrax.layers.base import (  # noqa: F401
     flatten_weights_and_state,
     to_list,
     unflatten_weights_and_state,
+    with_mode,
 )
 from retrax.layers.combinators import *  # noqa: F401,F403
 from retrax.layers.core import *  # noqa: F401,F403

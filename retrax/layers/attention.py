@@ -788,7 +788,7 @@ class PositionalEncoding(Layer):
         self._max_len = _check_positive_int("PositionalEncoding", "max_len", max_len)
         dropout = _check_dropout("PositionalEncoding", dropout)
         self._mode = _check_mode("PositionalEncoding", mode)
-        self._dropout = dropout if mode == "train" else 0.0  # as Trax: train only
+        self._dropout = dropout  # applied in 'train' mode only, decided when it runs
         self._dropout_broadcast_dims = tuple(dropout_broadcast_dims)
         self._use_bfloat16 = use_bfloat16
         if not 0.0 <= start_from_zero_prob <= 1.0:
@@ -853,7 +853,7 @@ class PositionalEncoding(Layer):
         else:
             rows = table[:length]
         px = self._project(rows, proj, x)[None]  # (1, L, D)
-        if self._dropout == 0.0:
+        if self._mode != "train" or self._dropout == 0.0:
             return x + px
         noise_shape = list(px.shape)
         for dim in self._dropout_broadcast_dims:

@@ -34,6 +34,7 @@ layers, keys), ``trees`` (weight and state trees), ``stack`` (the data stack),
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -84,7 +85,7 @@ from retrax.layers.trees import (
 )
 
 __all__ = [
-    "Layer", "PureLayer", "Fn", "LayerError", "EMPTY_WEIGHTS", "EMPTY_STATE",
+    "Layer", "PureLayer", "Fn", "LayerError", "with_mode", "EMPTY_WEIGHTS", "EMPTY_STATE",
     "GET_WEIGHTS_FROM_CACHE", "GET_STATE_FROM_CACHE", "flatten_weights_and_state",
     "unflatten_weights_and_state", "to_list",
     # Defined beside Layer before it was split, importable from here as then:
@@ -164,6 +165,9 @@ class Layer:
         # (also for a Trax-style layer that has sublayers), never the sublayers.
         self._in_hook = False
         self._caller = find_caller()
+        # 'train', 'eval' or 'predict' for a layer that behaves by mode (its
+        # __init__ sets it); None for one that does not. Read it as ``mode``.
+        self._mode: str | None = getattr(self, "_mode", None)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -175,6 +179,10 @@ class Layer:
     def __setattr__(self, attr: str, value: Any) -> None:
         if attr.startswith("_") or attr in self._SETTABLE:
             object.__setattr__(self, attr, value)
+        elif attr == "mode":
+            raise AttributeError(
+                f"{getattr(self, '_name', type(self).__name__)}.mode is read-only. For a model "
+                f"in another mode sharing these weights use tl.with_mode(model, {value!r}).")
         else:
             raise ValueError(
                 f"Layer {getattr(self, '_name', type(self).__name__)} allows setting only "
@@ -197,6 +205,19 @@ class Layer:
     @property
     def sublayers(self) -> tuple[Layer, ...]:
         return self._sublayers
+
+    @property
+    def mode(self) -> str | None:
+        """``'train'``, ``'eval'``, ``'predict'``, or None for a layer without modes.
+
+        A combinator has the mode of the layers inside it; where they differ,
+        ``'predict'`` wins (a predict model keeps parts that never run
+        stepwise in ``'eval'``), then ``'train'``. Read-only: see ``with_mode``.
+        """
+        if self._mode is not None:
+            return self._mode
+        inner = {m for m in (sub.mode for sub in self._sublayers) if m is not None}
+        return next((m for m in ("predict", "train", "eval") if m in inner), None)
 
     @property
     def name_with_arity(self) -> str:
@@ -524,6 +545,54 @@ class Layer:
         ``retrax.checkpoints.load_layer``, registered in ``file_io``.
         """
         return file_io.load(self, file_name, weights_only, input_signature)
+
+
+_MODES = ("train", "eval", "predict", "viz")  # as tl.MODES
+
+
+def with_mode(model: Layer, mode: str) -> Layer:
+    """A copy of ``model`` whose layers run in ``mode``, sharing its weight arrays.
+
+    Switches between ``'train'`` and ``'eval'`` (dropout, random position
+    offsets, ...: every layer decides these when it runs). A ``'predict'``
+    model has caches in its state and may be built differently, so switching
+    to or from it is refused: build the model with ``mode='predict'`` and
+    load the weights instead. Shared layers stay shared in the copy.
+
+    >>> from retrax import layers as tl
+    >>> model = tl.Serial(tl.Dense(2), tl.Dropout(0.5))
+    >>> tl.with_mode(model, 'eval').mode, model.mode
+    ('eval', 'train')
+    """
+    if mode not in _MODES:
+        raise ValueError(f"with_mode: mode must be one of {_MODES}; got {mode!r}.")
+    moded = [lyr for lyr in _walk(model) if lyr._mode is not None]
+    if any((lyr._mode == "predict") != (mode == "predict") for lyr in moded):
+        raise ValueError(
+            f"with_mode: cannot switch {model.name_with_arity} between {model.mode!r} and "
+            f"{mode!r}: 'predict' models keep caches in their state and may be built "
+            f"differently. Build the model with mode='predict' and load the weights "
+            f"(e.g. init_from_file(..., weights_only=True)).")
+    # Arrays are immutable: the copy shares them instead of copying every weight.
+    memo = {id(leaf): leaf for lyr in _walk(model)
+            for leaf in jax.tree_util.tree_leaves((lyr._weights, lyr._state))}
+    clone = copy.deepcopy(model, memo)
+    for lyr in _walk(clone):
+        if lyr._mode is not None:
+            lyr._mode = mode
+    return clone
+
+
+def _walk(layer: Layer) -> list[Layer]:
+    """``layer`` and every layer inside it, each once."""
+    seen: dict[int, Layer] = {}
+    todo = [layer]
+    while todo:
+        lyr = todo.pop()
+        if id(lyr) not in seen:
+            seen[id(lyr)] = lyr
+            todo.extend(lyr.sublayers)
+    return list(seen.values())
 
 
 def _init_alone(layer: Layer, input_signature: Any, rng: Any) -> tuple[Any, Any]:

@@ -14,6 +14,7 @@ Shapes: B batch, T time, D features, V vocabulary.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 from retrax.fastmath import random as fastmath_random
 from retrax.fastmath.linalg import dense_dot
 from retrax.layers import initializers as init
-from retrax.layers.base import Fn, Layer, init_rng_split
+from retrax.layers.base import Fn, Layer, PureLayer, init_rng_split
 
 __all__ = [
     "Dense", "Embedding", "Dropout", "Weights", "Flatten", "LogSoftmax", "LogSumExp",
@@ -156,6 +157,15 @@ class Embedding(Layer):
         self._d_feature = d_feature
         self._use_bfloat16 = use_bfloat16
         self._kernel_initializer = kernel_initializer
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of ids: valid ids are ``[0, vocab_size)``."""
+        return self._vocab_size
+
+    @property
+    def d_feature(self) -> int:
+        return self._d_feature
 
     def init_weights_and_state(self, input_signature):
         del input_signature  # Weights depend only on the constructor arguments.
@@ -303,17 +313,27 @@ def log_softmax(x: Any, axis: int = -1) -> Any:
     return x - jax.nn.logsumexp(x, axis=axis, keepdims=True)
 
 
-def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
-    """Log-probabilities along ``axis``.
+class LogSoftmax(PureLayer):
+    """Log-probabilities along ``axis``; weightless, 1 -> 1 (Trax's ``LogSoftmax``).
+
+    ``axis`` is public so decoding can see that a model's outputs are already
+    normalized.
 
     >>> import numpy as np
     >>> from retrax import layers as tl
     >>> np.round(np.exp(tl.LogSoftmax()(np.array([0.0, 0.0]))), 3).tolist()
     [0.5, 0.5]
+    >>> tl.LogSoftmax(axis=1).axis
+    1
     """
-    layer = Fn("LogSoftmax", lambda x: log_softmax(x, axis))
-    layer._log_softmax_axis = axis  # read by decoding (outputs already normalized)
-    return layer
+
+    def __init__(self, axis: int = -1):
+        super().__init__(functools.partial(log_softmax, axis=axis), name="LogSoftmax")
+        self._axis = axis
+
+    @property
+    def axis(self) -> int:
+        return self._axis
 
 
 def LogSumExp(axis: int = -1) -> Layer:  # noqa: N802

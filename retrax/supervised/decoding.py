@@ -62,10 +62,11 @@ from jax import lax
 
 from retrax import shapes
 from retrax.fastmath import random as fastmath_random
-from retrax.layers import base
+from retrax.layers import base, core
 from retrax.layers.attention import predict_cache_length
 
-__all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search"]
+__all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search",
+           "compiled_programs"]
 
 _CACHE_BUCKET = 8
 
@@ -90,7 +91,7 @@ def _walk(layer: base.Layer) -> Iterator[base.Layer]:
 def _check_model(model: base.Layer, where: str) -> None:
     if not isinstance(model, base.Layer):
         raise TypeError(f"{where}: model must be a retrax Layer; got {type(model).__name__}.")
-    modes = {getattr(layer, "_mode", None) for layer in _walk(model)} - {None}
+    modes = {layer.mode for layer in _walk(model)} - {None}
     # (A predict-mode Transformer runs its encoder in 'eval' mode: that is fine.)
     if "train" in modes or (modes and "predict" not in modes):
         mode = "train" if "train" in modes else sorted(modes)[0]
@@ -127,8 +128,8 @@ def _embedding_vocabs(model: base.Layer) -> list[int]:
     an encoder-decoder); the last embeds the decoded tokens, start_id included
     (an encoder-decoder's target embedding follows its encoder).
     """
-    return [layer._vocab_size for layer in _walk_in_order(model)
-            if type(layer).__name__ == "Embedding" and hasattr(layer, "_vocab_size")]
+    return [layer.vocab_size for layer in _walk_in_order(model)
+            if isinstance(layer, core.Embedding)]
 
 
 def _vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
@@ -151,6 +152,20 @@ def _vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
 # programs go when it does; for that, a program reaches its model only through
 # a weak reference (a strong one inside the value would keep the key alive).
 _programs: weakref.WeakKeyDictionary[base.Layer, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def compiled_programs(model: base.Layer | None = None) -> int:
+    """How many decoding programs this module holds for ``model`` (for every model: None).
+
+    Decoding makes one jitted program per model and kind of call (sampling
+    settings, batch, cache length) and reuses it for the next such call. The
+    programs are kept for the model weakly, so they go when the model does; this
+    count shows both. (One program compiles again for a new prompt shape: count
+    XLA compilations with ``jax.log_compiles`` or a ``jax.monitoring`` listener.)
+    """
+    if model is None:
+        return sum(len(programs) for programs in _programs.values())
+    return len(_programs.get(model, ()))
 
 
 def _program(model: base.Layer, key: Any, make: Any) -> Any:
@@ -418,7 +433,7 @@ def _ends_in_log_softmax(model: base.Layer) -> bool:
     while type(layer).__name__ == "Serial" and layer.sublayers:
         layer = layer.sublayers[-1]
     # (B, L, V) outputs: axis -1 or 2 is the vocabulary.
-    return getattr(layer, "_log_softmax_axis", None) in (-1, 2)
+    return isinstance(layer, core.LogSoftmax) and layer.axis in (-1, 2)
 
 
 def _log_probs(model: base.Layer, outputs: Any) -> Any:

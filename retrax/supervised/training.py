@@ -51,7 +51,6 @@ folded with the step number, so the same seed gives the same run.
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import os
@@ -72,7 +71,7 @@ import numpy as np
 from retrax import checkpoints, models, shapes
 from retrax.compat import trax_pickle
 from retrax.fastmath import random as fastmath_random
-from retrax.layers import base
+from retrax.layers import base, core
 from retrax.optimizers.base import Optimizer, check_nonnegative, flat_slots, unflat_slots
 from retrax.supervised import run_dir
 from retrax.supervised import train_step as ts
@@ -315,26 +314,6 @@ class _Stream:
                 ) from None
 
 
-def _eval_mode_copy(model: base.Layer) -> base.Layer:
-    """A copy of ``model`` with every layer in ``'train'`` mode switched to ``'eval'``."""
-    # Arrays are immutable: share them instead of copying every weight.
-    memo = {id(leaf): leaf for leaf in jax.tree_util.tree_leaves((model.weights, model.state))}
-    clone = copy.deepcopy(model, memo)
-    seen: set[int] = set()
-
-    def visit(layer: base.Layer) -> None:
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if getattr(layer, "_mode", None) == "train":
-            layer._mode = "eval"
-        for sub in layer.sublayers:
-            visit(sub)
-
-    visit(clone)
-    return clone
-
-
 def _every(n: int | None) -> Callable[[int], bool]:
     if n is None:
         return lambda step: False
@@ -345,9 +324,8 @@ def _find_embedding_vocab(model: base.Layer) -> int | None:
     stack = [model]
     while stack:
         layer = stack.pop(0)
-        vocab = getattr(layer, "_vocab_size", None)
-        if vocab is not None and type(layer).__name__ == "Embedding":
-            return int(vocab)
+        if isinstance(layer, core.Embedding):
+            return layer.vocab_size
         stack = list(layer.sublayers) + stack
     return None
 
@@ -450,7 +428,7 @@ class Loop:
         self._eval_streams = [self._stream_for(t.labeled_data) for t in eval_tasks]
 
         self._init_model(model, tasks[0].sample_batch)
-        self._eval_model = eval_model if eval_model is not None else _eval_mode_copy(model)
+        self._eval_model = eval_model if eval_model is not None else base.with_mode(model, "eval")
         if eval_model is not None and not eval_model.initialized:
             eval_model.init(self._model_sig(tasks[0].sample_batch))
         self._vocab = _find_embedding_vocab(model)
