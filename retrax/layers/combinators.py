@@ -25,40 +25,16 @@ Branch_in2_out2[
 
 from __future__ import annotations
 
-from retrax.layers.control_flow import BatchLeadingAxes, Cache, Cond, Scan
-from retrax.layers.merge import Add, Concatenate, FlattenList, Gate, Multiply, Split, SubtractTop
+from retrax.layers import control_flow, merge, stack_combinators
+from retrax.layers.control_flow import *  # noqa: F403
+from retrax.layers.merge import *  # noqa: F403
 from retrax.layers.stack import inputs_from_stack, outputs_onto_stack
-from retrax.layers.stack_combinators import (
-    Branch,
-    Drop,
-    Dup,
-    Parallel,
-    Residual,
-    Select,
-    Serial,
-    Swap,
-)
+from retrax.layers.stack_combinators import *  # noqa: F403
 
 __all__ = [
-    "Serial",
-    "Parallel",
-    "Branch",
-    "Residual",
-    "Select",
-    "Dup",
-    "Drop",
-    "Swap",
-    "Add",
-    "SubtractTop",
-    "Multiply",
-    "Gate",
-    "Concatenate",
-    "Split",
-    "FlattenList",
-    "Scan",
-    "Cond",
-    "Cache",
-    "BatchLeadingAxes",
+    *stack_combinators.__all__,
+    *merge.__all__,
+    *control_flow.__all__,
     "inputs_from_stack",
     "outputs_onto_stack",
 ]
