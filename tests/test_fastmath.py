@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import jax
 import numpy as np
 import pytest
@@ -62,33 +67,70 @@ def test_backend_helpers():
     assert keys.tolist() == [1, 2, 3] and values.tolist() == [10, 20, 30]
 
 
-def test_dense_dot_split_path_equals_dot(monkeypatch):
+# dense_dot reads the cores this process may use once (os.sched_getaffinity, cached).
+# A child process pretends to have each number of cores (and an accelerator), reloading
+# the module each time, and reports what dense_dot does: the number of slices in its
+# jaxpr and its error against a float64 product, for the value and the gradient.
+DENSE_DOT_SCRIPT = textwrap.dedent("""
+    import importlib, json, os
+    import jax, jax.numpy as jnp, numpy as np
     from retrax.fastmath import linalg
 
-    rng = np.random.default_rng(0)
-    w = jnp.asarray(rng.normal(size=(512, 1024)).astype(np.float32))
-    x = jnp.asarray(rng.normal(size=(1, 1, 512)).astype(np.float32))
-    want = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
-    for cores in (1, 2, 3, 8):
-        monkeypatch.setattr(linalg, "_cpu_slices", lambda cores=cores: cores)
-        expected_slices = {1: 1, 2: 2, 3: 2, 8: 8}[cores]  # 512 % 3 != 0 -> 2
-        assert linalg._slices_for(1, 512, 1024, np.float32) == expected_slices
-        got = jax.jit(lambda x, w: linalg.dense_dot(x, w))(x, w)  # a fresh trace
-        assert got.shape == (1, 1, 1024)
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+    def slices(x, w):
         jaxpr = jax.make_jaxpr(lambda x, w: linalg.dense_dot(x, w))(x, w).jaxpr
         (dot,) = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
         batch_dims = dot.params["dimension_numbers"][1]
-        assert batch_dims == (((0,), (0,)) if expected_slices > 1 else ((), ()))
-        assert dot.invars[1].aval.shape[0] == (expected_slices if expected_slices > 1 else 512)
-        # Gradients agree with the plain product's.
-        g1 = jax.grad(lambda w: jnp.sum(linalg.dense_dot(x, w) ** 2))(w)
-        g2 = jax.grad(lambda w: jnp.sum(jnp.dot(x, w) ** 2))(w)
-        np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-4, atol=1e-3)
+        if batch_dims == ((), ()):
+            return 1
+        assert batch_dims == ((0,), (0,)), batch_dims
+        return dot.invars[1].aval.shape[0]
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(512, 1024)).astype(np.float32)
+    x = rng.normal(size=(1, 1, 512)).astype(np.float32)
+    want = x.astype(np.float64) @ w.astype(np.float64)
+    grad_want = np.asarray(jax.grad(lambda w: jnp.sum(jnp.dot(x, w) ** 2))(w))
+    report = {}
+    real_backend = jax.default_backend
+    for cores, backend in ((1, "cpu"), (2, "cpu"), (3, "cpu"), (8, "cpu"), (8, "gpu")):
+        os.sched_getaffinity = lambda pid, cores=cores: set(range(cores))
+        jax.default_backend = real_backend if backend == "cpu" else (lambda: backend)
+        importlib.reload(linalg)  # a fresh cache of the core count
+        got = jax.jit(lambda x, w: linalg.dense_dot(x, w))(x, w)
+        grad = jax.grad(lambda w: jnp.sum(linalg.dense_dot(x, w) ** 2))(w)
+        bf16 = jnp.asarray(w, jnp.bfloat16)
+        report[f"{cores} {backend}"] = dict(
+            slices=slices(x, w), shape=list(got.shape),
+            error=float(np.abs(np.asarray(got) - want).max()),
+            grad_error=float(np.abs(np.asarray(grad) - grad_want).max()),
+            two_rows=slices(np.ones((2, 512), np.float32), w),
+            small=slices(np.ones((1, 64), np.float32), np.ones((64, 64), np.float32)),
+            bfloat16=slices(jnp.ones((1, 512), jnp.bfloat16), bf16))
+    print(json.dumps(report))
+""")
+
+
+@pytest.fixture(scope="module")
+def dense_dot_report():
+    r = subprocess.run([sys.executable, "-c", DENSE_DOT_SCRIPT], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("cores, backend, expected_slices", [
+    (1, "cpu", 1), (2, "cpu", 2), (3, "cpu", 2),  # 512 % 3 != 0 -> 2
+    (8, "cpu", 8), (8, "gpu", 1),                  # never split off CPU
+])
+def test_dense_dot_splits_one_row_across_cores_and_equals_dot(dense_dot_report, cores, backend,
+                                                              expected_slices):
+    got = dense_dot_report[f"{cores} {backend}"]
+    assert got["slices"] == expected_slices
+    assert got["shape"] == [1, 1, 1024]
+    # float32 rounding of sums of 512 products (values up to ~80, gradients up to ~500).
+    assert got["error"] < 2e-4 and got["grad_error"] < 2e-3
     # More than one row, small matrices and non-float32 never split.
-    assert linalg._slices_for(2, 512, 1024, np.float32) == 1
-    assert linalg._slices_for(1, 64, 64, np.float32) == 1
-    assert linalg._slices_for(1, 512, 1024, jnp.bfloat16) == 1
+    assert (got["two_rows"], got["small"], got["bfloat16"]) == (1, 1, 1)
 
 
 def test_dense_dot_exports_with_a_symbolic_batch():
@@ -101,15 +143,3 @@ def test_dense_dot_exports_with_a_symbolic_batch():
     exported = export.export(jax.jit(lambda x: linalg.dense_dot(x, w)))(spec)
     y = exported.call(jnp.ones((3, 512), jnp.float32))
     np.testing.assert_allclose(np.asarray(y), 512.0)
-
-
-def test_dense_dot_never_splits_off_cpu(monkeypatch):
-    from retrax.fastmath import linalg
-
-    linalg._cpu_slices.cache_clear()
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    try:
-        assert linalg._cpu_slices() == 1
-        assert linalg._slices_for(1, 512, 1024, np.float32) == 1
-    finally:
-        linalg._cpu_slices.cache_clear()

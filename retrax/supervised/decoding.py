@@ -303,7 +303,9 @@ def _sample(log_probs: Any, key: Any, temperature: float, top_k: int | None,
     # 24 random bits -> uniform in (0, 1), never exactly 0 or 1.
     u = (bits >> 8).astype(jnp.float32) * (1.0 / 16777216.0) + (0.5 / 16777216.0)
     gumbel = -jnp.log(-jnp.log(u))
-    return _argmax(logits + gumbel)
+    # The top 24-bit value rounds u to 1.0 in float32, so that noise is +inf: a token
+    # outside the support (-inf) must stay -inf, not become NaN (an index past the end).
+    return _argmax(jnp.where(logits == -jnp.inf, logits, logits + gumbel))
 
 
 # --------------------------------------------------------------------------

@@ -296,10 +296,12 @@ def test_jax_arrays_in_pickles_become_numpy():
     np.testing.assert_array_equal(arr, np.arange(6.0, dtype=np.float32).reshape(2, 3))
 
 
-def test_history_stand_in_accepts_trax_state():
+def test_history_stand_in_accepts_trax_state(tmp_path):
     h = TraxHistory.__new__(TraxHistory)
-    h.__setstate__({"_values": {"train": {"loss": [(1, 2.0)]}}})
-    assert h._values == {"train": {"loss": [(1, 2.0)]}}
+    h.__setstate__({"_values": {"train": {"loss": [(1, 2.0)]}}})  # Trax History's state
+    # What it holds is the history a checkpoint written with it reads back.
+    pkl = write_trax_loop_checkpoint(tmp_path / "m", [np.zeros(2, np.float32)], history=h)
+    assert read_trax_checkpoint(pkl).history == {"train": {"loss": [(1, 2.0)]}, "eval": {}}
     with pytest.raises(pickle.UnpicklingError):
         h.__setstate__({"other": 1})
 

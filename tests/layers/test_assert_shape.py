@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -10,6 +11,11 @@ from retrax import layers as tl
 
 def ones(*shape):
     return np.ones(shape, np.float32)
+
+
+def distinct(*shape, start=0):
+    """An array of ``shape`` whose values differ from each other (and from ``start``'s)."""
+    return (np.arange(int(np.prod(shape)), dtype=np.float32) + start).reshape(shape)
 
 
 PASS = [
@@ -45,10 +51,18 @@ FAIL = [
 @pytest.mark.parametrize("spec, shapes_", PASS)
 def test_assert_shape_passes(spec, shapes_):
     layer = tl.AssertShape(spec)
-    xs = [ones(*s) for s in shapes_]
-    y = layer(xs[0] if len(xs) == 1 else tuple(xs))
+    xs = [distinct(*s, start=1000 * i) for i, s in enumerate(shapes_)]
+    inputs = xs[0] if len(xs) == 1 else tuple(xs)
+    y = layer(inputs)
     ys = [y] if len(xs) == 1 else list(y)
-    assert all(a is b for a, b in zip(ys, xs))  # Inputs pass through unchanged.
+    assert len(ys) == len(xs)
+    assert all(a is b for a, b in zip(ys, xs))  # Inputs pass through unchanged, in order.
+    # Under jit (as in a train step) the values pass through.
+    jitted = jax.jit(lambda x: layer.pure_fn(x, layer.weights, layer.state, None)[0])(inputs)
+    jitted = [jitted] if len(xs) == 1 else list(jitted)
+    assert len(jitted) == len(xs)
+    for a, b in zip(jitted, xs):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("spec, shapes_", FAIL)
@@ -72,22 +86,42 @@ def test_assert_shape_names():
 
 
 @pytest.mark.parametrize(
-    "spec, layer, shape",
+    "spec, layer, shape, expected",
     [
-        ("abc->abc", lambda: tl.Dropout(0.1), (2, 5, 20)),
-        ("...ab->...c", lambda: tl.Flatten(n_axes_to_keep=3), (1, 2, 3, 4, 5)),
-        ("xyzab->xyzc", lambda: tl.Flatten(n_axes_to_keep=3), (1, 2, 3, 4, 5)),
-        ("abcde->x", lambda: tl.Flatten(n_axes_to_keep=0), (1, 2, 3, 4, 5)),
+        ("abc->abc", lambda: tl.Dropout(0.1, mode="eval"), (2, 5, 20), lambda x: x),
+        ("...ab->...c", lambda: tl.Flatten(n_axes_to_keep=3), (1, 2, 3, 4, 5),
+         lambda x: x.reshape(1, 2, 3, 20)),
+        ("xyzab->xyzc", lambda: tl.Flatten(n_axes_to_keep=3), (1, 2, 3, 4, 5),
+         lambda x: x.reshape(1, 2, 3, 20)),
+        ("abcde->x", lambda: tl.Flatten(n_axes_to_keep=0), (1, 2, 3, 4, 5),
+         lambda x: x.reshape(120)),
         (
             "...cd->...x,...cd",
-            lambda: tl.Branch(tl.Flatten(n_axes_to_keep=2), tl.Dropout(0.1)),
+            lambda: tl.Branch(tl.Flatten(n_axes_to_keep=2), tl.Dropout(0.1, mode="eval")),
             (1, 2, 3, 4),
+            lambda x: (x.reshape(1, 2, 12), x),
         ),
-        ("...34->1234,...34", lambda: tl.Branch(tl.Dropout(0.1), tl.Serial()), (1, 2, 3, 4)),
+        ("...34->1234,...34", lambda: tl.Branch(tl.Dropout(0.1, mode="eval"), tl.Serial()),
+         (1, 2, 3, 4), lambda x: (x, x)),
     ],
 )
-def test_assert_function_passes(spec, layer, shape):
-    tl.AssertFunction(spec, layer())(ones(*shape))
+def test_assert_function_passes(spec, layer, shape, expected):
+    x = distinct(*shape)
+    y = tl.AssertFunction(spec, layer())(x)
+    want = expected(x)
+    if isinstance(want, tuple):
+        assert isinstance(y, tuple) and len(y) == len(want)
+        for a, b in zip(y, want):
+            np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_array_equal(y, want)  # the wrapped layer's output, unchanged
+
+
+def test_assert_function_in_train_mode_passes_dropout_through():
+    y = tl.AssertFunction("abc->abc", tl.Dropout(0.5))(distinct(2, 5, 20, start=1))
+    kept = y != 0
+    assert 0 < kept.mean() < 1  # (dropout ran)
+    np.testing.assert_allclose(y[kept], 2 * distinct(2, 5, 20, start=1)[kept])
 
 
 @pytest.mark.parametrize(
@@ -137,7 +171,7 @@ def test_decorated_class_checks_inside_forward():
     keep = Keep()
     keep._width = 3
     assert str(keep) == "Keep"  # No wrapper level for classes.
-    assert keep(ones(2, 3)).shape == (2, 3)
+    np.testing.assert_array_equal(keep(distinct(2, 3)), distinct(2, 3))
     keep._width = 1
     with pytest.raises(tl.LayerError, match=r"AssertShape Error. Expected '...a'.*\(output\)"):
         keep(ones(2, 3))

@@ -43,7 +43,13 @@ def test_dense_without_bias_has_a_single_weight_array():
 def test_dense_keeps_leading_axes():
     dense = tl.Dense(5)
     dense.init(sig(2, 3, 4))
-    assert dense(np.ones((2, 3, 4), np.float32)).shape == (2, 3, 5)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 10
+    y = dense(x)
+    assert y.shape == (2, 3, 5)
+    w, b = (np.asarray(a, np.float64) for a in dense.weights)
+    # Each position of the leading axes is its own row: y[i, j] = x[i, j] @ w + b.
+    want = np.einsum("ijk,kn->ijn", x.astype(np.float64), w) + b
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
 
 
 def test_dense_init_statistics_and_determinism():

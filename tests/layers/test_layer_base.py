@@ -134,26 +134,36 @@ def test_pure_layer_checks_its_inputs():
         layer.forward((1, 2, 3))
 
 
-def test_trax_style_subclass_with_a_sublayer():
-    """A user layer in Trax's style that calls a sublayer's pure_fn in forward."""
+@pytest.mark.parametrize("style", ["public", "trax"])
+def test_subclass_with_a_sublayer(style):
+    """A user layer that calls a sublayer's pure_fn in forward.
+
+    ``public``: the sublayer is passed as ``sublayers=`` and read as ``sublayers``.
+    ``trax``: Trax 1.4.1's subclass convention, which user code written for Trax
+    follows (it assigns ``self._sublayers``); it keeps working.
+    """
 
     class Twice(tl.Layer):
         def __init__(self, layer):
-            super().__init__()
-            self._sublayers = (layer,)
+            if style == "public":
+                super().__init__(sublayers=[layer])
+            else:
+                super().__init__()
+                self._sublayers = (layer,)
 
         def init_weights_and_state(self, input_signature):
-            w, s = self._sublayers[0].init(input_signature, use_cache=True)
+            w, s = self.sublayers[0].init(input_signature, use_cache=True)
             self.weights, self.state = (w,), (s,)
 
         def forward(self, x):
-            sub = self._sublayers[0]
+            sub = self.sublayers[0]
             y, s = sub.pure_fn(x, self.weights[0], self.state[0], None, use_cache=True)
             y, s = sub.pure_fn(y, self.weights[0], s, None, use_cache=True)
             self.state = (s,)
             return y
 
     layer = Twice(tl.Dense(1))
+    assert len(layer.sublayers) == 1 and str(layer) == "Twice[\n  Dense_1\n]"
     layer.init(sig(1, 1))
     layer.weights = ((np.array([[3.0]], np.float32), np.array([1.0], np.float32)),)
     x = np.array([[2.0]], np.float32)

@@ -138,12 +138,20 @@ def test_transformer_lm_flat_weight_order(n_layers):
 
 
 def test_transformer_lm_weights_are_identical_across_modes():
-    shapes_by_mode = []
+    shapes_by_mode, values_by_mode = [], []
     for mode in ("train", "eval", "predict"):
         model = models.TransformerLM(**SMALL_LM, mode=mode)
         w_sig, _ = model.weights_and_state_signature(int_sig(1, 1))
         shapes_by_mode.append([tuple(w.shape) for w in flat(w_sig)[0]])
+        model.init(int_sig(1, 1), rng=trax.fastmath.random.get_prng(5))
+        values_by_mode.append([np.asarray(w) for w in flat(model.weights)[0]])
     assert shapes_by_mode[0] == shapes_by_mode[1] == shapes_by_mode[2]
+    # The same key gives the same weights in every mode (a trained model's weights
+    # serve its predict-mode copy).
+    for values in values_by_mode[1:]:
+        assert len(values) == len(values_by_mode[0])
+        for a, b in zip(values, values_by_mode[0]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_transformer_lm_predict_state_layout():
@@ -225,6 +233,92 @@ def test_transformer_encoder_forward_shape_and_weights():
     w_sig, _ = model.weights_and_state_signature(int_sig(2, 6))
     assert len(flat(w_sig)[0]) == 2 + 16 * 2 + 2 + 2
     assert model.output_signature(int_sig(2, 6)).shape == (2, 3)
+
+
+# -- TransformerEncoder values ---------------------------------------------------------
+
+ENCODER = dict(vocab_size=20, n_classes=3, d_model=16, d_ff=32, n_layers=2, n_heads=4,
+               max_len=16)
+
+
+def _layer_norm(x, scale, bias):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-6) * scale + bias
+
+
+def _heads(y, n_heads):
+    """(B, L, D) -> (B, H, L, D / H): head h holds features h * D/H to (h + 1) * D/H."""
+    return y.reshape(y.shape[0], y.shape[1], n_heads, -1).transpose(0, 2, 1, 3)
+
+
+def _encoder_by_hand(weights, x, n_heads):
+    """TransformerEncoder in float64 NumPy, from its flat weights; returns (positions, logits).
+
+    ``positions``: the last block's output ``(B, L, D)``; token 0 is padding, masked
+    as a key. The classifier is Dense(mean over all L positions of LayerNorm(...)).
+    """
+    w = [np.asarray(a, np.float64) for a in weights]
+    embedding, pos = w[0], w[1]
+    h = embedding[x] + pos[: x.shape[1]]
+    keys_ok = (x != 0)[:, None, None, :]  # (B, 1, 1, L): which keys a query may see
+    i = 2
+    while i < len(w) - 4:
+        ln1, ln2 = w[i : i + 2], w[i + 10 : i + 12]
+        (wq, bq), (wk, bk), (wv, bv), (wo, bo) = (w[j : j + 2] for j in range(i + 2, i + 10, 2))
+        (w1, b1), (w2, b2) = w[i + 12 : i + 14], w[i + 14 : i + 16]
+        n = _layer_norm(h, *ln1)
+        q, k, v = (_heads(n @ wm + bm, n_heads) for wm, bm in ((wq, bq), (wk, bk), (wv, bv)))
+        dots = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+        dots = np.where(keys_ok, dots, -1e9)
+        probs = np.exp(dots - dots.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        attended = (probs @ v).transpose(0, 2, 1, 3).reshape(h.shape)
+        h = h + attended @ wo + bo
+        h = h + np.maximum(_layer_norm(h, *ln2) @ w1 + b1, 0.0) @ w2 + b2
+        i += 16
+    logits = _layer_norm(h, w[-4], w[-3]).mean(1) @ w[-2] + w[-1]
+    return h, logits
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    model = models.TransformerEncoder(**ENCODER, mode="eval")
+    model.init(int_sig(2, 6), rng=trax.fastmath.random.get_prng(3))
+    return model
+
+
+def test_transformer_encoder_equals_its_layers_by_hand(encoder):
+    x = np.array([[3, 4, 5, 6, 7, 8], [9, 2, 11, 0, 0, 0]], np.int32)  # row 1 is padded
+    weights = flat(encoder.weights)[0]
+    assert len(weights) == 2 + 16 * ENCODER["n_layers"] + 2 + 2
+    _, want = _encoder_by_hand(weights, x, ENCODER["n_heads"])
+    np.testing.assert_allclose(encoder(x), want, rtol=1e-4, atol=1e-5)
+    # The model's own composition of layers, run by pure_fn under jit, agrees.
+    jitted = jax.jit(lambda x: encoder.pure_fn(x, encoder.weights, encoder.state, None)[0])
+    np.testing.assert_allclose(jitted(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_transformer_encoder_padding_is_masked(encoder):
+    # Appending padding (token 0) leaves every real position's encoding unchanged:
+    # attention never reads a padded key. The class logits average over all positions,
+    # padding included (as in Trax 1.4.1, whose fixture this model matches), so they
+    # are those of the longer sequence, computed by hand.
+    x = np.array([[3, 4, 5], [9, 2, 11]], np.int32)
+    padded = np.concatenate([x, np.zeros((2, 4), np.int32)], axis=1)
+    body = tl.Serial(encoder.sublayers[:-3])  # up to the last block (drops the mask)
+    weights, state = encoder.weights[:-3], encoder.state[:-3]
+    short = body.pure_fn(x, weights, state, None)[0]
+    long_ = body.pure_fn(padded, weights, state, None)[0]
+    assert long_.shape == (2, 7, ENCODER["d_model"])
+    np.testing.assert_allclose(long_[:, :3], short, rtol=1e-5, atol=1e-5)
+    hand_positions, hand_logits = _encoder_by_hand(flat(encoder.weights)[0], padded,
+                                                   ENCODER["n_heads"])
+    np.testing.assert_allclose(long_, hand_positions, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(encoder(padded), hand_logits, rtol=1e-4, atol=1e-5)
+    # The padding of each row is its own: a padded row's logits do not depend on the
+    # other rows of the batch.
+    np.testing.assert_allclose(encoder(padded[:1]), encoder(padded)[:1], rtol=1e-5, atol=1e-6)
 
 
 def test_transformer_decoder():

@@ -173,7 +173,7 @@ def test_a_failed_loop_construction_releases_the_lock(tmp_path):
     data = batches()
     task = training.TrainTask(data, tl.CrossEntropyLoss(), trax.optimizers.Adam(0.01))
     bad_model = tl.Serial(tl.Dense(4), tl.Fn("Broken", lambda x: x.reshape((7, -1))))
-    with pytest.raises(Exception):  # noqa: B017 - any error of the broken model
+    with pytest.raises(tl.LayerError, match=r"Broken \(in init\)(.|\n)*cannot reshape"):
         training.Loop(bad_model, task, output_dir=str(tmp_path / "run"), stdout=io.StringIO())
     free = _holder(tmp_path / "run", "once")
     out, err = free.communicate(timeout=120)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -102,10 +104,34 @@ def test_trax_layout_checkpoint_loads_into_model(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@contextlib.contextmanager
+def xla_compiles():
+    """The names of the XLA programs compiled inside the block (``'jit(step)'``, ...).
+
+    A ``jax.monitoring`` listener on JAX's backend-compile event: public API, and
+    it sees every compilation, whichever function object holds the program.
+    """
+    names = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
 def test_train_step_compiles_once():
     loop = make_loop(None, steps_per_ckpt=100)
-    loop.run(20)
-    assert loop._train_fns[0]._cache_size() == 1
+    with xla_compiles() as names:
+        loop.run(20)
+    assert names.count("jit(step)") == 1, names
+    with xla_compiles() as names:
+        loop.run(5)
+    assert names == []  # nothing at all is compiled once the run is warm
 
 
 def test_same_seed_same_run():
@@ -164,10 +190,13 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path):
 
 KILL_DURING_WRITE = textwrap.dedent("""
     import os, signal, sys
+    import jax, numpy as np
     sys.path.insert(0, {tests!r})
     from supervised.test_training import make_loop
     loop = make_loop(sys.argv[1], steps_per_ckpt=4)
     loop.run(4)
+    leaves = jax.tree_util.tree_leaves(loop.model.weights)
+    np.savez(sys.argv[2], *[np.asarray(w) for w in leaves])  # the step-4 checkpoint's weights
     real_replace = os.replace
     def dying_replace(src, dst):
         if dst.endswith('.safetensors'):
@@ -181,11 +210,22 @@ KILL_DURING_WRITE = textwrap.dedent("""
 def test_kill_while_writing_checkpoint_leaves_loadable_one(tmp_path):
     script = tmp_path / "kill_write.py"
     script.write_text(KILL_DURING_WRITE.format(tests=os.path.join(REPO, "tests")))
-    r = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True,
-                       text=True, timeout=300)
+    saved = tmp_path / "step4.npz"
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(saved)],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == -9, r.stderr
     loop = make_loop(tmp_path / "run", steps_per_ckpt=4)
     assert loop.step == 4
+    # The weights are the step-4 checkpoint's, bit for bit (not a half-written step 8,
+    # nor fresh ones).
+    with np.load(saved) as step4:
+        want = [step4[f"arr_{i}"] for i in range(len(step4.files))]
+    got = [np.asarray(w) for w in jax.tree_util.tree_leaves(loop.model.weights)]
+    assert len(got) == len(want) == 3
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    fresh = jax.tree_util.tree_leaves(make_loop(None).model.weights)
+    assert not np.array_equal(np.asarray(fresh[0]), got[0])  # (training moved them)
 
 
 DATA_PARALLEL = textwrap.dedent("""
@@ -314,12 +354,82 @@ def test_two_train_tasks_and_two_eval_tasks():
     d1, d2 = reverse_batches(seed=1), reverse_batches(seed=2)
     tasks = [training.TrainTask(d1, tl.CrossEntropyLoss(), trax.optimizers.Adam(0.01)),
              training.TrainTask(d2, tl.CrossEntropyLoss(), trax.optimizers.SGD(0.1))]
-    evals = [training.EvalTask(d1, [tl.Accuracy()]),
-             training.EvalTask(d2, [tl.CrossEntropyLoss()], metric_names=["ce2"])]
+    e1, e2 = next(reverse_batches(seed=3)), next(reverse_batches(seed=4))
+    evals = [training.EvalTask(itertools.repeat(e1), [tl.Accuracy()]),
+             training.EvalTask(itertools.repeat(e2), [tl.CrossEntropyLoss()],
+                               metric_names=["ce2"])]
     loop = training.Loop(small_model(), tasks, eval_tasks=evals, stdout=io.StringIO())
-    loop.run(4)
+    loop.run(1)
+    # Each eval task ran its own metric on its own data, with the weights of step 1.
+    log_probs = np.asarray(loop.model(e1[0]))
+    x2, y2, w2 = e2
+    out2 = np.asarray(loop.model(x2))
+    acc = ((log_probs.argmax(-1) == e1[1]) * e1[2]).sum() / e1[2].sum()
+    picked = np.take_along_axis(out2, y2[..., None], axis=-1)[..., 0]
+    ce = -(picked * w2).sum() / w2.sum()
+    assert loop.history.get("eval", "metrics/Accuracy") == [(1, pytest.approx(acc, abs=1e-6))]
+    assert loop.history.get("eval", "metrics/ce2") == [(1, pytest.approx(ce, rel=1e-5))]
+    loop.run(3)
     assert loop.step == 4
     assert [s for s, _ in loop.history.get("eval", "metrics/ce2")] == [1]
+
+
+def _hand_grad(model, batch):
+    """The gradient of the weighted cross-entropy at ``batch``, by jax.grad of the layers."""
+    loss = tl.CrossEntropyLoss()
+    x, y, w = batch
+
+    def value(weights):
+        out, _ = model.pure_fn(x, weights, model.state, None)
+        return loss((out, y, w))
+
+    return jax.jit(jax.grad(value))
+
+
+@pytest.mark.parametrize("which_task, order", [(None, [1, 0, 1, 0, 1]),
+                                               (lambda n: int(n > 2), [0, 0, 1, 1, 1])],
+                         ids=["alternating", "custom"])
+def test_tasks_alternate_and_each_keeps_its_own_optimizer(which_task, order):
+    # Task 0: SGD (no slots), task 1: Adam (its moments persist across its own steps
+    # only). Each step's new weights are checked against the step computed by hand.
+    batches = [[next(reverse_batches(batch_size=8, seed=s)) for s in (10 * t, 10 * t + 1)]
+               for t in (1, 2)]
+    sgd_lr, adam_lr = 0.5, 0.01
+    tasks = [training.TrainTask(itertools.cycle(batches[0]), tl.CrossEntropyLoss(),
+                                trax.optimizers.SGD(sgd_lr), sample_batch=batches[0][0]),
+             training.TrainTask(itertools.cycle(batches[1]), tl.CrossEntropyLoss(),
+                                trax.optimizers.Adam(adam_lr), sample_batch=batches[1][0])]
+    loop = training.Loop(small_model(), tasks, which_task=which_task, stdout=io.StringIO(),
+                         prefetch=False)
+    model = loop.model
+    weights = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), model.weights)
+    m = jax.tree_util.tree_map(np.zeros_like, weights)
+    v = jax.tree_util.tree_map(np.zeros_like, weights)
+    b1, b2, eps, decay = 0.9, 0.999, 1e-5, 1e-5  # Adam's defaults (Trax's)
+    used, adam_steps = [0, 0], 0
+    for step, task in enumerate(order, 1):
+        batch = batches[task][used[task] % 2]  # each task reads its own stream, in order
+        used[task] += 1
+        f32 = jax.tree_util.tree_map(lambda a: a.astype(np.float32), weights)
+        g = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                                   _hand_grad(model, batch)(f32))
+        if task == 0:  # w - lr g
+            weights = jax.tree_util.tree_map(lambda w, g: w - sgd_lr * g, weights, g)
+        else:
+            adam_steps += 1
+            c1, c2 = 1 - b1**adam_steps, 1 - b2**adam_steps  # bias corrections
+            m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, g)
+            v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
+            weights = jax.tree_util.tree_map(
+                lambda w, m, v, c1=c1, c2=c2: (1 - decay) * w - adam_lr * (m / c1) / (
+                    np.sqrt(v / c2) + eps), weights, m, v)
+        loop.run(1)
+        assert loop.step == step
+        for got, want in zip(jax.tree_util.tree_leaves(loop.model.weights),
+                             jax.tree_util.tree_leaves(weights)):
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"step {step} (task {task})")
+    assert used == [order.count(0), order.count(1)]
 
 
 def test_task_argument_errors():
