@@ -448,7 +448,7 @@ class PlotHistoryCallback:
     def call_at(self, step: int) -> bool:
         if self.every is not None:
             return step % self.every == 0
-        checkpoint_at = getattr(self._loop, "_checkpoint_at", None)
+        checkpoint_at = getattr(self._loop, "checkpoint_at", None)
         if checkpoint_at is not None:
             return bool(checkpoint_at(step))
         n = self._loop.tasks[0].n_steps_per_checkpoint

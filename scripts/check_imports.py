@@ -59,10 +59,7 @@ TIERS: list[tuple[str, list[str]]] = [
 ]
 
 # (module, private name) -> why it is still there. Delete entries as they go.
-KNOWN_PRIVATE_USES: dict[tuple[str, str], str] = {
-    ("retrax.visualize", "_checkpoint_at"):
-        "PlotHistoryCallback reads Loop._checkpoint_at (issue 13, Loop split)",
-}
+KNOWN_PRIVATE_USES: dict[tuple[str, str], str] = {}
 
 # (module, private name) -> why it is right.
 ALLOWED_PRIVATE_USES: dict[tuple[str, str], str] = {

@@ -4,6 +4,9 @@ stdout follows Trax's format (``Step      1: train CrossEntropyLoss |  3.85``);
 ``metrics.jsonl`` in the output directory gets one JSON object per logged
 value; TensorBoard event files go to ``train/`` and ``eval/`` when the
 ``tensorboardX`` package is installed (``pip install retrax[tensorboard]``).
+:class:`TrainingLog` decides what a Loop logs and when: the train losses kept
+on the device between log steps, the train summaries, the eval results, the
+progress bar.
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["MetricWriter", "format_step", "format_metric"]
+import jax
+import numpy as np
+
+from retrax.layers import base
+
+__all__ = ["MetricWriter", "TrainingLog", "format_step", "format_metric"]
 
 
 def format_step(step: int, message: str) -> str:
@@ -91,3 +100,135 @@ class MetricWriter:
             if w is not None:
                 w.close()
         self._tb = {}
+
+
+class TrainingLog:
+    """What a Loop logs: the losses of its train steps, train summaries, eval results.
+
+    The losses stay on the device until a log step (a read-back per step
+    would stall the Loop); :meth:`fetch` brings them to the host and stops
+    training on NaN/inf. Lines go to ``stdout`` (above the progress bar while
+    one shows); values to the :class:`MetricWriter` and the run's history.
+
+    Args:
+      output_dir: where ``metrics.jsonl`` and TensorBoard files go (None: nowhere).
+      stdout: a file for the log lines (default ``sys.stdout``).
+      progress_bar: show a bar during a run (None: only when stdout is a terminal).
+      loss_names: the loss name of each train task.
+      metric_names: the metric names of all eval tasks (to align the lines).
+    """
+
+    def __init__(self, output_dir: str | None, stdout: Any = None,
+                 progress_bar: bool | None = None, loss_names: Sequence[str] = (),
+                 metric_names: Sequence[str] = ()):
+        self._stdout = stdout or sys.stdout
+        self.writer = MetricWriter(output_dir, self._stdout)
+        self._progress_bar = progress_bar
+        self._bar = None
+        self._loss_names = list(loss_names)
+        self._width = max((len(n) for n in [*self._loss_names, *metric_names]), default=0)
+        self._pending: list[tuple] = []  # (step, task, loss, stats, lr) still on device
+        self._fetched: list[tuple] = []  # the same, on the host, not yet logged
+        self._last_log_time = time.time()
+        self.last_log_step = 0  # the step of the last train summary (or of the resume)
+        self._weights_printed = False
+
+    def restart_clock(self) -> None:
+        """Times the next summary's "Ran n train steps" from now."""
+        self._last_log_time = time.time()
+
+    def add_step(self, step: int, task: int, loss: Any, stats: Any, lr: float) -> None:
+        """Keeps a train step's loss and stats (on the device) for the next summary."""
+        self._pending.append((step, task, loss, stats, lr))
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def fetch(self, last_good_checkpoint: str | None) -> None:
+        """Brings the losses since the last fetch to the host; stops on NaN/inf."""
+        if not self._pending:
+            return
+        # device_get of the list: no compilation per list length (jnp.stack would).
+        losses = np.asarray(jax.device_get([p[2] for p in self._pending]), np.float32)
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            step = self._pending[bad[0]][0]
+            kept = (f" The last good checkpoint is {last_good_checkpoint}."
+                    if last_good_checkpoint else " No checkpoint was written yet.")
+            self._pending = []
+            raise FloatingPointError(
+                f"Loss became {losses[bad[0]]} at step {step}; training stopped and no "
+                f"checkpoint was written from these weights.{kept} Lower the learning rate, "
+                f"clip gradients (clip_grad_norm=...), or check that step's data."
+            )
+        stats = jax.device_get([p[3] for p in self._pending])
+        self._fetched.extend(
+            (p[0], p[1], float(v), st, p[4]) for p, v, st in zip(self._pending, losses, stats))
+        self._pending = []
+
+    def log_training(self, step: int, weights: Any, history: Any,
+                     last_good_checkpoint: str | None) -> None:
+        """Logs each train task's mean loss (and training stats) since the last summary."""
+        self.fetch(last_good_checkpoint)
+        records, self._fetched = self._fetched, []
+        elapsed = time.time() - self._last_log_time
+        n_steps = step - self.last_log_step
+        self.print()
+        if not self._weights_printed:
+            n_weights = sum(int(np.prod(w.shape)) for w in
+                            base.flatten_weights_and_state(weights, ())[0])
+            self.print(format_step(step, f"Total number of trainable weights: {n_weights}"))
+            self._weights_printed = True
+        self.print(format_step(step, f"Ran {n_steps} train steps in {elapsed:0.2f} secs"))
+        for index, loss_name in enumerate(self._loss_names):
+            mine = [r for r in records if r[1] == index]
+            if not mine:
+                continue
+            loss = float(np.mean([r[2] for r in mine]))
+            self.record(history, "train", f"metrics/{loss_name}", step, loss)
+            self.record(history, "train", "training/learning_rate", step, mine[-1][4])
+            self.record(history, "train", "training/steps per second", step,
+                        n_steps / max(elapsed, 1e-9))
+            for key in ("gradients_l2", "weights_l2"):
+                self.record(history, "train", f"training/{key}", step,
+                            float(np.mean([r[3][key] for r in mine])))
+            self.record(history, "train", "training/loss", step, loss)
+            self.print(format_metric(step, "train", loss_name, loss, self._width))
+        self._last_log_time = time.time()
+        self.last_log_step = step
+
+    def log_eval(self, step: int, prefix: str, metric_names: Sequence[str],
+                 values: Sequence[float], history: Any) -> None:
+        """Logs an eval task's metric values."""
+        for name, value in zip(metric_names, values):
+            self.record(history, "eval", f"metrics/{name}", step, float(value))
+            self.print(format_metric(step, prefix, name, float(value), self._width))
+
+    def record(self, history: Any, mode: str, tag: str, step: int, value: float) -> None:
+        history.append(mode, tag, step, value)
+        self.writer.scalar(mode, tag, step, value)
+
+    def print(self, line: str = "") -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=self._stdout)
+        else:
+            self.writer.print(line)
+
+    def open_bar(self, n_steps: int) -> None:
+        show = self._progress_bar
+        if show is None:
+            show = hasattr(self._stdout, "isatty") and self._stdout.isatty()
+        if show and n_steps > 1:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=n_steps, unit="step", file=sys.stderr, leave=False)
+
+    def close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

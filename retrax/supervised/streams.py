@@ -1,0 +1,126 @@
+"""The Loop's data streams: batch counts, resumable positions, background prefetch.
+
+Each data iterator a Loop uses (tasks sharing an iterator share it) becomes
+one :class:`Stream`. It counts the batches it hands out, so a resumed run can
+skip as many; for an iterator with ``state_dict()``/``load_state_dict(d)`` (a
+``retrax.data`` pipeline) it knows the position after the last batch handed
+out, so a resumed run restores it instead. With prefetch a :class:`Prefetcher`
+draws the next batch in a background thread while the current step runs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["Prefetcher", "Stream", "shared_streams"]
+
+
+class Prefetcher:
+    """Runs ``draw()`` in a background thread, one call ahead of ``take()``, in order.
+
+    An exception of ``draw()`` (``StopIteration`` included) is re-raised by the
+    ``take()`` that would have returned its result; nothing is drawn ahead then.
+    """
+
+    def __init__(self, draw: Callable[[], Any]):
+        self._draw = draw
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending = False
+
+    def _run(self) -> None:
+        try:
+            result = (True, self._draw())
+        except BaseException as err:  # Re-raised in the Loop's thread by take().
+            result = (False, err)
+        self._results.put(result)
+
+    def request(self) -> None:
+        # A short-lived thread per batch: nothing lingers (or holds the data) after the Loop.
+        threading.Thread(target=self._run, name="retrax-prefetch", daemon=True).start()
+        self.pending = True
+
+    def take(self) -> Any:
+        if not self.pending:
+            self.request()
+        ok, value = self._results.get()
+        self.pending = False
+        if not ok:
+            raise value
+        self.request()
+        return value
+
+    def cancel(self) -> None:
+        """Waits for a draw in flight and discards it."""
+        if self.pending:
+            self._results.get()
+            self.pending = False
+
+
+class Stream:
+    """The batches of one data iterator (shared by the tasks using it).
+
+    Counts them; for a resumable iterator (``state_dict``/``load_state_dict``)
+    knows its position after the last batch handed out; with ``prefetch``
+    draws the next batch in a background thread.
+    """
+
+    def __init__(self, iterator: Any, prefetch: bool = False):
+        self.iterator = iterator
+        self.consumed = 0
+        self.resumable = (callable(getattr(iterator, "state_dict", None))
+                          and callable(getattr(iterator, "load_state_dict", None)))
+        self._state: Any = None
+        self._prefetcher = Prefetcher(self._draw) if prefetch else None
+
+    def _draw(self) -> tuple:
+        batch = tuple(next(self.iterator))
+        # With prefetch the iterator runs one batch ahead: snapshot its position now.
+        snapshot = self._prefetcher is not None and self.resumable
+        return batch, (self.iterator.state_dict() if snapshot else None)
+
+    def next(self) -> tuple:
+        batch, self._state = self._prefetcher.take() if self._prefetcher else self._draw()
+        self.consumed += 1
+        return batch
+
+    def state(self) -> Any:
+        """The iterator's position after the last batch handed out (resumable iterators)."""
+        if self._prefetcher is not None and self.consumed > 0:
+            return self._state
+        return self.iterator.state_dict()
+
+    def restore(self, state: Any, consumed: int) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.cancel()
+        self.iterator.load_state_dict(state)
+        self.consumed, self._state = consumed, state
+
+    def skip(self, n: int, what: str) -> None:
+        for i in range(n):
+            try:
+                self.next()
+            except StopIteration:
+                raise ValueError(
+                    f"Resuming: {what} ran out after {i} batches while skipping the {n} "
+                    f"batches the interrupted run had used."
+                ) from None
+
+
+
+def shared_streams(groups: Sequence[Sequence[Any]], prefetch: bool = False) -> list[list[Stream]]:
+    """One :class:`Stream` per distinct iterator, for each group of iterators.
+
+    Tasks sharing one iterator (in a group or across groups) share one stream,
+    so they share its batches and its count.
+    """
+    streams: dict[int, Stream] = {}
+    out = []
+    for group in groups:
+        for iterator in group:
+            if id(iterator) not in streams:
+                streams[id(iterator)] = Stream(iterator, prefetch=prefetch)
+        out.append([streams[id(iterator)] for iterator in group])
+    return out
