@@ -118,7 +118,11 @@ def child_decode(methods: list[str], batch: int, new_tokens: int, prompt_len: in
 
 def _cache_len(decoding: Any, model: Any, total: int) -> int | None:
     try:  # diagnostic only: the cache length retrax picks for this call
-        return int(decoding._cache_length(model, total, "benchmark"))
+        try:
+            from retrax.supervised.decoding_checks import cache_length
+        except ImportError:  # a tree from before decoding.py was split
+            cache_length = decoding._cache_length
+        return int(cache_length(model, total, "benchmark"))
     except Exception:  # noqa: BLE001
         return None
 

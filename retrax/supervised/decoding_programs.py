@@ -1,0 +1,160 @@
+"""The compiled programs of decoding and what they feed the model.
+
+A program cache per model (held weakly), a fresh predict-mode state made for
+each call, and ``Setup``: the one place where a language model (prefilled with
+``[start_id] + prompt``) and an encoder-decoder (the prompt in its encoder)
+differ. Used by ``retrax.supervised.decoding`` and
+``retrax.supervised.beam_search``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from retrax import shapes
+from retrax.layers import base, core
+from retrax.layers.attention import predict_cache_length
+
+__all__ = ["compiled_programs", "program", "fresh_state", "batched_state_leaves", "Setup",
+           "make_setup", "model_inputs", "ends_in_log_softmax", "last_log_probs"]
+
+
+# The compiled programs of each model, {model: {key: program}}, owned by this
+# module: nothing is stored on the model. The model is a weak key, so its
+# programs go when it does; for that, a program reaches its model only through
+# a weak reference (a strong one inside the value would keep the key alive).
+_programs: weakref.WeakKeyDictionary[base.Layer, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def compiled_programs(model: base.Layer | None = None) -> int:
+    """How many decoding programs this module holds for ``model`` (for every model: None).
+
+    Decoding makes one jitted program per model and kind of call (sampling
+    settings, batch, cache length) and reuses it for the next such call. The
+    programs are kept for the model weakly, so they go when the model does; this
+    count shows both. (One program compiles again for a new prompt shape: count
+    XLA compilations with ``jax.log_compiles`` or a ``jax.monitoring`` listener.)
+    """
+    if model is None:
+        return sum(len(programs) for programs in _programs.values())
+    return len(_programs.get(model, ()))
+
+
+def program(model: base.Layer, key: Any, make: Any) -> Any:
+    """``model``'s program ``key``: ``make(model_ref)`` on first use, the same one after.
+
+    ``make`` receives a ``weakref.ref`` to the model and must not keep the
+    model itself; the programs call ``model_ref()`` when they trace.
+    """
+    programs = _programs.get(model)
+    if programs is None:
+        programs = _programs[model] = {}
+    if key not in programs:
+        programs[key] = make(weakref.ref(model))
+    return programs[key]
+
+
+def fresh_state(model: base.Layer, signature: Any, cache_len: int) -> Any:
+    """A new predict-mode state for ``signature`` with caches of ``cache_len``.
+
+    The cache length is an option of this init pass (``predict_cache_length``);
+    no layer of the model is changed.
+    """
+    def make(model_ref):
+        def state_only():
+            with predict_cache_length(cache_len):
+                with base.new_pass() as ctx:
+                    return ctx.init_layer(model_ref(), signature, jax.random.PRNGKey(0))[1]
+
+        # Under jit the weight initializers are dead code and XLA drops them.
+        return jax.jit(state_only)
+
+    return program(model, ("state", repr(signature), cache_len), make)()
+
+
+def batched_state_leaves(model: base.Layer, setup: Setup, cache_len: int) -> list[bool]:
+    """Which leaves of the state *after the prefill* have the batch as first axis.
+
+    Beam search reorders those rows. The state is compared for batch sizes 2
+    and 3 by shape only (``jax.eval_shape``): the prefill can change the state's
+    structure (an encoder-decoder's ``Cache`` fills in), so it is run too.
+    """
+    def shapes_for(b):
+        state = jax.eval_shape(lambda: fresh_state(model, setup.signature(b), cache_len))
+        after = jax.eval_shape(lambda s, x: model.pure_fn(x, model.weights, s, None)[1],
+                               state, setup.abstract_inputs(b))
+        return [getattr(x, "shape", ()) for x in jax.tree_util.tree_leaves(after)]
+
+    return [x != y for x, y in zip(shapes_for(2), shapes_for(3))]
+
+
+class Setup(NamedTuple):
+    """What decoding feeds a model, made by ``make_setup``.
+
+    ``enc``: the encoder's input tokens ``(B, S)`` of an encoder-decoder
+    (``None`` for a language model); ``first``: the decoder tokens of the
+    prefill, ``(B, P)``.
+    """
+
+    enc: Any
+    first: np.ndarray
+
+    @property
+    def positions(self) -> int:
+        """Decoder positions the prefill fills (the first sampled token comes after)."""
+        return self.first.shape[1]
+
+    def signature(self, batch: int) -> Any:
+        """The init signature of a predict-mode state for ``batch`` rows."""
+        step = shapes.ShapeDtype((batch, 1), np.int32)
+        if self.enc is None:
+            return step
+        return shapes.ShapeDtype((batch, self.enc.shape[1]), np.int32), step
+
+    def abstract_inputs(self, batch: int) -> Any:
+        """The prefill's inputs for ``batch`` rows, as ``jax.ShapeDtypeStruct``."""
+        first = jax.ShapeDtypeStruct((batch, self.positions), jnp.int32)
+        if self.enc is None:
+            return first
+        return jax.ShapeDtypeStruct((batch, self.enc.shape[1]), jnp.int32), first
+
+
+def make_setup(model: base.Layer, prompt: np.ndarray, start_id: int) -> Setup:
+    """The one place where a language model and an encoder-decoder differ in setup.
+
+    A language model (``n_in == 1``) is prefilled with ``[start_id] + prompt``;
+    an encoder-decoder (``n_in == 2``) reads ``prompt`` in its encoder and is
+    prefilled with ``[start_id]``. ``prompt``: ``(B, L)`` int32, ``L`` may be 0
+    for a language model.
+    """
+    start = np.full((prompt.shape[0], 1), start_id, np.int32)
+    if model.n_in == 1:
+        return Setup(None, np.concatenate([start, prompt], axis=1))
+    return Setup(jnp.asarray(prompt), start)
+
+
+def model_inputs(enc: Any, tokens: Any) -> Any:
+    """The model's inputs for decoder ``tokens`` (``enc`` as in ``Setup``)."""
+    return tokens if enc is None else (enc, tokens)
+
+
+def ends_in_log_softmax(model: base.Layer) -> bool:
+    """Whether the model's last layer is ``LogSoftmax`` over the vocabulary (last) axis."""
+    layer = model
+    while type(layer).__name__ == "Serial" and layer.sublayers:
+        layer = layer.sublayers[-1]
+    # (B, L, V) outputs: axis -1 or 2 is the vocabulary.
+    return isinstance(layer, core.LogSoftmax) and layer.axis in (-1, 2)
+
+
+def last_log_probs(model: base.Layer, outputs: Any) -> Any:
+    """Log-probabilities of the model's outputs at the last position, ``(B, V)``."""
+    logits = (outputs[0] if model.n_in == 2 else outputs)[:, -1].astype(jnp.float32)
+    if ends_in_log_softmax(model):
+        return logits  # TransformerLM / Transformer: already log_softmax'ed
+    return jax.nn.log_softmax(logits, axis=-1)

@@ -1,0 +1,105 @@
+"""Choosing a token from log-probabilities: greedy, Gumbel-max, top-k and top-p.
+
+Sort-free: the argmax is a max/compare/min, and the top-k / top-p thresholds
+are found by a bitwise search over order-preserving integer keys (XLA's CPU
+sort is slow). Tokens tied with the last one kept are all kept, so with ties
+the support can exceed ``k``. Used by ``retrax.supervised.decoding``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from retrax.fastmath import random as fastmath_random
+
+__all__ = ["argmax", "ordered_keys", "smallest_key", "restrict", "sample", "SEARCH_BITS"]
+
+SEARCH_BITS = 2  # key bits decided per round of smallest_key (16 rounds)
+
+
+def argmax(x: Any) -> Any:
+    """First index of each row's maximum, as int32 (``jnp.argmax``, NaN aside).
+
+    A max, a compare and a min: XLA's CPU backend runs these vectorized, while
+    ``argmax``'s two-operand reduction costs several times more per element.
+    A row holding NaN gives an index past the end; callers check for NaN.
+    """
+    top = jnp.max(x, axis=-1, keepdims=True)
+    index = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1)
+
+
+def ordered_keys(x: Any) -> Any:
+    """uint32 keys with the order of the float32 values ``x`` (``-inf`` lowest, NaN highest)."""
+    x = x.astype(jnp.float32)
+    x = jnp.where(x == 0.0, jnp.float32(0.0), x)  # -0.0 ties with +0.0
+    bits = lax.bitcast_convert_type(x, jnp.uint32)
+    negative = (bits >> 31) == 1
+    keys = jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+    return jnp.where(jnp.isnan(x), jnp.uint32(0xFFFFFFFF), keys)  # NaN (any sign) on top
+
+
+def smallest_key(keys: Any, weights: Any, limit: Any) -> Any:
+    """Per row, the smallest key ``t`` with ``sum(weights[keys > t]) < limit``.
+
+    The sum only falls as ``t`` grows, so ``t`` is found bit by bit from the
+    top, deciding ``SEARCH_BITS`` bits per round by trying every value of
+    them at once. No sort: XLA's CPU sort costs ~40 us for a row of 256.
+    """
+    t = jnp.zeros(keys.shape[:-1], jnp.uint32)
+    n = 1 << SEARCH_BITS
+    tries = jnp.arange(n - 1, dtype=jnp.uint32)
+    for shift in range(32 - SEARCH_BITS, -1, -SEARCH_BITS):
+        # Candidates: the bits decided so far, each value of this round's bits,
+        # and all lower bits set (the largest key with that prefix).
+        cand = t[..., None] | (tries << shift) | jnp.uint32((1 << shift) - 1)
+        above = keys[..., None, :] > cand[..., :, None]
+        mass = jnp.sum(jnp.where(above, weights[..., None, :], 0.0), axis=-1)
+        t = t | (jnp.sum(mass >= limit, axis=-1).astype(jnp.uint32) << shift)
+    return t
+
+
+def restrict(logits: Any, top_k: int | None, top_p: float | None) -> Any:
+    """Sets logits outside the top-k / nucleus support to -inf.
+
+    Top-k keeps the tokens whose logit is at least the k-th largest; top-p the
+    most likely tokens whose probability mass *before* them (in order of
+    probability) is below ``top_p``: the smallest set reaching ``top_p``. Tokens
+    tied with the last one kept are all kept, so with ties the support can be
+    larger than ``k`` (no arbitrary tie-breaking).
+    """
+    neg = jnp.asarray(-jnp.inf, logits.dtype)
+    keys = ordered_keys(logits)
+    if top_k is not None and top_k < logits.shape[-1]:
+        t = smallest_key(keys, jnp.ones(logits.shape, jnp.float32), jnp.float32(top_k))
+        logits = jnp.where(keys >= t[..., None], logits, neg)
+        keys = ordered_keys(logits)
+    if top_p is not None and top_p < 1.0:
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        t = smallest_key(keys, probs, jnp.float32(top_p))
+        logits = jnp.where(keys >= t[..., None], logits, neg)
+    return logits
+
+
+def sample(log_probs: Any, key: Any, temperature: float, top_k: int | None,
+           top_p: float | None) -> Any:
+    """One token per row: argmax at temperature 0, else Gumbel-max over the support.
+
+    The Gumbel noise comes from the counter hash of ``fastmath.random`` (one
+    fused elementwise computation), not threefry, which costs as much as the
+    model's forward pass for a small model at batch 1.
+    """
+    if temperature == 0.0:
+        return argmax(log_probs)
+    logits = restrict(log_probs / temperature, top_k, top_p)
+    bits = fastmath_random.hash_bits(key, logits.shape)
+    # 24 random bits -> uniform in (0, 1), never exactly 0 or 1.
+    u = (bits >> 8).astype(jnp.float32) * (1.0 / 16777216.0) + (0.5 / 16777216.0)
+    gumbel = -jnp.log(-jnp.log(u))
+    # The top 24-bit value rounds u to 1.0 in float32, so that noise is +inf: a token
+    # outside the support (-inf) must stay -inf, not become NaN (an index past the end).
+    return argmax(jnp.where(logits == -jnp.inf, logits, logits + gumbel))
