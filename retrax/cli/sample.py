@@ -15,6 +15,7 @@ from typing import Any
 from retrax.cli.errors import UsageError, one_line
 from retrax.cli.model_specs import model_from_args
 from retrax.cli.sources import load_model, resolve_checkpoint
+from retrax.supervised import decoding_checks
 
 __all__ = ["cmd_sample", "parse_prompt", "model_limits"]
 
@@ -33,25 +34,9 @@ def parse_prompt(text: str) -> list[int]:
 
 
 def model_limits(model: Any) -> tuple[int | None, int | None]:
-    """``(vocab_size, max_len)`` read off the weights of a model's first Embedding and its
-    PositionalEncodings (the smallest table): None where the model has no such layer."""
-    import numpy as np
-
-    vocab = max_len = None
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        kind = type(layer).__name__
-        if kind in ("Embedding", "PositionalEncoding"):
-            weights = layer.weights
-            table = weights[0] if isinstance(weights, (tuple, list)) and weights else weights
-            shape = np.shape(table) if hasattr(table, "shape") else ()
-            if kind == "Embedding" and vocab is None and len(shape) == 2:
-                vocab = int(shape[0])
-            elif kind == "PositionalEncoding" and len(shape) >= 2:
-                max_len = int(shape[-2]) if max_len is None else min(max_len, int(shape[-2]))
-        stack.extend(reversed(layer.sublayers))  # Depth first, in order.
-    return vocab, max_len
+    """``(vocab_size, max_len)`` of a model's first Embedding and its PositionalEncodings
+    (the smallest table): None where the model has no such layer."""
+    return decoding_checks.vocab_and_max_len(model)
 
 
 def _check_lengths(model: Any, n_prompt: int, max_length: int, max_len: int | None,

@@ -85,7 +85,7 @@ from retrax.layers.trees import (
 )
 
 __all__ = [
-    "Layer", "PureLayer", "Fn", "LayerError", "with_mode", "EMPTY_WEIGHTS", "EMPTY_STATE",
+    "Layer", "PureLayer", "Fn", "LayerError", "with_mode", "walk_layers", "EMPTY_WEIGHTS", "EMPTY_STATE",
     "GET_WEIGHTS_FROM_CACHE", "GET_STATE_FROM_CACHE", "flatten_weights_and_state",
     "unflatten_weights_and_state", "to_list",
     # Defined beside Layer before it was split, importable from here as then:
@@ -566,7 +566,7 @@ def with_mode(model: Layer, mode: str) -> Layer:
     """
     if mode not in _MODES:
         raise ValueError(f"with_mode: mode must be one of {_MODES}; got {mode!r}.")
-    moded = [lyr for lyr in _walk(model) if lyr._mode is not None]
+    moded = [lyr for lyr in walk_layers(model) if lyr._mode is not None]
     if any((lyr._mode == "predict") != (mode == "predict") for lyr in moded):
         raise ValueError(
             f"with_mode: cannot switch {model.name_with_arity} between {model.mode!r} and "
@@ -574,25 +574,25 @@ def with_mode(model: Layer, mode: str) -> Layer:
             f"differently. Build the model with mode='predict' and load the weights "
             f"(e.g. init_from_file(..., weights_only=True)).")
     # Arrays are immutable: the copy shares them instead of copying every weight.
-    memo = {id(leaf): leaf for lyr in _walk(model)
+    memo = {id(leaf): leaf for lyr in walk_layers(model)
             for leaf in jax.tree_util.tree_leaves((lyr._weights, lyr._state))}
     clone = copy.deepcopy(model, memo)
-    for lyr in _walk(clone):
+    for lyr in walk_layers(clone):
         if lyr._mode is not None:
             lyr._mode = mode
     return clone
 
 
-def _walk(layer: Layer) -> list[Layer]:
-    """``layer`` and every layer inside it, each once."""
-    seen: dict[int, Layer] = {}
+def walk_layers(layer: Layer) -> Iterator[Layer]:
+    """``layer`` and every layer inside it, each once, in the order ``print`` lists them."""
+    seen: set[int] = set()
     todo = [layer]
     while todo:
         lyr = todo.pop()
         if id(lyr) not in seen:
-            seen[id(lyr)] = lyr
-            todo.extend(lyr.sublayers)
-    return list(seen.values())
+            seen.add(id(lyr))
+            yield lyr
+            todo.extend(reversed(lyr.sublayers))
 
 
 def _init_alone(layer: Layer, input_signature: Any, rng: Any) -> tuple[Any, Any]:

@@ -86,13 +86,8 @@ class BatchChecks:
 
 def find_embedding_vocab(model: base.Layer) -> int | None:
     """The ``vocab_size`` of the first ``Embedding`` in ``model`` (depth first), or None."""
-    stack = [model]
-    while stack:
-        layer = stack.pop(0)
-        if isinstance(layer, core.Embedding):
-            return layer.vocab_size
-        stack = list(layer.sublayers) + stack
-    return None
+    return next((layer.vocab_size for layer in base.walk_layers(model)
+                 if isinstance(layer, core.Embedding)), None)
 
 
 def last_dim(sig: Any) -> int | None:

@@ -9,37 +9,23 @@ call. Each check names the function called (``where``) in its message. Used by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from retrax.layers import base, core
+from retrax.layers import base, core, positional
 
-__all__ = ["walk", "walk_in_order", "check_model", "embedding_vocabs", "vocab_and_max_len",
+__all__ = ["check_model", "embedding_vocabs", "vocab_and_max_len",
            "prepare", "cache_length", "check_sampling", "check_start_id", "CACHE_BUCKET"]
 
 CACHE_BUCKET = 8
-
-
-def walk(layer: base.Layer) -> Iterator[base.Layer]:
-    """``layer`` and every layer inside it, each once."""
-    seen: set[int] = set()
-    stack = [layer]
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        yield layer
-        stack.extend(layer.sublayers)
 
 
 def check_model(model: base.Layer, where: str) -> None:
     """``model`` must be an initialized predict-mode ``Layer`` with 1 or 2 inputs."""
     if not isinstance(model, base.Layer):
         raise TypeError(f"{where}: model must be a retrax Layer; got {type(model).__name__}.")
-    modes = {layer.mode for layer in walk(model)} - {None}
+    modes = {layer.mode for layer in base.walk_layers(model)} - {None}
     # (A predict-mode Transformer runs its encoder in 'eval' mode: that is fine.)
     if "train" in modes or (modes and "predict" not in modes):
         mode = "train" if "train" in modes else sorted(modes)[0]
@@ -56,19 +42,6 @@ def check_model(model: base.Layer, where: str) -> None:
         raise ValueError(f"{where}: models with {model.n_in} inputs are not supported (1 or 2).")
 
 
-def walk_in_order(layer: base.Layer) -> Iterator[base.Layer]:
-    """The layers of ``layer`` in the order ``print(model)`` lists them, each once."""
-    seen: set[int] = set()
-    stack = [layer]
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        yield layer
-        stack.extend(reversed(layer.sublayers))
-
-
 def embedding_vocabs(model: base.Layer) -> list[int]:
     """``vocab_size`` of each ``Embedding``, in print order.
 
@@ -76,7 +49,7 @@ def embedding_vocabs(model: base.Layer) -> list[int]:
     an encoder-decoder); the last embeds the decoded tokens, start_id included
     (an encoder-decoder's target embedding follows its encoder).
     """
-    return [layer.vocab_size for layer in walk_in_order(model)
+    return [layer.vocab_size for layer in base.walk_layers(model)
             if isinstance(layer, core.Embedding)]
 
 
@@ -85,8 +58,8 @@ def vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
     vocabs = embedding_vocabs(model)
     vocab = vocabs[0] if vocabs else None
     max_len = None
-    for layer in walk(model):
-        if type(layer).__name__ == "PositionalEncoding":
+    for layer in base.walk_layers(model):
+        if isinstance(layer, positional.PositionalEncoding):
             w = layer.weights
             table = w[0] if isinstance(w, tuple) and w else w
             if hasattr(table, "shape"):

@@ -222,6 +222,7 @@ class LoopCheckpoints:
             return None
         natives = dict(native_checkpoints(directory))
         newest_first = [natives[s] for s in sorted(natives, reverse=True)]
+        read: dict[str, Any] = {}  # model.pkl.gz, once read for its step, is not read again
         if filename is not None:
             candidates = [os.path.join(directory, filename)]
         elif self.write_trax:
@@ -229,7 +230,8 @@ class LoopCheckpoints:
             if not os.path.exists(trax_path):
                 return None
             try:
-                step = int(trax_pickle.read_trax_checkpoint(trax_path).step or -1)
+                read[trax_path] = trax_pickle.read_trax_checkpoint(trax_path)
+                step = int(read[trax_path].step or -1)
                 candidates = [natives[step], trax_path] if step in natives else [trax_path]
             except _UNREADABLE as err:
                 self._print(f"Note: {trax_path} cannot be read ({_first_line(err)}); resuming "
@@ -242,8 +244,9 @@ class LoopCheckpoints:
         failures = []
         for path in candidates:
             try:
-                loaded = (trax_pickle.read_trax_checkpoint(path) if path.endswith(".pkl.gz")
-                          else checkpoints.read_native(checkpoints.read_bytes(path), path))
+                loaded = read.get(path) or (
+                    trax_pickle.read_trax_checkpoint(path) if path.endswith(".pkl.gz")
+                    else checkpoints.read_native(checkpoints.read_bytes(path), path))
             except _UNREADABLE as err:
                 failures.append(f"{path} ({_first_line(err)})")
                 self._print(f"Note: skipping {path}, which cannot be read ({_first_line(err)}).")

@@ -314,3 +314,26 @@ def test_resuming_into_a_model_of_another_config_with_the_same_shapes_is_refused
     run_with(lm(2)).run(1)
     with pytest.raises(checkpoints.CheckpointError, match="n_heads=2 .* n_heads=4"):
         run_with(lm(4))
+
+
+@pytest.mark.parametrize("bad_state, bad_slots, named", [
+    (True, False, "at step 7, Serial[1] > Dropout, state (shape ()) holds nan"),
+    (False, True, "at step 7, optimizer slots of task 0['mu'][1] (shape (2,)) holds inf"),
+])
+def test_a_non_finite_state_or_optimizer_slot_is_named_and_not_checkpointed(
+        bad_state, bad_slots, named):
+    from retrax.supervised import loop_checkpoints, train_step
+
+    model = tl.Serial(tl.Dense(2), tl.Dropout(0.1))
+    weights, state = model.init(trax.shapes.ShapeDtype((1, 3)))
+    if bad_state:
+        state = ((), np.float32(np.nan))
+    slots = [{"mu": (np.ones(2, np.float32), np.array([1.0, np.inf if bad_slots else 2.0],
+                                                      np.float32))}]
+    saver = loop_checkpoints.LoopCheckpoints(
+        None, model, train_step.Placement(1), input_signature=None, seed=0, keep=1,
+        write_trax=False, print_fn=print)
+    saver.check_finite(6, weights, model.state, [{"mu": (np.ones(2, np.float32),)}])  # fine
+    with pytest.raises(FloatingPointError) as err:
+        saver.check_finite(7, weights, state, slots)
+    assert named in str(err.value) and "No checkpoint was written yet." in str(err.value)
