@@ -19,7 +19,10 @@ from retrax.layers.base import (  # noqa: F401
     with_mode,
 )
 from retrax.layers.combinators import *  # noqa: F401,F403
+from retrax.layers.convolution import *  # noqa: F401,F403
 from retrax.layers.core import *  # noqa: F401,F403
 from retrax.layers.initializers import *  # noqa: F401,F403
 from retrax.layers.metrics import *  # noqa: F401,F403
 from retrax.layers.normalization import *  # noqa: F401,F403
+from retrax.layers.pooling import *  # noqa: F401,F403
+from retrax.layers.rnn import *  # noqa: F401,F403

@@ -1,0 +1,5 @@
+"""Placeholder for the convolution layer family (issue 14); filled in by its own change."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

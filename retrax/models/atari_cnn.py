@@ -1,0 +1,5 @@
+"""Placeholder for the atari_cnn models (issue 14); filled in by its own change."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
