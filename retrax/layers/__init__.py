@@ -22,7 +22,10 @@ from retrax.layers.combinators import *  # noqa: F401,F403
 from retrax.layers.convolution import *  # noqa: F401,F403
 from retrax.layers.core import *  # noqa: F401,F403
 from retrax.layers.initializers import *  # noqa: F401,F403
+from retrax.layers.inspection import *  # noqa: F401,F403
+from retrax.layers.locally_connected import *  # noqa: F401,F403
 from retrax.layers.metrics import *  # noqa: F401,F403
 from retrax.layers.normalization import *  # noqa: F401,F403
 from retrax.layers.pooling import *  # noqa: F401,F403
+from retrax.layers.random_uniform import *  # noqa: F401,F403
 from retrax.layers.rnn import *  # noqa: F401,F403

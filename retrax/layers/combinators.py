@@ -4,11 +4,13 @@ This module gathers them under one name (``retrax.layers.combinators.X``, as
 in Trax); each concept lives in a module of its own:
 
 - ``retrax.layers.stack_combinators``: ``Serial``, ``Parallel``, ``Branch``,
-  ``Residual`` and the stack moves ``Select``, ``Dup``, ``Drop``, ``Swap``;
+  ``Residual``, ``SerialWithSideOutputs`` and the stack moves ``Select``,
+  ``Dup``, ``Drop``, ``Swap``;
 - ``retrax.layers.merge``: ``Add``, ``SubtractTop``, ``Multiply``, ``Gate``,
   ``Concatenate``, ``Split``, ``FlattenList``;
 - ``retrax.layers.control_flow``: ``Scan``, ``Cond``, ``Cache``,
   ``BatchLeadingAxes``;
+- ``retrax.layers.chunk``: ``Chunk`` (a layer run on batch chunks);
 - ``retrax.layers.stack``: ``inputs_from_stack``, ``outputs_onto_stack``.
 
 >>> import numpy as np
@@ -25,7 +27,8 @@ Branch_in2_out2[
 
 from __future__ import annotations
 
-from retrax.layers import control_flow, merge, stack_combinators
+from retrax.layers import chunk, control_flow, merge, stack_combinators
+from retrax.layers.chunk import *  # noqa: F403
 from retrax.layers.control_flow import *  # noqa: F403
 from retrax.layers.merge import *  # noqa: F403
 from retrax.layers.stack import inputs_from_stack, outputs_onto_stack
@@ -35,6 +38,7 @@ __all__ = [
     *stack_combinators.__all__,
     *merge.__all__,
     *control_flow.__all__,
+    *chunk.__all__,
     "inputs_from_stack",
     "outputs_onto_stack",
 ]

@@ -1,8 +1,9 @@
 """Stack combinators: layers that run sublayers on the data stack, and move its items.
 
 ``Serial`` (one after another), ``Parallel`` (each on its own slice of the
-inputs), ``Branch`` (each on copies of the top inputs), ``Residual``, and the
-weightless stack moves ``Select``, ``Dup``, ``Drop``, ``Swap``. Re-exported by
+inputs), ``Branch`` (each on copies of the top inputs), ``Residual``, ``SerialWithSideOutputs`` (a ``Serial`` that sets side outputs
+aside under the stack), and the weightless stack moves ``Select``, ``Dup``,
+``Drop``, ``Swap``. Re-exported by
 ``retrax.layers.combinators`` and as ``tl.X``.
 
 ``check_sublayer_entries`` is the check every combinator with one weight
@@ -29,6 +30,7 @@ __all__ = [
     "Parallel",
     "Branch",
     "Residual",
+    "SerialWithSideOutputs",
     "Select",
     "Dup",
     "Drop",
@@ -300,6 +302,71 @@ def Residual(*layers: Any, shortcut: Any = None) -> Layer:  # noqa: N802
         raise ValueError("Residual: needs at least one layer, e.g. tl.Residual(tl.Dense(d)).")
     layer = flat[0] if len(flat) == 1 else Serial(flat)
     return Serial(Branch(shortcut, layer), Add())
+
+
+def SerialWithSideOutputs(layers: Sequence[Layer], n_side_outputs: Any = 1) -> Layer:  # noqa: N802
+    """Runs ``layers`` in series, setting the last outputs of each aside.
+
+    Each layer's last ``n_side_outputs`` outputs (an int for all layers, or a
+    list with one int per layer) move under the rest of the stack, and the
+    later layers run on what stays on top. For example, with two layers
+
+      - F: 1 input, 2 outputs (f, f_side)
+      - G: 1 input, 2 outputs (g, g_side)
+
+    SerialWithSideOutputs([F, G]) takes 1 input and gives 3 outputs:
+
+      - inputs: x
+      - outputs: g, f_side, g_side    where f, f_side = F(x) and g, g_side = G(f)
+
+    In general the outputs are the stack left by the layers, then the side
+    outputs in the order the layers made them. It is a ``Serial`` of each
+    layer followed by a ``Select`` that moves its side outputs down (Trax's
+    construction, so weights read ``(w_F, (), w_G, ())``).
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> halve_and_keep = tl.Fn('HalveAndKeep', lambda x: (x / 2, x), n_out=2)
+    >>> model = tl.SerialWithSideOutputs([halve_and_keep, halve_and_keep])
+    >>> model.n_in, model.n_out
+    (1, 3)
+    >>> [y.item() for y in model(np.array(8.0))]
+    [2.0, 8.0, 4.0]
+    """
+    if isinstance(layers, Layer) or not isinstance(layers, (list, tuple)):
+        raise ValueError(
+            f"SerialWithSideOutputs: layers must be a list of layers; got "
+            f"{type(layers).__name__}. Write SerialWithSideOutputs([layer_1, layer_2])."
+        )
+    layers = _ensure_flat(layers, "SerialWithSideOutputs")
+    counts = ([n_side_outputs] * len(layers) if not isinstance(n_side_outputs, (list, tuple))
+              else list(n_side_outputs))
+    if len(counts) != len(layers):
+        raise ValueError(
+            f"SerialWithSideOutputs: n_side_outputs has {len(counts)} entries for "
+            f"{len(layers)} layers; give one int per layer, or a single int for all."
+        )
+    for layer, n_side in zip(layers, counts):
+        if isinstance(n_side, bool) or not isinstance(n_side, (int, np.integer)) or not (
+                0 <= n_side <= layer.n_out):
+            raise ValueError(
+                f"SerialWithSideOutputs: {layer.name_with_arity} gives {layer.n_out} outputs, "
+                f"so its n_side_outputs must be an int from 0 to {layer.n_out}; got {n_side!r}."
+            )
+    # The inputs needed: as Serial counts them, with side outputs out of reach.
+    needed = consumed = 0
+    for layer, n_side in zip(layers, counts):
+        needed = max(needed, consumed + layer.n_in)
+        consumed += layer.n_in - (layer.n_out - n_side)
+    # Run with `needed` inputs; after each layer, rotate its side outputs to the bottom.
+    size, serial = needed, []
+    for layer, n_side in zip(layers, counts):
+        size += layer.n_out - layer.n_in
+        kept = layer.n_out - n_side
+        order = (list(range(kept)) + list(range(layer.n_out, size))
+                 + list(range(kept, layer.n_out)))
+        serial += [layer, Select(order)]
+    return Serial(serial)
 
 
 class Select(PureLayer):
