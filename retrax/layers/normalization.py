@@ -1,4 +1,7 @@
-"""Normalization layers.
+"""Normalization layers: LayerNorm, RMSNorm, BatchNorm, FilterResponseNorm.
+
+``BatchNorm`` is the one with state: running statistics, updated in
+``'train'`` mode and used in the other modes.
 
 >>> import numpy as np
 >>> from retrax import layers as tl, shapes
@@ -10,12 +13,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 
-from retrax.layers.base import Layer
+from retrax.layers.base import EMPTY_WEIGHTS, Layer
+from retrax.layers.core import check_mode
 
-__all__ = ["LayerNorm", "RMSNorm"]
+__all__ = ["LayerNorm", "RMSNorm", "BatchNorm", "FilterResponseNorm"]
 
 
 def _feature_check(layer: Layer, x, d: int) -> None:
@@ -99,3 +105,193 @@ class RMSNorm(Layer):
         _feature_check(self, x, scale.shape[0])
         ms = jnp.mean(x * x, axis=-1, keepdims=True)
         return x * (1.0 / jnp.sqrt(ms + self._epsilon)) * scale
+
+
+class BatchNorm(Layer):
+    """Batch normalization with running statistics in its state (Trax's); 1 -> 1.
+
+    In ``'train'`` mode it normalizes with the mean and (biased) variance of
+    the batch over ``axis`` and updates the state; in ``'eval'`` and
+    ``'predict'`` mode it normalizes with the running statistics and leaves
+    the state as it is. The mode is read when the layer runs, so
+    ``tl.with_mode(model, 'eval')`` switches it.
+
+    ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta``.
+
+    Layout (Trax's, so checkpoints load one to one), for inputs ``(B, H, W, C)``
+    and the default ``axis=(0, 1, 2)``:
+
+    - weights ``(beta, gamma)``, float32 of the shape of the axes not reduced,
+      ``(C,)``: zeros and ones. Without ``center`` (``scale``) ``beta``
+      (``gamma``) is the empty tuple ``()``.
+    - state ``(running_mean, running_var, n_batches)``: float32 of the input's
+      shape with 1 on the reduced axes, ``(1, 1, 1, C)``, starting at zeros and
+      ones; ``n_batches`` an int32 scalar counting the train-mode calls.
+
+    Each train-mode call sets ``running = momentum * running + (1 - momentum)
+    * batch_statistic`` (no debiasing: Trax's rule; ``n_batches`` only
+    counts). The batch variance is ``mean(x**2) - mean(x)**2`` as in Trax,
+    floored at 0 against rounding.
+
+    Args:
+      axis: the axes reduced (an int or a tuple; negative ones count from the end).
+      epsilon: added to the variance.
+      center, scale: learn ``beta`` / ``gamma``.
+      momentum: weight of the old running statistic.
+      mode: ``'train'``, ``'eval'`` or ``'predict'``.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl, shapes
+    >>> bn = tl.BatchNorm(axis=(0,), momentum=0.5)
+    >>> _ = bn.init(shapes.ShapeDtype((2, 1)))
+    >>> np.round(bn(np.array([[1.0], [3.0]])), 4).tolist()
+    [[-1.0], [1.0]]
+    >>> [v.tolist() for v in bn.state]
+    [[[1.0]], [[1.0]], 1]
+    >>> np.round(tl.with_mode(bn, 'eval')(np.array([[2.0]])), 4).tolist()
+    [[1.0]]
+    """
+
+    def __init__(self, axis: Any = (0, 1, 2), epsilon: float = 1e-5, center: bool = True,
+                 scale: bool = True, momentum: float = 0.999, mode: str = "train"):
+        super().__init__()
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
+        try:
+            axes = tuple(int(a) for a in axes)
+        except TypeError:
+            raise TypeError(f"BatchNorm: axis must be an int or a tuple of ints; got "
+                            f"{axis!r}.") from None
+        if not axes or len(set(axes)) != len(axes):
+            raise ValueError(f"BatchNorm: axis must name distinct axes; got {axis!r}.")
+        if epsilon <= 0:
+            raise ValueError(f"BatchNorm: epsilon must be > 0; got {epsilon}.")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"BatchNorm: momentum must be in [0, 1]; got {momentum}.")
+        self._axis = axes
+        self._epsilon = epsilon
+        self._center = center
+        self._scale = scale
+        self._momentum = momentum
+        self._mode = check_mode("BatchNorm", mode)
+
+    def _axes_for(self, ndim: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not -ndim <= a < ndim for a in self._axis):
+            raise ValueError(
+                f"{self.name} normalizes over axes {self._axis}, which inputs of shape {shape} "
+                f"({ndim} axes) do not have. Build it with axis= naming the batch (and "
+                f"spatial) axes of these inputs, e.g. axis=(0,) for (batch, features).")
+        return tuple(sorted(a % ndim for a in self._axis))
+
+    def init_weights_and_state(self, input_signature):
+        shape = tuple(input_signature.shape)
+        axes = self._axes_for(len(shape), shape)
+        kept = tuple(d for i, d in enumerate(shape) if i not in axes)
+        stats = tuple(1 if i in axes else d for i, d in enumerate(shape))
+        beta = jnp.zeros(kept, jnp.float32) if self._center else EMPTY_WEIGHTS
+        gamma = jnp.ones(kept, jnp.float32) if self._scale else EMPTY_WEIGHTS
+        self.weights = (beta, gamma)
+        self.state = (jnp.zeros(stats, jnp.float32), jnp.ones(stats, jnp.float32),
+                      jnp.zeros((), jnp.int32))
+
+    def _check_input(self, x: Any, running_mean: Any) -> tuple[int, ...]:
+        shape = tuple(x.shape)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"{self.name} expects float inputs; got dtype {x.dtype} (shape "
+                            f"{shape}). Convert first: tl.ToFloat() or x.astype(np.float32).")
+        axes = self._axes_for(x.ndim, shape)
+        stats = tuple(running_mean.shape)
+        if len(stats) != x.ndim or any(s != d for i, (s, d) in enumerate(zip(stats, shape))
+                                       if i not in axes):
+            features = tuple(s for i, s in enumerate(stats) if i not in axes)
+            got = tuple(d for i, d in enumerate(shape) if i not in axes)
+            hint = ""
+            if x.ndim == 4 and len(stats) == 4 and axes == (0, 1, 2) and shape[1] == stats[3]:
+                hint = (" The input looks channels-first (NCHW); BatchNorm's default axis "
+                        "expects channels last (NHWC): transpose it with x.transpose(0, 2, 3, 1).")
+            raise ValueError(
+                f"{self.name} was initialized for inputs of {len(stats)} axes whose "
+                f"non-normalized axes are {features} (running statistics {stats}); got shape "
+                f"{shape}, whose are {got}.{hint} Otherwise re-run init with the new input "
+                f"signature.")
+        return axes
+
+    def forward(self, x):
+        running_mean, running_var, n_batches = self.state
+        x = jnp.asarray(x)
+        axes = self._check_input(x, running_mean)
+        if self._mode == "train":
+            count = int(np.prod([x.shape[a] for a in axes]))
+            if count < 2:
+                raise ValueError(
+                    f"{self.name} in 'train' mode normalizes with statistics over axes {axes}, "
+                    f"which hold {count} value(s) per feature for input shape "
+                    f"{tuple(x.shape)}: the variance would be 0 and every output just beta. "
+                    f"Train with batches of at least 2, or run in 'eval' mode "
+                    f"(tl.with_mode(model, 'eval')) to use the running statistics.")
+            mean = jnp.mean(x, axes, keepdims=True)
+            var = jnp.maximum(jnp.mean(x * x, axes, keepdims=True) - mean * mean, 0.0)
+            m = self._momentum
+            self.state = ((m * running_mean + (1 - m) * mean).astype(running_mean.dtype),
+                          (m * running_var + (1 - m) * var).astype(running_var.dtype),
+                          n_batches + 1)
+        else:
+            mean, var = running_mean, running_var
+        z = (x - mean.astype(x.dtype)) / jnp.sqrt(var + self._epsilon).astype(x.dtype)
+        beta, gamma = self.weights
+        expand = tuple(None if i in axes else slice(None) for i in range(x.ndim))
+        if self._scale:
+            z = z * gamma[expand]
+        if self._center:
+            z = z + beta[expand]
+        return z.astype(x.dtype)
+
+
+class FilterResponseNorm(Layer):
+    """Filter response normalization (arXiv:1911.09737), without its TLU; 1 -> 1.
+
+    For ``(B, H, W, C)`` inputs, ``nu2`` is the mean of ``x**2`` over the axes
+    between batch and channels, and ``y = gamma * x / sqrt(nu2 + epsilon) +
+    beta``. Weights ``(gamma, beta, epsilon_l)`` (Trax's): float32 ``(C,)``
+    ones and zeros, and ``epsilon_l = ()``, or with ``learn_epsilon`` the
+    1-tuple ``(init_learnt_epsilon,)`` of a float32 scalar; then ``epsilon =
+    init_epsilon + |epsilon_l[0]|``. ``mode`` is accepted and unused (it
+    behaves the same in every mode). Pair it with
+    ``tl.ThresholdedLinearUnit``.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl, shapes
+    >>> frn = tl.FilterResponseNorm(init_epsilon=1e-9)
+    >>> _ = frn.init(shapes.ShapeDtype((1, 2, 1)))
+    >>> frn(np.array([[[3.0], [4.0]]]))[0, :, 0].tolist()
+    [0.84852..., 1.13137...]
+    """
+
+    def __init__(self, mode: str | None = None, learn_epsilon: bool = False,
+                 init_epsilon: float = 1e-6, init_learnt_epsilon: float = 1e-4):
+        super().__init__()
+        if mode is not None:
+            check_mode("FilterResponseNorm", mode)
+        if init_epsilon <= 0 or init_learnt_epsilon <= 0:
+            raise ValueError(
+                f"FilterResponseNorm: init_epsilon and init_learnt_epsilon must be > 0; got "
+                f"{init_epsilon} and {init_learnt_epsilon}.")
+        self._learn_epsilon = learn_epsilon
+        self._init_epsilon = float(init_epsilon)
+        self._init_learnt_epsilon = float(init_learnt_epsilon)
+
+    def init_weights_and_state(self, input_signature):
+        channels = input_signature.shape[-1]
+        epsilon_l = ((jnp.array(self._init_learnt_epsilon, jnp.float32),)
+                     if self._learn_epsilon else EMPTY_WEIGHTS)
+        self.weights = (jnp.ones((channels,), jnp.float32), jnp.zeros((channels,), jnp.float32),
+                        epsilon_l)
+
+    def forward(self, x):
+        gamma, beta, epsilon_l = self.weights
+        x = jnp.asarray(x)
+        _feature_check(self, x, gamma.shape[0])
+        epsilon = jnp.float32(self._init_epsilon)
+        if len(epsilon_l):
+            epsilon = epsilon + jnp.abs(epsilon_l[0])
+        nu2 = jnp.mean(x * x, axis=tuple(range(1, x.ndim - 1)), keepdims=True)
+        return gamma * (x / jnp.sqrt(nu2 + epsilon)) + beta
