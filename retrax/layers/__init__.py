@@ -18,6 +18,7 @@ from retrax.layers.base import (  # noqa: F401
     unflatten_weights_and_state,
     with_mode,
 )
+from retrax.layers.broadcasted_dropout import apply_broadcasted_dropout  # noqa: F401
 from retrax.layers.combinators import *  # noqa: F401,F403
 from retrax.layers.convolution import *  # noqa: F401,F403
 from retrax.layers.core import *  # noqa: F401,F403
