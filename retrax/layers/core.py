@@ -82,9 +82,9 @@ class Dense(Layer):
 
     def init_weights_and_state(self, input_signature):
         shape = input_signature.shape
-        if len(shape) < 1 or shape[-1] <= 0:
+        if len(shape) < 1:  # A last axis of size 0 is allowed, as in Trax (a (0, n) kernel).
             raise ValueError(
-                f"{self.name} needs inputs with a non-empty last axis; got shape {shape}."
+                f"{self.name} needs inputs with a feature (last) axis; got shape {shape}."
             )
         rng_w, rng_b = init_rng_split(self.rng, 2)
         w = self._kernel_initializer((shape[-1], self._n_units), rng_w)
