@@ -11,7 +11,8 @@ The models it knows are the explicit mapping ``REGISTRY`` below (read-only);
 
 >>> from retrax import models
 >>> models.names()
-['Transformer', 'TransformerDecoder', 'TransformerEncoder', 'TransformerLM']
+['AtariCnn', 'AtariCnnBody', 'FrameStackMLP', 'MLP', 'Resnet50', 'Transformer',
+ 'TransformerDecoder', 'TransformerEncoder', 'TransformerLM', 'WideResnet']
 >>> lm = models.from_config({'name': 'TransformerLM', 'kwargs': {'vocab_size': 32,
 ...     'd_model': 16, 'd_ff': 32, 'n_layers': 1, 'n_heads': 2, 'ff_activation': 'Gelu'}})
 >>> models.config_of(lm)['kwargs']['ff_activation'], models.config_of(lm)['kwargs']['max_len']
@@ -25,17 +26,28 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from retrax import layers as tl
+from retrax.models import atari_cnn, mlp, resnet
 from retrax.models import transformer
 
 __all__ = ["ConfigError", "REGISTRY", "names", "from_config"]
 
 # Every model from_config can build, by the name its config records.
 REGISTRY: Mapping[str, Callable[..., Any]] = types.MappingProxyType({
+    "AtariCnn": atari_cnn.AtariCnn,
+    "AtariCnnBody": atari_cnn.AtariCnnBody,
+    "FrameStackMLP": atari_cnn.FrameStackMLP,
+    "MLP": mlp.MLP,
+    "Resnet50": resnet.Resnet50,
+    "WideResnet": resnet.WideResnet,
     "Transformer": transformer.Transformer,
     "TransformerDecoder": transformer.TransformerDecoder,
     "TransformerEncoder": transformer.TransformerEncoder,
     "TransformerLM": transformer.TransformerLM,
 })
+
+
+# Arguments whose string values name layer constructors in retrax.layers.
+_LAYER_ARGUMENTS = ("activation", "activation_fn", "non_linearity", "norm")
 
 
 class ConfigError(ValueError):
@@ -60,7 +72,8 @@ def from_config(config: dict[str, Any], mode: str = "train", **overrides: Any) -
     """Builds the model described by ``{'name': ..., 'kwargs': {...}}`` in ``mode``.
 
     ``overrides`` replace recorded arguments. String values of arguments named
-    ``*activation`` are layer names in :mod:`retrax.layers`; lists given for
+    ``*activation``, ``*activation_fn``, ``*non_linearity`` or ``*norm`` are
+    layer names in :mod:`retrax.layers`; lists given for
     ``dropout_shared_axes`` become tuples; a ``mode`` among the kwargs is
     ignored (the ``mode`` argument decides). The model records the config it
     was built from, with every default filled in.
@@ -79,7 +92,7 @@ def from_config(config: dict[str, Any], mode: str = "train", **overrides: Any) -
     kwargs = {**config.get("kwargs", {}), **overrides}
     kwargs.pop("mode", None)
     for key, value in list(kwargs.items()):
-        if key.endswith("activation") and isinstance(value, str):
+        if key.endswith(_LAYER_ARGUMENTS) and isinstance(value, str):
             kwargs[key] = _layer_named(key, value)
     if isinstance(kwargs.get("dropout_shared_axes"), list):
         kwargs["dropout_shared_axes"] = tuple(kwargs["dropout_shared_axes"])
