@@ -26,8 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from retrax import layers as tl
-from retrax.models import atari_cnn, mlp, resnet
-from retrax.models import transformer
+from retrax.models import atari_cnn, mlp, resnet, transformer
 
 __all__ = ["ConfigError", "REGISTRY", "names", "from_config"]
 
