@@ -63,7 +63,7 @@ import numpy as np
 from retrax import shapes
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
-from retrax.supervised import loop_checkpoints, run_dir
+from retrax.supervised import loop_checkpoints, run_dir, task_steps
 from retrax.supervised import train_step as ts
 from retrax.supervised.batch_checks import BatchChecks
 from retrax.supervised.history import History
@@ -78,6 +78,36 @@ def _every(n: int | None) -> Callable[[int], bool]:
     if n is None:
         return lambda step: False
     return lambda step: step == 1 or step % n == 0
+
+
+def _as_list(tasks: Any) -> list:
+    if tasks is None:
+        return []
+    return list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
+
+
+def _checked_arguments(model: Any, tasks: Any, eval_tasks: Any, keep_checkpoints: int,
+                       run_config: Any, unsupported: Any) -> tuple[list, list, dict | None]:
+    """The Loop's arguments checked: ``(tasks, eval_tasks, a JSON copy of run_config)``."""
+    if unsupported:
+        raise NotImplementedError(
+            "Loop: use_memory_efficient_trainer, adasum and loss_chunk_size are not "
+            "supported by retrax; leave them at their defaults."
+        )
+    if not isinstance(model, base.Layer):
+        raise TypeError(f"Loop: model must be a Layer; got {type(model).__name__}.")
+    tasks = _as_list(tasks)
+    if not tasks:
+        raise ValueError("Loop: tasks must contain at least one TrainTask.")
+    if keep_checkpoints < 1:
+        raise ValueError(f"Loop: keep_checkpoints must be >= 1; got {keep_checkpoints}.")
+    if run_config is not None and not isinstance(run_config, dict):
+        raise TypeError(f"Loop: run_config must be a dict; got {type(run_config).__name__}.")
+    try:  # A copy, checked before anything is written: config.json must hold it.
+        run_config = None if run_config is None else json.loads(json.dumps(run_config))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"Loop: run_config must hold only JSON values: {err}.") from None
+    return tasks, _as_list(eval_tasks), run_config
 
 
 class Loop:
@@ -112,26 +142,9 @@ class Loop:
                  keep_checkpoints: int = 3, write_trax_checkpoint: bool = True,
                  progress_bar: bool | None = None, stdout: Any = None, prefetch: bool = True,
                  overwrite: bool = False, run_config: dict | None = None):
-        if use_memory_efficient_trainer or adasum or loss_chunk_size:
-            raise NotImplementedError(
-                "Loop: use_memory_efficient_trainer, adasum and loss_chunk_size are not "
-                "supported by retrax; leave them at their defaults."
-            )
-        if not isinstance(model, base.Layer):
-            raise TypeError(f"Loop: model must be a Layer; got {type(model).__name__}.")
-        tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
-        if not tasks:
-            raise ValueError("Loop: tasks must contain at least one TrainTask.")
-        eval_tasks = [] if eval_tasks is None else (
-            list(eval_tasks) if isinstance(eval_tasks, (list, tuple)) else [eval_tasks])
-        if keep_checkpoints < 1:
-            raise ValueError(f"Loop: keep_checkpoints must be >= 1; got {keep_checkpoints}.")
-        if run_config is not None and not isinstance(run_config, dict):
-            raise TypeError(f"Loop: run_config must be a dict; got {type(run_config).__name__}.")
-        try:  # A copy, checked before anything is written: config.json must hold it.
-            self._run_config = None if run_config is None else json.loads(json.dumps(run_config))
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"Loop: run_config must hold only JSON values: {err}.") from None
+        tasks, eval_tasks, self._run_config = _checked_arguments(
+            model, tasks, eval_tasks, keep_checkpoints, run_config,
+            use_memory_efficient_trainer or adasum or loss_chunk_size)
         self._model = model
         self._tasks = tasks
         self._eval_tasks = eval_tasks
@@ -176,31 +189,21 @@ class Loop:
             [[t.labeled_data for t in tasks], [t.labeled_data for t in eval_tasks]],
             prefetch=self._prefetch)
 
-        self._init_model(model, tasks[0].sample_batch)
-        sig = self._model_sig(tasks[0].sample_batch)
+        sig = task_steps.model_signature(model, tasks[0].sample_batch)
+        if not model.initialized:
+            model.init(sig, rng=base.init_rng_split(self._base_key, 1)[0])
         self._eval_model = eval_model if eval_model is not None else base.with_mode(model, "eval")
         if eval_model is not None and not eval_model.initialized:
             eval_model.init(sig)
         self._ref_sigs = [shapes.signature(t.sample_batch) for t in tasks]
-
         self._weights = self._placement.replicate(model.weights)
         self._state = self._placement.replicate(model.state)
-        self._train_fns, self._slots, self._opt_params = [], [], []
-        out_sig = model.output_signature(sig)
-        self._batch_checks = BatchChecks(model, out_sig)
-        for task in tasks:
-            lw, ls = _init_end(task.loss_layer, out_sig, task.sample_batch, model.n_in)
-            self._train_fns.append(ts.make_train_step(
-                model, task.loss_layer, lw, ls, task.optimizer, self._base_key))
-            slots, opt_params = task.optimizer.tree_init(self._weights)
-            self._slots.append(self._placement.replicate(slots))
-            self._opt_params.append(opt_params)
-        self._eval_fns = []
-        for task in eval_tasks:
-            ends = [_init_end(m, out_sig, task.sample_batch, model.n_in) for m in task.metrics]
-            self._eval_fns.append(ts.make_eval_step(
-                self._eval_model, task.metrics, [e[0] for e in ends], [e[1] for e in ends],
-                base.init_rng_split(self._base_key, 2)[1]))
+        steps = task_steps.build_task_steps(model, self._eval_model, tasks, eval_tasks,
+                                            self._weights, self._placement, self._base_key)
+        self._train_fns, self._slots, self._opt_params = (
+            steps.train_fns, steps.slots, steps.opt_params)
+        self._eval_fns = steps.eval_fns
+        self._batch_checks = BatchChecks(model, model.output_signature(sig))
         self._callbacks = [cb(self) if isinstance(cb, type) else cb for cb in (callbacks or [])]
         self._log.restart_clock()
         self._checkpoints = loop_checkpoints.LoopCheckpoints(
@@ -253,22 +256,6 @@ class Loop:
     def new_rng(self) -> Any:
         """A fresh key derived from the seed and the current step."""
         return fastmath_random.hash_fold_in(base.init_rng_split(self._base_key, 3)[2], self._step)
-
-    # -- setup helpers ------------------------------------------------------------
-
-    def _model_sig(self, batch: Sequence[Any]) -> Any:
-        n = self._model.n_in
-        sig = shapes.signature(tuple(batch[:n]))
-        return sig[0] if n == 1 else sig
-
-    def _init_model(self, model: base.Layer, sample_batch: Sequence[Any]) -> None:
-        if len(sample_batch) < model.n_in:
-            raise ValueError(
-                f"Loop: the model takes {model.n_in} inputs but a batch has only "
-                f"{len(sample_batch)} items; batches are (inputs..., targets, weights)."
-            )
-        if not model.initialized:
-            model.init(self._model_sig(sample_batch), rng=base.init_rng_split(self._base_key, 1)[0])
 
     # -- running ------------------------------------------------------------------
 
@@ -417,17 +404,4 @@ class Loop:
         self._log.last_log_step = self._step
         self._sync_model_weights()
         return True
-
-
-def _init_end(layer: base.Layer, out_sig: Any, sample_batch: Sequence[Any], n_in: int):
-    """Initializes a loss/metric layer on the model's outputs plus the batch rest."""
-    stack = (list(out_sig) if isinstance(out_sig, tuple) else [out_sig])
-    stack += [shapes.signature(x) for x in sample_batch[n_in:]]
-    if layer.n_in > len(stack):
-        raise ValueError(
-            f"{layer.name_with_arity} takes {layer.n_in} inputs but the model's outputs and the "
-            f"rest of a batch give {len(stack)}. Batches must be (inputs..., targets, weights)."
-        )
-    sig = base.pack(stack[:layer.n_in])
-    return layer.init(sig)
 

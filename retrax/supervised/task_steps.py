@@ -1,0 +1,79 @@
+"""The compiled steps of a Loop's tasks: one train step per TrainTask, one eval
+step per EvalTask, each with its loss or metric layers initialized.
+
+Every end layer (a loss or a metric) is initialized on the model's outputs for
+*its own* task's sample batch followed by the rest of that batch (targets,
+weights): an eval task whose batches have another sequence length than the
+training batches gets metrics of its own shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from retrax import shapes
+from retrax.layers import base
+from retrax.supervised import train_step as ts
+
+__all__ = ["TaskSteps", "build_task_steps", "model_signature", "init_end"]
+
+
+def model_signature(model: base.Layer, batch: Sequence[Any]) -> Any:
+    """The input signature of ``model`` for a batch ``(inputs..., targets, weights)``."""
+    if len(batch) < model.n_in:
+        raise ValueError(
+            f"Loop: the model takes {model.n_in} inputs but a batch has only "
+            f"{len(batch)} items; batches are (inputs..., targets, weights)."
+        )
+    sig = shapes.signature(tuple(batch[:model.n_in]))
+    return sig[0] if model.n_in == 1 else sig
+
+
+def init_end(layer: base.Layer, out_sig: Any, sample_batch: Sequence[Any], n_in: int):
+    """Initializes a loss/metric layer on the model's outputs plus the batch rest."""
+    stack = (list(out_sig) if isinstance(out_sig, tuple) else [out_sig])
+    stack += [shapes.signature(x) for x in sample_batch[n_in:]]
+    if layer.n_in > len(stack):
+        raise ValueError(
+            f"{layer.name_with_arity} takes {layer.n_in} inputs but the model's outputs and the "
+            f"rest of a batch give {len(stack)}. Batches must be (inputs..., targets, weights)."
+        )
+    sig = base.pack(stack[:layer.n_in])
+    return layer.init(sig)
+
+
+@dataclass
+class TaskSteps:
+    """Per train task: its step function, optimizer slots and params; per eval task, its step."""
+
+    train_fns: list
+    slots: list
+    opt_params: list
+    eval_fns: list
+
+
+def build_task_steps(model: base.Layer, eval_model: base.Layer, tasks: Sequence[Any],
+                     eval_tasks: Sequence[Any], weights: Any, placement: ts.Placement,
+                     base_key: Any) -> TaskSteps:
+    """Initializes every task's end layers and optimizer and compiles (lazily) their steps.
+
+    ``weights`` are the (placed) model weights the optimizers' slots are shaped after.
+    """
+    steps = TaskSteps([], [], [], [])
+    for task in tasks:
+        out_sig = model.output_signature(model_signature(model, task.sample_batch))
+        lw, ls = init_end(task.loss_layer, out_sig, task.sample_batch, model.n_in)
+        steps.train_fns.append(ts.make_train_step(
+            model, task.loss_layer, lw, ls, task.optimizer, base_key))
+        slots, opt_params = task.optimizer.tree_init(weights)
+        steps.slots.append(placement.replicate(slots))
+        steps.opt_params.append(opt_params)
+    eval_key = base.init_rng_split(base_key, 2)[1]
+    for task in eval_tasks:
+        out_sig = eval_model.output_signature(model_signature(eval_model, task.sample_batch))
+        ends = [init_end(m, out_sig, task.sample_batch, model.n_in) for m in task.metrics]
+        steps.eval_fns.append(ts.make_eval_step(
+            eval_model, task.metrics, [e[0] for e in ends], [e[1] for e in ends], eval_key))
+    return steps
