@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from retrax import shapes
@@ -20,6 +21,7 @@ from retrax.fastmath import random as fastmath_random
 from retrax.fastmath.random import init_rng_split, split_rng
 from retrax.layers import base
 from retrax.layers.base import Layer
+from retrax.layers.core import check_mode
 from retrax.layers.pass_context import Pass, apply_child, init_child, new_pass
 from retrax.layers.stack import as_stack, pack
 from retrax.layers.stack_combinators import Select, Serial, check_sublayer_entries
@@ -65,7 +67,7 @@ class Scan(Layer):
         self._axis = axis
         self._n_carry = n_carry
         self._remat = remat
-        self._mode = mode
+        self._mode = check_mode("Scan", mode)
         self._state = ()  # The saved carries (predict mode); see state_tree.
 
     # State layout (Trax's): (sublayer_state, saved_carries).
@@ -92,7 +94,9 @@ class Scan(Layer):
                     f"{x.shape}; scanned inputs need that axis."
                 )
             a = self._axis % len(x.shape)
-            sliced.append(x.replace(shape=x.shape[:a] + x.shape[a + 1:]))
+            # x may be a retrax ShapeDtype (the model's input signature) or a
+            # jax.ShapeDtypeStruct (what an earlier layer of a combinator gives).
+            sliced.append(shapes.ShapeDtype(x.shape[:a] + x.shape[a + 1:], x.dtype))
         w, s = init_child(self, 0, self._sublayers[0], pack(sliced + carries), rng, ctx)
         return (w,), (s, ())
 
@@ -287,12 +291,12 @@ class BatchLeadingAxes(Layer):
         self._keep = n_last_axes_to_keep
 
     def _fold(self, x: Any) -> Any:
-        if isinstance(x, shapes.ShapeDtype):
+        if not isinstance(x, (jax.Array, np.ndarray)):  # a signature (either kind)
             lead = x.shape[: len(x.shape) - self._keep]
             n = 1
             for d in lead:
                 n *= d
-            return x.replace(shape=(n,) + x.shape[len(x.shape) - self._keep:])
+            return shapes.ShapeDtype((n,) + tuple(x.shape[len(x.shape) - self._keep:]), x.dtype)
         return jnp.reshape(x, (-1,) + tuple(x.shape[x.ndim - self._keep:]))
 
     def init_in_pass(self, input_signature: Any, rng: Any, ctx: Pass):
