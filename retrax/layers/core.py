@@ -242,9 +242,16 @@ class Dropout(Layer):
                 "the model with mode='eval' for deterministic outputs)."
             )
         x = jnp.asarray(x)  # NumPy float64 becomes JAX's default float.
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            x = x.astype(jnp.float32)  # Scaled by 1 / (1 - rate): floats, as in Trax.
         rate = self.state if not isinstance(self.state, tuple) else self._initial_rate
         mask_shape = list(x.shape)
         for axis in self._shared_axes:
+            if not -x.ndim <= axis < x.ndim:
+                raise ValueError(
+                    f"Dropout: shared_axes {list(self._shared_axes)} name axis {axis}, but "
+                    f"the input has {x.ndim} axes (shape {tuple(x.shape)})."
+                )
             mask_shape[axis] = 1
         keep = fastmath_random.hash_bernoulli(self.rng, 1.0 - rate, tuple(mask_shape))
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
