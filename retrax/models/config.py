@@ -11,8 +11,9 @@ The models it knows are the explicit mapping ``REGISTRY`` below (read-only);
 
 >>> from retrax import models
 >>> models.names()
-['AtariCnn', 'AtariCnnBody', 'FrameStackMLP', 'MLP', 'Resnet50', 'Transformer',
- 'TransformerDecoder', 'TransformerEncoder', 'TransformerLM', 'WideResnet']
+['AtariCnn', 'AtariCnnBody', 'FrameStackMLP', 'GRULM', 'LSTMSeq2SeqAttn', 'MLP', 'RNNLM',
+ 'Resnet50', 'Transformer', 'TransformerDecoder', 'TransformerEncoder', 'TransformerLM',
+ 'WideResnet']
 >>> lm = models.from_config({'name': 'TransformerLM', 'kwargs': {'vocab_size': 32,
 ...     'd_model': 16, 'd_ff': 32, 'n_layers': 1, 'n_heads': 2, 'ff_activation': 'Gelu'}})
 >>> models.config_of(lm)['kwargs']['ff_activation'], models.config_of(lm)['kwargs']['max_len']
@@ -26,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from retrax import layers as tl
-from retrax.models import atari_cnn, mlp, resnet, transformer
+from retrax.models import atari_cnn, mlp, resnet, rnn, transformer
 
 __all__ = ["ConfigError", "REGISTRY", "names", "from_config"]
 
@@ -42,6 +43,9 @@ REGISTRY: Mapping[str, Callable[..., Any]] = types.MappingProxyType({
     "TransformerDecoder": transformer.TransformerDecoder,
     "TransformerEncoder": transformer.TransformerEncoder,
     "TransformerLM": transformer.TransformerLM,
+    "RNNLM": rnn.RNNLM,
+    "GRULM": rnn.GRULM,
+    "LSTMSeq2SeqAttn": rnn.LSTMSeq2SeqAttn,
 })
 
 
