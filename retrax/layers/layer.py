@@ -183,7 +183,23 @@ class Layer:
 
     @property
     def has_backward(self) -> bool:
+        """Override to return True when the layer defines ``backward`` (a custom gradient)."""
         return False
+
+    def backward(self, inputs: Any, output: Any, grad: Any, weights: Any, state: Any,
+                 new_state: Any, rng: Any) -> tuple[Any, Any]:
+        """Override, with ``has_backward``, to give this layer's gradient yourself (Trax's hook).
+
+        ``grad`` is the gradient of the loss with respect to ``output`` (the
+        result of ``forward(inputs)``); return ``(inputs_grad, weights_grad)``,
+        shaped like ``inputs`` and ``weights``. ``state``/``new_state`` are the
+        state before and after the forward pass, ``rng`` its key (or None).
+        Differentiating through the layer then uses exactly this gradient
+        (``jax.custom_vjp``); the state and key get none.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}.has_backward is True but it does not define "
+            f"backward(self, inputs, output, grad, weights, state, new_state, rng).")
 
     @property
     def sublayers_to_print(self) -> Any:
@@ -448,11 +464,49 @@ class Layer:
         """
         # Each leaf of a pass gets its own key, derived only if it reads it.
         key = None if rng is None else DerivedKey(rng, ctx.next_key_index())
-        with self._fields_installed(weights, state, key):
-            outputs = self.forward(x)
-            new_state = self._state
+        if self.has_backward:
+            outputs, new_state = self._forward_with_backward(
+                x, weights, state, None if key is None else key.get())
+        else:
+            with self._fields_installed(weights, state, key):
+                outputs = self.forward(x)
+                new_state = self._state
         outputs_as_list(self, outputs)
         return outputs, new_state
+
+    def _forward_with_backward(self, x: Any, weights: Any, state: Any,
+                               rng: Any) -> tuple[Any, Any]:
+        """``forward`` whose gradient is the layer's own ``backward`` (``jax.custom_vjp``)."""
+
+        def run(x, weights, state, rng):
+            with self._fields_installed(weights, state, rng):
+                return self.forward(x), self._state
+
+        def run_fwd(x, weights, state, rng):
+            outputs, new_state = run(x, weights, state, rng)
+            return (outputs, new_state), (x, weights, state, rng, outputs, new_state)
+
+        def run_bwd(saved, grads):
+            x, weights, state, rng, outputs, new_state = saved
+            given = self.backward(x, outputs, grads[0], weights, state, new_state, rng)
+            if not isinstance(given, (tuple, list)) or len(given) != 2:
+                raise ValueError(
+                    f"{self.name_with_arity}.backward must return (inputs_grad, weights_grad); "
+                    f"got {type(given).__name__}"
+                    f"{f' of length {len(given)}' if isinstance(given, (tuple, list)) else ''}.")
+            for what, value, like in (("inputs_grad", given[0], x),
+                                      ("weights_grad", given[1], weights)):
+                if jax.tree_util.tree_structure(value) != jax.tree_util.tree_structure(like):
+                    raise ValueError(
+                        f"{self.name_with_arity}.backward returned a {what} whose structure "
+                        f"{jax.tree_util.tree_structure(value)} differs from that of the "
+                        f"{what.split('_')[0]}, {jax.tree_util.tree_structure(like)}; return "
+                        f"one gradient per array, shaped like it.")
+            return given[0], given[1], None, None
+
+        custom = jax.custom_vjp(run)
+        custom.defvjp(run_fwd, run_bwd)
+        return custom(x, weights, state, rng)
 
     def __call__(self, x: Any, weights: Any = None, state: Any = None, rng: Any = None) -> Any:
         """Runs the layer on ``x`` with its stored weights (for tests and notebooks)."""
