@@ -82,6 +82,8 @@ def _checked(name: str, x: Any, size: tuple[int, ...], padding: str) -> Any:
 
 def _reduce(x: Any, init: Any, op: Callable, size: tuple[int, ...], strides: tuple[int, ...],
             padding: str) -> Any:
+    # ``init`` is a NumPy constant: JAX then sees a max/add pool (differentiable), not a
+    # generic reduction.
     return lax.reduce_window(x, init, op, (1, *size, 1), (1, *strides, 1), padding)
 
 
@@ -100,12 +102,12 @@ def MaxPool(pool_size: Sequence[int] = (2, 2), strides: Sequence[int] | None = N
     def max_pool(x):
         x = _checked(name, x, size, pad)
         if jnp.issubdtype(x.dtype, jnp.floating):
-            low = -jnp.inf
+            low = -np.inf
         elif jnp.issubdtype(x.dtype, jnp.integer):
             low = jnp.iinfo(x.dtype).min
         else:
             raise TypeError(f"{name} pools numbers; got dtype {x.dtype}.")
-        return _reduce(x, jnp.array(low, x.dtype), lax.max, size, steps, pad)
+        return _reduce(x, np.array(low, x.dtype), lax.max, size, steps, pad)
 
     return Fn(name, max_pool)
 
@@ -124,7 +126,7 @@ def SumPool(pool_size: Sequence[int] = (2, 2), strides: Sequence[int] | None = N
 
     def sum_pool(x):
         x = _checked(name, x, size, pad)
-        return _reduce(x, jnp.array(0, x.dtype), lax.add, size, steps, pad)
+        return _reduce(x, np.array(0, x.dtype), lax.add, size, steps, pad)
 
     return Fn(name, sum_pool)
 
@@ -147,7 +149,7 @@ def AvgPool(pool_size: Sequence[int] = (2, 2), strides: Sequence[int] | None = N
 
     def avg_pool(x):
         x = _checked(name, x, size, pad)
-        sums = _reduce(x, jnp.array(0, x.dtype), lax.add, size, steps, pad)
+        sums = _reduce(x, np.array(0, x.dtype), lax.add, size, steps, pad)
         counts = lax.reduce_window(jnp.ones(x.shape[1:-1], jnp.float32), 0.0, lax.add,
                                    size, steps, pad)
         out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32

@@ -115,3 +115,14 @@ def test_a_window_larger_than_the_input_warns_and_gives_an_empty_output():
 def test_bad_arguments_are_refused(make, error, pattern):
     with pytest.raises(error, match=pattern):
         make()
+
+
+def test_gradients_under_jit():
+    x = np.array([[[[1.0], [5.0]], [[3.0], [2.0]]]])  # one 2x2 window, max at (0, 1)
+
+    def grad_of(layer):
+        return np.asarray(jax.jit(jax.grad(lambda x: layer.pure_fn(x, (), (), None)[0].sum()))(x))
+
+    assert grad_of(tl.AvgPool())[0, ..., 0].tolist() == [[0.25, 0.25], [0.25, 0.25]]
+    assert grad_of(tl.SumPool())[0, ..., 0].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert grad_of(tl.MaxPool())[0, ..., 0].tolist() == [[0.0, 1.0], [0.0, 0.0]]
