@@ -26,14 +26,10 @@ class History:
         self._values.setdefault(mode, {}).setdefault(metric, []).append((int(step), float(value)))
 
     def get(self, mode: str, metric: str) -> list[tuple[int, float]]:
-        if mode not in self._values:
-            raise KeyError(f"History has no mode {mode!r}; modes: {self.modes}.")
-        if metric not in self._values[mode]:
-            raise KeyError(
-                f"History has no metric {metric!r} for mode {mode!r}; metrics: "
-                f"{self.metrics_for_mode(mode)}."
-            )
-        return list(self._values[mode][metric])
+        """The ``(step, value)`` pairs of ``metric`` in ``mode``; ``[]`` when none were
+        recorded (as Trax: an unknown mode or metric is not an error). ``modes`` and
+        ``metrics_for_mode`` list what was recorded."""
+        return list(self._values.get(mode, {}).get(metric, []))
 
     @property
     def modes(self) -> list[str]:
