@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from retrax.layers import base
+from retrax.supervised.callbacks import TrainingStepCallback
 
 __all__ = ["LayerNode", "layer_tree", "layer_diagram", "plot_history", "load_history",
            "PlotHistoryCallback"]
@@ -411,7 +412,7 @@ def plot_history(history_or_output_dir: Any, path: str | os.PathLike, *,
     return path
 
 
-class PlotHistoryCallback:
+class PlotHistoryCallback(TrainingStepCallback):
     """A ``training.Loop`` callback drawing ``output_dir/history.png`` at each checkpoint.
 
     Pass the class: ``Loop(..., callbacks=[PlotHistoryCallback])`` (the Loop
@@ -427,7 +428,7 @@ class PlotHistoryCallback:
 
     def __init__(self, loop: Any):
         _matplotlib_figure()  # Fail at setup, not after the first checkpoint.
-        self._loop = loop
+        super().__init__(loop)
         if getattr(loop, "output_dir", None) is None:
             warnings.warn("PlotHistoryCallback: the Loop has no output_dir; nothing will be "
                           "plotted.", stacklevel=2)
@@ -453,9 +454,6 @@ class PlotHistoryCallback:
             return bool(checkpoint_at(step))
         n = self._loop.tasks[0].n_steps_per_checkpoint
         return step == 1 or step % n == 0
-
-    def on_step_begin(self, step: int) -> None:
-        del step
 
     def on_step_end(self, step: int) -> None:
         del step
