@@ -422,8 +422,10 @@ def Bidirectional(forward_layer: Layer, axis: int = 1,  # noqa: N802
 
     where ``F'`` is a deep copy of ``F`` (its own weights) and ``flip``
     reverses ``axis``. ``merge_layer`` defaults to a new ``Concatenate()``
-    (features of both directions side by side). Weights:
-    ``((F, ((), F', ())), merge)`` as in Trax.
+    (features of both directions side by side). Weights, as in Trax:
+    ``(((), (F, ((), F', marker))), merge)`` (``Branch`` is ``Serial(Select,
+    Parallel)``; the one flip layer runs twice, so its second entry is the
+    shared-weights marker).
 
     >>> import numpy as np
     >>> from retrax import layers as tl, shapes
