@@ -204,3 +204,17 @@ def test_each_model_records_its_config_and_from_config_rebuilds_it(name, kwargs)
     assert models.config_of(again) == config and str(again) == str(model)
     if name == "MLP":
         assert config["kwargs"]["activation_fn"] == "Gelu"
+
+
+@pytest.mark.slow
+def test_resnet50_runs_on_trax_test_images():
+    # Trax's own shape test: d_hidden=8 on three 256x256 images.
+    model = models.Resnet50(d_hidden=8, n_output_classes=10)
+    x = np.ones((3, 256, 256, 3), np.float32)
+    weights, state = model.init(shapes.signature(x))
+    y, new_state = jax.jit(model.pure_fn)(x, weights, state, None)
+    assert y.shape == (3, 10) and bool(jnp.all(jnp.isfinite(y)))
+    counts = [int(a) for a in jax.tree_util.tree_leaves(new_state) if a.ndim == 0]
+    assert counts == [1] * 53
+    eval_y = tl.with_mode(model, "eval").pure_fn(x, weights, new_state, None)[0]
+    assert eval_y.shape == (3, 10)
