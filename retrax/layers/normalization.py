@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -133,6 +134,13 @@ class BatchNorm(Layer):
     counts). The batch variance is ``mean(x**2) - mean(x)**2`` as in Trax,
     floored at 0 against rounding.
 
+    A train-mode call whose reduced axes hold one value per feature (a batch
+    of one with ``axis=(0,)``) has variance 0 and outputs just ``beta``.
+    Called on concrete inputs it raises instead. Traced (under ``jit``, and
+    in ``init``, whose shape inference may see a batch of one in the input
+    signature) it cannot be told from a real step, so it computes what Trax
+    computes.
+
     Args:
       axis: the axes reduced (an int or a tuple; negative ones count from the end).
       epsilon: added to the variance.
@@ -221,7 +229,7 @@ class BatchNorm(Layer):
         axes = self._check_input(x, running_mean)
         if self._mode == "train":
             count = int(np.prod([x.shape[a] for a in axes]))
-            if count < 2:
+            if count < 2 and not isinstance(x, jax.core.Tracer):
                 raise ValueError(
                     f"{self.name} in 'train' mode normalizes with statistics over axes {axes}, "
                     f"which hold {count} value(s) per feature for input shape "

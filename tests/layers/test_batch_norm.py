@@ -151,6 +151,14 @@ def test_a_batch_of_one_in_train_mode_is_refused_but_fine_in_eval():
                                          r"batches of at least 2"):
         bn(np.ones((1, 4), np.float32))
     assert tl.with_mode(bn, "eval")(np.ones((1, 4), np.float32)).shape == (1, 4)
+    # Traced it cannot refuse: a signature of batch 1 initializes (Trax programs do this),
+    # and a jitted step computes Trax's output, just beta.
+    model = tl.Serial(tl.Dense(4), tl.BatchNorm(axis=(0,)), tl.Dense(2))
+    weights, state = model.init(shapes.ShapeDtype((1, 3)))
+    assert weights[2][0].shape == (4, 2)
+    bn_weights = (np.arange(4, dtype=np.float32), np.ones(4, np.float32))
+    y, _ = jax.jit(bn.pure_fn)(np.ones((1, 4), np.float32), bn_weights, bn.state, None)
+    assert y.tolist() == [[0.0, 1.0, 2.0, 3.0]]
     images_bn = tl.BatchNorm()  # one image still has H * W values per channel
     images_bn.init(shapes.ShapeDtype((1, 4, 4, 2)))
     assert images_bn(images(1, 4, 4, 2)).shape == (1, 4, 4, 2)
