@@ -17,9 +17,12 @@ from retrax.optimizers.base import Optimizer, clip_grads, flat_slots, l2_norm, u
 from retrax.optimizers.momentum import Momentum
 from retrax.optimizers.rms_prop import RMSProp
 from retrax.optimizers.sgd import SGD
+from retrax.optimizers.sm3 import SM3, MomentumType
 
 __all__ = [
     'SGD',
+    'SM3',
+    'MomentumType',
     'Adafactor',
     'Adam',
     'AdamW',

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from retrax.optimizers import per_weight
+
 __all__ = [
     'Optimizer',
     'clip_grads',
@@ -122,7 +124,10 @@ class Optimizer:
 
     Subclasses implement :meth:`make_transform`, which builds the optax
     transformation from the values in ``opt_params``; everything else
-    (gradient clipping, hyperparameter injection, stats) is shared.
+    (gradient clipping, hyperparameter injection, stats) is shared. A
+    subclass written for Trax, defining ``init(weights)`` and
+    ``update(step, grads, weights, slots, opt_params)`` for one weight array
+    instead, works too (see :mod:`retrax.optimizers.per_weight`).
 
     Args:
       learning_rate: initial value of ``opt_params['learning_rate']``; the
@@ -156,6 +161,8 @@ class Optimizer:
         self._init_opt_params = {'learning_rate': learning_rate,
                                  **init_opt_params}
         self._tx: optax.GradientTransformationExtraArgs | None = None
+        self._slots: Any = None  # The last slots made or stored (Trax's ``slots``).
+        self._n_weights = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # The cached optax transformation holds closures; rebuild it lazily.
@@ -179,6 +186,61 @@ class Optimizer:
         """
         return {k: jnp.asarray(v, jnp.float32)
                 for k, v in self._init_opt_params.items()}
+
+    @opt_params.setter
+    def opt_params(self, opt_params: dict[str, Any]) -> None:
+        unknown = sorted(set(opt_params) - set(self._init_opt_params))
+        if unknown:
+            raise ValueError(
+                f'{type(self).__name__}: opt_params has unknown keys {unknown}; expected '
+                f'a subset of {sorted(self._init_opt_params)}.')
+        self._init_opt_params = {**self._init_opt_params, **opt_params}
+        self._tx = None  # Rebuilt with the new initial values.
+
+    @property
+    def slots(self) -> Any:
+        """The slots of the last ``tree_init``/``tree_update`` (None before), as Trax shows
+        them: a tuple with one entry per weight array (None, an array, or a tuple).
+
+        Updates inside ``jax.jit`` are not stored (their values are traced). For
+        the optax-backed built-ins this is a view of the optax state (``Adafactor``
+        and ``AdamW`` keep their own layout and show it whole).
+        """
+        if self._slots is None or self.uses_per_weight_protocol:
+            return self._slots
+        view = per_weight.per_weight_view(flat_slots(self._slots), self._n_weights)
+        return self._slots if view is None else view
+
+    @slots.setter
+    def slots(self, slots: Any) -> None:
+        self._slots = slots
+
+    @property
+    def uses_per_weight_protocol(self) -> bool:
+        """True for a Trax-style subclass: it defines ``init`` and ``update`` (one weight
+        array at a time) instead of ``make_transform``."""
+        cls = type(self)
+        return (cls.make_transform is Optimizer.make_transform
+                and cls.init is not Optimizer.init)
+
+    def init(self, weights: Any) -> Any:
+        """Trax's hook: the slots for one weight array. Override it with ``update``
+        (or override ``make_transform`` instead, the optax way)."""
+        raise NotImplementedError(
+            f'{type(self).__name__} must implement make_transform() (optax) or init() and '
+            f'update() (Trax\'s per-weight protocol).')
+
+    def update(self, step: Any, grads: Any, weights: Any, slots: Any,
+               opt_params: dict[str, Any]) -> tuple[Any, Any]:
+        """Trax's hook: ``(new_weights, new_slots)`` for one weight array."""
+        raise NotImplementedError(
+            f'{type(self).__name__} defines init() but not update(step, grads, weights, '
+            f'slots, opt_params).')
+
+    def _store(self, slots: Any, weight_tree: Any) -> None:
+        if not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(slots)):
+            self._slots = slots
+            self._n_weights = len(jax.tree_util.tree_leaves(weight_tree))
 
     @property
     def clip_grad_norm(self) -> float | None:
@@ -252,7 +314,12 @@ class Optimizer:
         >>> sorted(opt_params)
         ['learning_rate']
         """
-        return self.to_optax().init(weight_tree), self.opt_params
+        if self.uses_per_weight_protocol:
+            slots = per_weight.tree_init(self.init, weight_tree)
+        else:
+            slots = self.to_optax().init(weight_tree)
+        self._store(slots, weight_tree)
+        return slots, self.opt_params
 
     def tree_update(self, step: Any, grad_tree: Any, weight_tree: Any,
                     slots: Any, opt_params: dict[str, Any],
@@ -261,9 +328,10 @@ class Optimizer:
         """One optimizer step; pure and jit-able.
 
         Args:
-          step: the training step; accepted for Trax compatibility but unused.
-            Step-dependent terms (Adam's bias correction, Adafactor's decay)
-            use the update counters kept inside ``slots`` by optax.
+          step: the training step, passed to a per-weight ``update``. The
+            optax-backed optimizers do not use it: step-dependent terms (Adam's
+            bias correction, Adafactor's decay) use the update counters kept
+            inside ``slots`` by optax.
           grad_tree: gradients, same structure as ``weight_tree``.
           weight_tree: current weights (nested tuples; ``()`` leaves are fine).
           slots: the optimizer state from :meth:`tree_init` or a prior update.
@@ -289,6 +357,14 @@ class Optimizer:
         >>> w.tolist()
         [0.75, 0.75]
         """
+        if self.uses_per_weight_protocol:
+            params = {k: jnp.asarray(v) for k, v in {**self.opt_params, **opt_params}.items()}
+            new_weights, new_slots, stats = per_weight.tree_update(
+                type(self).__name__, self.update, self._clip_grad_norm, step, grad_tree,
+                weight_tree, slots, params)
+            if store_slots:
+                self._store(new_slots, weight_tree)
+            return new_weights, (new_slots if store_slots else slots), stats
         del step
         stats = {'gradients_l2': l2_norm(grad_tree),
                  'weights_l2': l2_norm(weight_tree)}
@@ -296,6 +372,8 @@ class Optimizer:
         updates, new_state = self.to_optax().update(grad_tree, state,
                                                     weight_tree)
         new_weights = optax.apply_updates(weight_tree, updates)
+        if store_slots:
+            self._store(new_state, weight_tree)
         return new_weights, (new_state if store_slots else slots), stats
 
     def _with_opt_params(self, slots: Any, opt_params: dict[str, Any]) -> Any:

@@ -55,6 +55,15 @@ def _check_consistent(run: Path) -> int:
     return saved.step
 
 
+def _wait_for_step_after(run: Path, step: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(int(p.stem.split("_")[1]) > step for p in run.glob("checkpoint_*.safetensors")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint after step {step} within {timeout} s: {os.listdir(run)}")
+
+
 def _kill_randomly(tmp_path: Path, n_kills: int) -> None:
     script = tmp_path / "forever.py"
     script.write_text(RUN_FOREVER.format(tests=str(TESTS)))
@@ -69,6 +78,9 @@ def _kill_randomly(tmp_path: Path, n_kills: int) -> None:
         assert int(line[1]) == (steps[-1] if steps else 0)  # resumed where the last kill left
         # The start removed what the last kill left (the running child may be writing new ones).
         assert not any((run / name).exists() for name in left), left
+        if len(steps) == n_kills - 1:
+            # The last kill comes after progress, however loaded the machine is.
+            _wait_for_step_after(run, steps[-1] if steps else 0)
         time.sleep(rng.uniform(0.0, 1.5))
         child.send_signal(signal.SIGKILL)
         child.wait()
