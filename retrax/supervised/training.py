@@ -352,6 +352,10 @@ class Loop:
         self._model.state = self._state
         if self._eval_model is not self._model:
             self._eval_model.weights = self._weights
+            # Its old state arrays were donated to the train step (BatchNorm statistics).
+            if (jax.tree_util.tree_structure(self._eval_model.state)
+                    == jax.tree_util.tree_structure(self._state)):
+                self._eval_model.state = self._state
 
     def update_weights_and_state(self, weights: Any = None, state: Any = None) -> None:
         if weights is not None:

@@ -211,6 +211,11 @@ def test_the_loop_keeps_the_running_statistics_from_each_train_step():
     assert int(n_batches) == 1
     loop.run(2)
     assert int(model.state[1][2]) == 3
+    # The eval copy gets the running statistics too (its old arrays were donated).
+    for a, b in zip(loop.eval_model.state[1], model.state[1]):
+        np.testing.assert_array_equal(a, b)
+    y = np.asarray(loop.eval_model(first))
+    np.testing.assert_array_equal(y, np.asarray(loop.eval_model(first)))
 
 
 # -- FilterResponseNorm ------------------------------------------------------------------------

@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from retrax import layers as tl
 from retrax import models
 
 SMALL = {"vocab_size": 16, "d_model": 8, "d_ff": 16, "n_layers": 1, "n_heads": 2}
-VOCAB_ARGS = {"TransformerLM": {"vocab_size": 16}, "TransformerEncoder": {"vocab_size": 16},
-              "Transformer": {"input_vocab_size": 16}}
+TRANSFORMER = {"d_model": 8, "d_ff": 16, "n_heads": 2, "max_len": 16}
+# Small arguments for every registered model; a model added to the registry must be added here.
+ARGS = {
+    "TransformerLM": {**TRANSFORMER, "vocab_size": 16},
+    "TransformerEncoder": {**TRANSFORMER, "vocab_size": 16},
+    "TransformerDecoder": TRANSFORMER,
+    "Transformer": {**TRANSFORMER, "input_vocab_size": 16},
+    "RNNLM": {"vocab_size": 16, "d_model": 8, "n_layers": 2},  # Trax allows only 2.
+    "GRULM": {"vocab_size": 16, "d_model": 8, "n_layers": 1},
+    "LSTMSeq2SeqAttn": {"input_vocab_size": 16, "target_vocab_size": 12, "d_model": 8,
+                        "n_encoder_layers": 1, "n_decoder_layers": 1},
+    "MLP": {"layer_widths": [8, 4]},
+    "Resnet50": {"d_hidden": 8, "n_output_classes": 3},
+    "WideResnet": {"n_blocks": 1, "n_output_classes": 3},
+    "AtariCnn": {"hidden_sizes": [4, 4], "output_size": 8},
+    "AtariCnnBody": {"hidden_sizes": [4, 4, 4], "output_size": 8},
+    "FrameStackMLP": {"hidden_sizes": [8], "output_size": 4},
+}
 
 
 def test_every_model_records_its_full_config_and_from_config_rebuilds_it():
+    assert sorted(ARGS) == models.names()
     for name in models.names():
-        args = {"d_model": 8, "d_ff": 16, "n_heads": 2, "max_len": 16,
-                **VOCAB_ARGS.get(name, {})}
-        model = models.REGISTRY[name](**args, mode="eval")
+        model = models.REGISTRY[name](**ARGS[name], mode="eval")
         config = models.config_of(model)
         assert config["name"] == name and "mode" not in config["kwargs"]
-        assert config["kwargs"]["d_model"] == 8 and "dropout" in config["kwargs"]  # defaults too
+        # Every argument is recorded, defaults too.
+        params = set(inspect.signature(models.REGISTRY[name]).parameters) - {"mode"}
+        assert set(config["kwargs"]) == params, name
+        for key, value in ARGS[name].items():
+            recorded = config["kwargs"][key]
+            assert (list(recorded) if isinstance(recorded, tuple) else recorded) == value, name
         again = models.from_config(config, mode="predict")
         assert models.config_of(again) == config
-        assert str(again) == str(models.REGISTRY[name](**args, mode="predict"))
+        assert str(again) == str(models.REGISTRY[name](**ARGS[name], mode="predict"))
 
 
 def test_config_of_is_a_copy_and_none_for_a_hand_built_layer():
@@ -43,15 +65,17 @@ def test_set_config_records_validates_and_forgets():
 
 
 def test_the_registry_is_an_explicit_read_only_mapping():
-    assert models.names() == ["Transformer", "TransformerDecoder", "TransformerEncoder",
-                              "TransformerLM"]
+    assert models.names() == sorted([
+        "Transformer", "TransformerDecoder", "TransformerEncoder", "TransformerLM", "RNNLM",
+        "GRULM", "LSTMSeq2SeqAttn", "MLP", "Resnet50", "WideResnet", "AtariCnn", "AtariCnnBody",
+        "FrameStackMLP"])
     assert models.REGISTRY["TransformerLM"] is models.TransformerLM
     with pytest.raises(TypeError):
         models.REGISTRY["Mine"] = models.TransformerLM  # type: ignore[index]
 
 
 @pytest.mark.parametrize("config, pattern", [
-    ({"name": "NoSuch", "kwargs": {}}, r"unknown model 'NoSuch'; available: \['Transformer'"),
+    ({"name": "NoSuch", "kwargs": {}}, r"unknown model 'NoSuch'; available: \['AtariCnn', 'AtariCnnBody'"),
     ({"name": "TransformerLM", "kwargs": {**SMALL, "ff_activation": "NoSuchLayer"}},
      "ff_activation='NoSuchLayer' is not a layer in retrax.layers"),
     ({"kwargs": {}}, "A model config is"),
