@@ -344,7 +344,16 @@ def read_any(path: str | os.PathLike, *, max_expansion: float | None = None) -> 
       FileNotFoundError: the file (or a Trax side file it needs) is missing.
     """
     data = read_bytes(path)
-    if is_trax_pickle(data) or os.fspath(path).endswith(".pkl.gz"):
+    # By content first: save_to_file('model.pkl.gz') writes the native format.
+    ckpt_dict = None
+    if not is_trax_pickle(data):
+        try:
+            ckpt_dict = read_native(data, os.fspath(path))
+        except CheckpointError:
+            if not os.fspath(path).endswith(".pkl.gz"):
+                raise
+            # Neither format: the Trax reader says what is wrong with a .pkl.gz file.
+    if ckpt_dict is None:
         from retrax.compat import trax_pickle
 
         ckpt = trax_pickle.read_trax_checkpoint(path, max_expansion=max_expansion)
@@ -352,8 +361,6 @@ def read_any(path: str | os.PathLike, *, max_expansion: float | None = None) -> 
                      "flat_weights": list(ckpt.flat_weights),
                      "flat_state": None if ckpt.flat_state is None else list(ckpt.flat_state),
                      "arrays": {}, "input_signature": ckpt.input_signature, "trax": ckpt}
-    else:
-        ckpt_dict = read_native(data, os.fspath(path))
     ckpt_dict["file_size"] = len(data)
     return ckpt_dict
 

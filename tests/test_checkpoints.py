@@ -206,3 +206,20 @@ def test_checkpoint_records_model_config_and_rebuilds(tmp_path):
     eval_model = trax.models.from_config(meta["model"], mode="eval")
     eval_model.init_from_file(path, weights_only=True)
     np.testing.assert_allclose(np.asarray(rebuilt(x)), np.asarray(eval_model(x)), atol=1e-6)
+
+
+def test_a_model_saved_under_a_trax_file_name_loads_back(tmp_path):
+    # Trax programs name their files model.pkl.gz; save_to_file writes the native format
+    # whatever the name, and loading goes by the file's content.
+    import jax
+
+    path = str(tmp_path / "model.pkl.gz")
+    model = tl.Serial(tl.Dense(3), tl.LayerNorm())
+    model.init(trax.shapes.ShapeDtype((1, 2)))
+    model.save_to_file(path)
+    other = tl.Serial(tl.Dense(3), tl.LayerNorm())
+    other.init(trax.shapes.ShapeDtype((1, 2)), rng=jax.random.PRNGKey(7))
+    other.init_from_file(path)
+    for a, b in zip(jax.tree_util.tree_leaves(other.weights),
+                    jax.tree_util.tree_leaves(model.weights)):
+        np.testing.assert_array_equal(a, b)
