@@ -30,6 +30,7 @@ from typing import Any
 from retrax.layers.base import Layer
 from retrax.layers.errors import find_caller
 from retrax.layers.stack import as_stack
+from retrax.layers.stack_combinators import Serial
 
 __all__ = ["AssertShape", "AssertFunction", "assert_shape"]
 
@@ -150,8 +151,6 @@ def AssertFunction(specification: str, layer: Layer, message: str | None = None,
     >>> checked(np.ones((2, 3))).shape
     (2, 3)
     """
-    from retrax.layers.combinators import Serial
-
     spec_in, spec_out = _split_arrow(specification)
     defined_at = defined_at or find_caller()
     linked: dict = {}
