@@ -525,7 +525,14 @@ class Layer:
 
     def _init_if_weightless(self, x: Any) -> None:
         sig = signature_or_none(x)
-        w_sig, _ = self.weights_and_state_signature(sig)
+        w_sig, s_sig = self.weights_and_state_signature(sig)
+        if self._sublayers and tree_mismatch(w_sig, self.weights) is None:
+            # A combinator built around layers that all have their weights (Trax allows
+            # this): keep them; a state they lack starts fresh.
+            self._initialized = True
+            if tree_mismatch(s_sig, self.state) is not None:
+                self.assign_state_tree(to_device(_init_alone(self, sig, self.rng)[1]), set())
+            return
         if flatten_weights_and_state(w_sig, ())[0]:
             raise LayerError(
                 self, "__call__", x,

@@ -529,3 +529,28 @@ def test_layer_error_carries_the_creation_site():
 def test_trax_alias_import():
     assert trax.layers is tl
     assert trax.shapes.ShapeDtype is shapes.ShapeDtype
+
+
+def test_a_combinator_of_initialized_layers_runs_without_its_own_init():
+    # As in Trax: Chunk(dense)(x) and Serial(dense, ...)(x) use dense's weights.
+    import numpy as np
+
+    from retrax import layers as tl
+    from retrax import shapes
+
+    dense = tl.Dense(4)
+    dense.init(shapes.ShapeDtype((8, 5)))
+    x = np.random.default_rng(0).normal(size=(9, 5)).astype(np.float32)
+    np.testing.assert_allclose(tl.Chunk(dense, 3)(x), dense(x), rtol=1e-6)
+    model = tl.Serial(dense, tl.Dropout(0.5, mode="eval"))  # Dropout's state starts fresh
+    np.testing.assert_allclose(model(x), dense(x), rtol=1e-6)
+    assert model.initialized and float(model.state[1]) == 0.5
+    # A layer without weights yet is still refused, naming what to do.
+    import pytest
+
+    with pytest.raises(tl.LayerError, match="not initialized yet"):
+        tl.Serial(dense, tl.Dense(2))(x)
+    wrong = tl.Dense(4)
+    wrong.init(shapes.ShapeDtype((1, 7)))
+    with pytest.raises(tl.LayerError, match=r"expected shape \(7, 4\), got \(5, 4\)"):
+        tl.Serial(wrong)(x)
