@@ -4,9 +4,9 @@
 Usage (from the repository root, in the venv; ``pip install -e .[bench]`` for
 the peers)::
 
-    python benchmarks/rnn.py                          # lstm, gru, resnet (~10 min quiet)
-    python benchmarks/rnn.py --rounds 3               # on a shared machine
-    python benchmarks/rnn.py --quick --workloads lstm # smoke test
+    python benchmarks/rnn.py                          # lstm, gru, resnet (about 5 min)
+    python benchmarks/rnn.py --rounds 3               # on a shared machine (about 15 min)
+    python benchmarks/rnn.py --quick                  # smoke test (about 2 min)
     python benchmarks/rnn.py --no-peer                # retrax only
 
 Workloads (issue 14 item 5), each a train step (Adam 1e-3, eps 1e-8, no

@@ -184,12 +184,17 @@ def test_end_to_end_retrax_only(tmp_path):
 def test_end_to_end_with_peers(tmp_path):
     pytest.importorskip("flax")
     pytest.importorskip("torch")
-    res, stdout = _bench(tmp_path, "--workloads", "lstm")
+    res, stdout = _bench(tmp_path, "--workloads", "lstm,resnet")
     assert res["errors"] == {}
     e = res["summary"]["lstm"]["entries"]
     assert set(e) == {"retrax_raw", "retrax_loop", "flax", "flax_optimized", "torch"}
+    assert set(res["summary"]["resnet"]["entries"]) == {"retrax_raw", "retrax_loop", "flax"}
+    # The Flax models have exactly retrax's weights (PyTorch's RNNs carry a second bias).
+    runs = res["workloads"]
+    for name, key in (("lstm", "flax"), ("lstm", "flax_optimized"), ("resnet", "flax")):
+        assert runs[name][key]["params_total"] == runs[name]["retrax"]["params_total"]
     # Same batches, similar initial loss: ln(vocab 32) for every implementation.
     for key in ("flax", "flax_optimized", "torch"):
         assert abs(res["workloads"]["lstm"][key]["loss_first"] - np.log(32)) < 0.1
     assert "aten::mkldnn_rnn_layer" in res["workloads"]["lstm"]["torch"]["torch_ops"]
-    assert len(res["targets"]) == 2 and "target (issue 14)" in stdout
+    assert len(res["targets"]) == 3 and "target (issue 14)" in stdout
