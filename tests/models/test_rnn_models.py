@@ -123,25 +123,6 @@ def test_rnnlm_dropout_only_in_train_mode():
     assert not np.allclose(a, c)
 
 
-def test_seq2seq_masks_source_padding():
-    model = models.LSTMSeq2SeqAttn(input_vocab_size=10, target_vocab_size=8, d_model=8,
-                                   n_encoder_layers=1, n_decoder_layers=1,
-                                   n_attention_heads=2, mode="eval")
-    src, tgt = tokens(2, 5, 10), tokens(2, 4, 8)
-    run = jitted(model, *model.init((shapes.signature(src), shapes.signature(tgt))))
-    log_probs, targets = run((src, tgt))
-    np.testing.assert_array_equal(targets, tgt)
-    np.testing.assert_allclose(np.exp(f64(log_probs)).sum(-1), 1.0, atol=1e-5)
-    # Padding (0) is masked out of the attention, and the encoder LSTM runs left to
-    # right: more trailing padding changes nothing.
-    padded = np.concatenate([src, np.zeros((2, 2), np.int32)], 1)
-    np.testing.assert_allclose(run((padded, tgt))[0], log_probs, rtol=1e-5, atol=1e-6)
-    # A real token there does change the outputs (the mask is not all-ones).
-    changed = padded.copy()
-    changed[:, -1] = 3
-    assert not np.allclose(run((changed, tgt))[0], log_probs, atol=1e-4)
-
-
 # -- configs ----------------------------------------------------------------------------
 
 
@@ -205,43 +186,6 @@ def test_float_inputs_to_an_lm():
 # -- predict mode and decoding ----------------------------------------------------------
 
 
-def lm_pair(name):
-    kwargs = {"vocab_size": 13, "d_model": 8}
-    build = {"RNNLM": models.RNNLM, "GRULM": models.GRULM}[name]
-    if name == "GRULM":
-        kwargs["n_layers"] = 2
-    return build(**kwargs, mode="eval"), build(**kwargs, mode="predict")
-
-
-@pytest.mark.parametrize("name", ["RNNLM", "GRULM"])
-def test_lm_predict_step_by_step_equals_eval(name):
-    full, step = lm_pair(name)
-    x = tokens(2, 6, 13)
-    w, s = full.init(shapes.signature(x))
-    expected = jitted(full, w, s)(x)
-    _, state = step.init(shapes.ShapeDtype((2, 1), np.int32))
-    step = jitted(step, w, state)
-    # Predict mode does not shift: feed the shifted tokens, a prefix at once then one by one.
-    shifted = np.concatenate([np.zeros((2, 1), np.int32), x[:, :-1]], 1)
-    pieces = [step(shifted[:, :2])] + [step(shifted[:, t:t + 1]) for t in range(2, 6)]
-    np.testing.assert_allclose(np.concatenate(pieces, 1), expected, rtol=1e-5, atol=1e-6)
-
-
-def test_seq2seq_predict_step_by_step_equals_eval():
-    kwargs = dict(input_vocab_size=10, target_vocab_size=8, d_model=8, n_encoder_layers=2,
-                  n_decoder_layers=2, n_attention_heads=2)
-    full = models.LSTMSeq2SeqAttn(**kwargs, mode="eval")
-    src, tgt = tokens(2, 5, 10), tokens(2, 4, 8)
-    w, s = full.init((shapes.signature(src), shapes.signature(tgt)))
-    expected = jitted(full, w, s)((src, tgt))[0]
-    model = models.LSTMSeq2SeqAttn(**kwargs, mode="predict")
-    _, state = model.init((shapes.signature(src), shapes.ShapeDtype((2, 1), np.int32)))
-    step = jitted(model, load_flat(model, w), state)
-    shifted = np.concatenate([np.zeros((2, 1), np.int32), tgt[:, :-1]], 1)
-    pieces = [step((src, shifted[:, t:t + 1]))[0] for t in range(4)]
-    np.testing.assert_allclose(np.concatenate(pieces, 1), expected, rtol=1e-5, atol=1e-6)
-
-
 def load_flat(model, weights):
     """Gives ``model`` the arrays of ``weights`` in order (Trax's flat checkpoint order).
 
@@ -254,17 +198,11 @@ def load_flat(model, weights):
     return model.weights
 
 
-def greedy_by_hand(model, weights, prompt, n, enc=None):
-    """A Python loop over the predict-mode model: argmax of the last position."""
-    batch = prompt.shape[0]
-    sig = shapes.ShapeDtype((batch, 1), np.int32)
-    _, state = model.init(sig if enc is None else (shapes.signature(enc), sig))
-    model.weights = weights  # (init replaced them)
-    current = np.concatenate([np.zeros((batch, 1), np.int32), prompt], 1)
-    out = []
-    run = jitted(model, weights, state)
+def greedy_by_hand(step, first, n, enc=None):
+    """Greedy decoding as a Python loop over ``step`` (a fresh predict-mode runner)."""
+    current, out = first, []
     for _ in range(n):
-        y = run(current if enc is None else (enc, current))
+        y = step(current if enc is None else (enc, current))
         y = y if enc is None else y[0]
         current = np.asarray(np.argmax(y[:, -1], -1), np.int32)[:, None]
         out.append(current[:, 0])
@@ -272,20 +210,41 @@ def greedy_by_hand(model, weights, prompt, n, enc=None):
 
 
 @pytest.mark.parametrize("name", ["RNNLM", "GRULM"])
-def test_autoregressive_sample_decodes_an_rnn_lm(name):
-    full, model = lm_pair(name)
-    prompt = tokens(3, 4, 13)
-    w, _ = full.init(shapes.signature(prompt))
-    # Larger weights so that greedy decoding is not one token repeated.
+def test_lm_predict_mode_and_decoding(name):
+    build = {"RNNLM": models.RNNLM, "GRULM": models.GRULM}[name]
+    kwargs = {"vocab_size": 13, "d_model": 8, **({"n_layers": 2} if name == "GRULM" else {})}
+    full, model = build(**kwargs, mode="eval"), build(**kwargs, mode="predict")
+    x = tokens(3, 9, 13)
+    w, s = full.init(shapes.signature(x))
+    # Larger weights, so that greedy decoding is not one token repeated.
     w = jax.tree_util.tree_map(lambda a: a * 8.0, w)
-    model.init(shapes.ShapeDtype((3, 1), np.int32))
+    expected = jitted(full, w, s)(x)
+    _, fresh = model.init(shapes.ShapeDtype((3, 1), np.int32))
     model.weights = w
+    step = jax.jit(model.pure_fn)
+
+    def runner():
+        state = [fresh]
+
+        def run(inputs):
+            y, state[0] = step(inputs, w, state[0], None)
+            return y
+
+        return run
+
+    # Predict mode does not shift: feed [0] + x, a prefix at once, then one token at a time.
+    shifted = np.concatenate([np.zeros((3, 1), np.int32), x[:, :-1]], 1)
+    run = runner()
+    pieces = [run(shifted[:, :5])] + [run(shifted[:, t:t + 1]) for t in range(5, 9)]
+    np.testing.assert_allclose(np.concatenate(pieces, 1), expected, rtol=1e-5, atol=1e-6)
+    # autoregressive_sample (one compiled loop) equals greedy decoding by hand.
+    prompt = x[:, :4]
     got = decoding.autoregressive_sample(model, prompt, batch_size=3, temperature=0.0,
                                          max_length=7, eos_id=None)
-    expected = greedy_by_hand(model, w, prompt, 7)
-    np.testing.assert_array_equal(got, expected)
-    assert len(set(expected.ravel().tolist())) > 1
-    # One compiled generation per setting: a second call adds no program.
+    by_hand = greedy_by_hand(runner(), shifted[:, :5], 7)
+    np.testing.assert_array_equal(got, by_hand)
+    assert len(set(by_hand.ravel().tolist())) > 1
+    # A repeated call reuses its program and gives the same tokens.
     before = decoding.compiled_programs(model)
     again = decoding.autoregressive_sample(model, prompt, batch_size=3, temperature=0.0,
                                            max_length=7, eos_id=None)
@@ -293,20 +252,37 @@ def test_autoregressive_sample_decodes_an_rnn_lm(name):
     assert decoding.compiled_programs(model) == before
 
 
-def test_autoregressive_sample_decodes_seq2seq():
-    kwargs = dict(input_vocab_size=10, target_vocab_size=8, d_model=8, n_encoder_layers=1,
-                  n_decoder_layers=1, n_attention_heads=2)
+def test_seq2seq_padding_predict_mode_and_decoding():
+    kwargs = dict(input_vocab_size=10, target_vocab_size=8, d_model=8, n_encoder_layers=2,
+                  n_decoder_layers=2, n_attention_heads=2)
     full = models.LSTMSeq2SeqAttn(**kwargs, mode="eval")
-    src = tokens(2, 5, 10)
-    w, _ = full.init((shapes.signature(src), shapes.ShapeDtype((2, 1), np.int32)))
+    src, tgt = tokens(2, 5, 10), tokens(2, 4, 8)
+    src[:, -1] = 0  # trailing padding
+    w, s = full.init((shapes.signature(src), shapes.signature(tgt)))
     w = jax.tree_util.tree_map(lambda a: a * 4.0, w)
+    run = jitted(full, w, s)
+    log_probs, targets = run((src, tgt))
+    np.testing.assert_array_equal(targets, tgt)
+    np.testing.assert_allclose(np.exp(f64(log_probs)).sum(-1), 1.0, atol=1e-5)
+    # Padding (0) is masked out of the attention and the encoder LSTM runs left to right:
+    # a real token instead of the padding changes the outputs, other padding does not.
+    for token, same in ((0, True), (3, False)):
+        other = src.copy()
+        other[:, -1] = token
+        assert np.allclose(run((other, tgt))[0], log_probs, rtol=1e-5, atol=1e-6) == same
+    # Predict mode, one target token at a time, equals eval.
     model = models.LSTMSeq2SeqAttn(**kwargs, mode="predict")
-    model.init((shapes.signature(src), shapes.ShapeDtype((2, 1), np.int32)))
-    w = load_flat(model, w)
+    _, fresh = model.init((shapes.signature(src), shapes.ShapeDtype((2, 1), np.int32)))
+    w_predict = load_flat(model, w)
+    shifted = np.concatenate([np.zeros((2, 1), np.int32), tgt[:, :-1]], 1)
+    step = jitted(model, w_predict, fresh)
+    pieces = [step((src, shifted[:, t:t + 1]))[0] for t in range(4)]
+    np.testing.assert_allclose(np.concatenate(pieces, 1), log_probs, rtol=1e-5, atol=1e-6)
+    # autoregressive_sample equals greedy decoding by hand.
     got = decoding.autoregressive_sample(model, src, batch_size=2, temperature=0.0,
                                          max_length=6, eos_id=None)
-    expected = greedy_by_hand(model, w, np.zeros((2, 0), np.int32), 6, enc=src)
-    np.testing.assert_array_equal(got, expected)
+    by_hand = greedy_by_hand(jitted(model, w_predict, fresh), shifted[:, :1], 6, enc=src)
+    np.testing.assert_array_equal(got, by_hand)
 
 
 def test_decoding_refuses_a_train_mode_rnn():
