@@ -100,6 +100,17 @@ class Scan(Layer):
         w, s = init_child(self, 0, self._sublayers[0], pack(sliced + carries), rng, ctx)
         return (w,), (s, ())
 
+    def _check_saved_carry(self, saved: Any, given: list[Any]) -> None:
+        """In predict mode the saved carries replace the given ones: same shapes needed."""
+        for s, g in zip(saved, given):
+            if tuple(s.shape) != tuple(g.shape):
+                raise ValueError(
+                    f"{self.name_with_arity} in 'predict' mode continues from the carry of "
+                    f"its previous call, of shape {tuple(s.shape)}, but this call's carry has "
+                    f"shape {tuple(g.shape)} (a new batch size?). Start from a fresh state "
+                    f"(re-run init, or pass the state init returned) for new sequences."
+                )
+
     def forward_in_pass(self, xs: Any, weights: Any, state: Any, rng: Any, ctx: Pass):
         layer = self._sublayers[0]
         check_sublayer_entries(self, weights, "weights")
@@ -108,6 +119,7 @@ class Scan(Layer):
         layer_state, saved_carry = state
         items, carries = self._split_inputs(xs)
         if self._mode == "predict" and saved_carry != ():
+            self._check_saved_carry(saved_carry, carries)
             carries = list(saved_carry)
         moved = tuple(jnp.moveaxis(x, self._axis, 0) for x in items)
         n_ys = self._n_out - self._n_carry

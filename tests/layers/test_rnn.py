@@ -378,6 +378,17 @@ def test_batch_leading_axes_after_another_layer():
     close(model(x), (f64(x) @ f64(w1) + f64(b1)) @ f64(w2) + f64(b2))
 
 
+def test_predict_refuses_a_new_batch_size_until_reset():
+    lstm = tl.LSTM(3, mode="predict")
+    _, fresh = lstm.init(shapes.ShapeDtype((2, 1, 3)))
+    lstm(floats(2, 2, 3))
+    with pytest.raises(ValueError, match=r"carry of its previous call, of shape \(2, 6\).*"
+                                         r"\(3, 6\)"):
+        lstm(floats(3, 1, 3))
+    lstm.state = fresh
+    assert lstm(floats(3, 1, 3)).shape == (3, 1, 3)
+
+
 def test_scan_refuses_an_unknown_mode():
     with pytest.raises(ValueError, match="Scan: mode must be one of"):
         tl.Scan(tl.LSTMCell(2), axis=1, mode="predcit")
