@@ -17,7 +17,15 @@ from retrax.fastmath import random
 
 
 def test_numpy_is_jax_numpy():
-    assert jnp is jax.numpy
+    # A real module (import retrax.fastmath.numpy as np) handing out jax.numpy's names.
+    import importlib
+
+    module = importlib.import_module("retrax.fastmath.numpy")
+    assert module is jnp
+    assert jnp.isinf is jax.numpy.isinf and jnp.inf == jax.numpy.inf
+    assert jnp.float32 is jax.numpy.float32
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_function'"):
+        jnp.no_such_function  # noqa: B018
     assert float(fastmath.logsumexp(jnp.array([0.0, 0.0]))) == pytest.approx(np.log(2.0))
     assert float(fastmath.expit(0.0)) == 0.5
 
@@ -60,9 +68,11 @@ def test_backend_helpers():
     assert fastmath.is_backend(fastmath.Backend.JAX)
     with fastmath.use_backend(fastmath.Backend.JAX):
         pass
-    with pytest.raises(ValueError, match="supports only the JAX backend"):
+    with pytest.raises(ValueError, match="'tensorflow-numpy' backend needs TensorFlow"):
         with fastmath.use_backend("tensorflow-numpy"):
             pass
+    with pytest.raises(ValueError, match="no backend named 'torch'"):
+        fastmath.set_backend("torch")
     keys, values = fastmath.sort_key_val(jnp.array([3, 1, 2]), jnp.array([30, 10, 20]))
     assert keys.tolist() == [1, 2, 3] and values.tolist() == [10, 20, 30]
 
@@ -143,3 +153,62 @@ def test_dense_dot_exports_with_a_symbolic_batch():
     exported = export.export(jax.jit(lambda x: linalg.dense_dot(x, w)))(spec)
     y = exported.call(jnp.ones((3, 512), jnp.float32))
     np.testing.assert_allclose(np.asarray(y), 512.0)
+
+
+def test_the_numpy_backend_switches_fastmath_numpy_and_layers_refuse_it():
+    from retrax import layers as tl
+
+    assert fastmath.backend()["np"] is jax.numpy
+    with fastmath.use_backend(fastmath.Backend.NUMPY):
+        assert fastmath.backend_name() == "numpy" and fastmath.backend()["np"] is np
+        assert jnp.isinf is np.isinf and type(jnp.ones(2)) is np.ndarray
+        assert fastmath.local_device_count() == 1 == fastmath.global_device_count()
+        with pytest.raises(RuntimeError, match="retrax layers compute with JAX only"):
+            tl.Dense(2).init(__import__("retrax").shapes.ShapeDtype((1, 3)))
+    assert fastmath.backend_name() == "jax"
+    fastmath.set_backend("numpy")
+    try:
+        assert fastmath.backend_name() == "numpy"
+        with fastmath.use_backend("jax"):  # use_backend wins over set_backend
+            assert fastmath.backend_name() == "jax"
+    finally:
+        fastmath.set_backend(None)
+    assert fastmath.backend_name() == "jax"
+
+
+def test_nested_helpers_follow_trax():
+    import collections
+
+    pair = collections.namedtuple("pair", ["x"])
+    tree = {"a": ([0, 1], 2), "b": pair(3), "c": None}
+    assert fastmath.nested_map(lambda v: v + 1, tree) == {"a": ([1, 2], 3), "b": pair(4),
+                                                          "c": None}
+    stacked = fastmath.nested_stack([{"a": ([0, 1], 2), "b": pair(3)},
+                                     {"a": ([1, 2], 3), "b": pair(4)}])
+    assert [v.tolist() for v in stacked["a"][0]] == [[0, 1], [1, 2]]
+    assert stacked["a"][1].tolist() == [2, 3] and stacked["b"].x.tolist() == [3, 4]
+    assert fastmath.nested_map_multiarg(lambda a, b: a * b, [1, (2, 3)], [4, (5, 6)]) == \
+        [4, (10, 18)]
+    assert fastmath.nested_map(len, [[1, 2], [3]], level=1) == [2, 1]
+    with pytest.raises(ValueError, match="non-empty list"):
+        fastmath.nested_zip([])
+
+
+def test_ops_trax_programs_call():
+    x = jnp.zeros(4)
+    assert fastmath.index_update(x, 1, 7.0).tolist() == [0, 7, 0, 0]
+    assert fastmath.index_add(jnp.ones(3), jnp.array([0, 0]), 1.0).tolist() == [3, 1, 1]
+    assert fastmath.index_max(jnp.ones(2), 0, 5.0).tolist() == [5, 1]
+    assert fastmath.index_min(jnp.ones(2), 1, -1.0).tolist() == [1, -1]
+    assert fastmath.dynamic_slice(jnp.arange(6), (2,), (3,)).tolist() == [2, 3, 4]
+    assert fastmath.fori_loop(2, 5, lambda i, v: v + i, 1) == 1 + 2 + 3 + 4
+    out, pullback = fastmath.vjp(lambda v: v * v, 3.0)
+    assert float(pullback(1.0)[0]) == 6.0
+    # custom_vjp with a non-differentiated argument in front, as Trax allows.
+    scaled = fastmath.custom_vjp(lambda k, v: k * v, lambda k, v: (k * v, None),
+                                 lambda k, _, g: (10.0 * g,), nondiff_argnums=(0,))
+    assert float(jax.grad(scaled, argnums=1)(2.0, 1.0)) == 10.0
+    remat_sq = fastmath.remat(lambda v: jnp.sin(v) * v)
+    assert float(jax.grad(remat_sq)(1.0)) == pytest.approx(np.cos(1.0) + np.sin(1.0))
+    with fastmath.disable_jit():
+        assert float(fastmath.jit(lambda v: v + 1)(1.0)) == 2.0

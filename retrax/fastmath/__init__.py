@@ -1,84 +1,54 @@
-"""Math backend aliases, as Trax's ``trax.fastmath`` (JAX only).
+"""Math backend aliases, as Trax's ``trax.fastmath``.
 
-Trax code does ``from trax.fastmath import numpy as jnp`` and calls
-``fastmath.random.get_prng(seed)``; both work here. There is one backend, JAX;
-``use_backend`` is accepted for compatibility and changes nothing.
+Trax code does ``from trax.fastmath import numpy as jnp`` (or ``import
+trax.fastmath.numpy as np``), calls ``fastmath.random.get_prng(seed)``,
+``fastmath.nested_map``, ``fastmath.index_update`` and friends; all work here.
+JAX is the backend layers run on; ``use_backend('numpy')`` switches what
+``fastmath.numpy`` gives the user's own code (see :mod:`retrax.fastmath.backend`).
 
 >>> from retrax import fastmath
 >>> from retrax.fastmath import numpy as jnp
 >>> float(fastmath.logsumexp(jnp.array([0.0, 0.0])))  # log 2
 0.6931471...
+>>> fastmath.index_add(jnp.zeros(3), 1, 5.0).tolist()
+[0.0, 5.0, 0.0]
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as numpy  # noqa: F401  (re-exported as fastmath.numpy)
 from jax import lax
 
-from retrax.fastmath import random  # noqa: F401
+from retrax.fastmath import numpy, random  # noqa: F401
+from retrax.fastmath.backend import (  # noqa: F401
+    Backend,
+    backend,
+    backend_name,
+    is_backend,
+    set_backend,
+    use_backend,
+)
+from retrax.fastmath.nested import (  # noqa: F401
+    nested_map,
+    nested_map_multiarg,
+    nested_stack,
+    nested_zip,
+)
 from retrax.fastmath.trees import tree_flatten, tree_leaves, tree_unflatten  # noqa: F401
 
 __all__ = [
-    "numpy",
-    "random",
-    "Backend",
-    "backend_name",
-    "use_backend",
-    "is_backend",
-    "jit",
-    "grad",
-    "value_and_grad",
-    "vmap",
-    "pmap",
-    "cond",
-    "scan",
-    "fori_loop",
-    "stop_gradient",
-    "logsumexp",
-    "expit",
-    "erf",
-    "top_k",
-    "sort_key_val",
-    "device_count",
-    "local_device_count",
-    "tree_map",
-    "tree_flatten",
-    "tree_leaves",
-    "tree_unflatten",
+    "numpy", "random", "Backend", "backend", "backend_name", "set_backend", "use_backend",
+    "is_backend", "jit", "disable_jit", "grad", "value_and_grad", "vjp", "vmap", "pmap", "psum",
+    "remat", "custom_vjp", "custom_grad", "cond", "scan", "map", "fori_loop", "stop_gradient",
+    "lt", "logsumexp", "expit", "sigmoid", "erf", "top_k", "sort_key_val", "dynamic_slice",
+    "dynamic_slice_in_dim", "dynamic_update_slice", "dynamic_update_slice_in_dim",
+    "index_update", "index_add", "index_min", "index_max", "device_count",
+    "local_device_count", "global_device_count", "tree_map", "tree_flatten", "tree_leaves",
+    "tree_unflatten", "nested_map", "nested_map_multiarg", "nested_zip", "nested_stack",
 ]
-
-
-class Backend(enum.Enum):
-    """Trax's backend names; only ``JAX`` is implemented."""
-
-    JAX = "jax"
-    TFNP = "tensorflow-numpy"
-    NUMPY = "numpy"
-
-
-def backend_name() -> str:
-    return "jax"
-
-
-def is_backend(backend: Backend) -> bool:
-    return backend == Backend.JAX
-
-
-@contextlib.contextmanager
-def use_backend(name: Any):
-    """Context manager accepted for Trax compatibility; only JAX is supported."""
-    value = name.value if isinstance(name, Backend) else str(name)
-    if value not in ("jax", "numpy"):
-        raise ValueError(
-            f"retrax.fastmath supports only the JAX backend; got {value!r}. "
-            "Remove the use_backend call or pass Backend.JAX."
-        )
-    yield
 
 
 jit = jax.jit
@@ -96,7 +66,79 @@ erf = jax.scipy.special.erf
 top_k = lax.top_k
 tree_map = jax.tree_util.tree_map
 device_count = jax.device_count
-local_device_count = jax.local_device_count
+disable_jit = jax.disable_jit
+vjp = jax.vjp
+psum = lax.psum
+remat = jax.checkpoint
+map = lax.map  # noqa: A001  (Trax's name)
+lt = lax.lt
+sigmoid = jax.nn.sigmoid
+dynamic_slice = lax.dynamic_slice
+dynamic_slice_in_dim = lax.dynamic_slice_in_dim
+dynamic_update_slice = lax.dynamic_update_slice
+dynamic_update_slice_in_dim = lax.dynamic_update_slice_in_dim
+
+
+def local_device_count() -> int:
+    """Devices on this host (1 under the NumPy backend)."""
+    return backend()["local_device_count"]()
+
+
+def global_device_count() -> int:
+    """Devices on all hosts (1 under the NumPy backend)."""
+    return backend()["global_device_count"]()
+
+
+def index_update(x: Any, idx: Any, y: Any) -> Any:
+    """``x`` with ``x[idx] = y`` (a new array: ``x.at[idx].set(y)``)."""
+    return jax.numpy.asarray(x).at[idx].set(y)
+
+
+def index_add(x: Any, idx: Any, y: Any) -> Any:
+    """``x`` with ``y`` added at ``idx`` (``x.at[idx].add(y)``)."""
+    return jax.numpy.asarray(x).at[idx].add(y)
+
+
+def index_min(x: Any, idx: Any, y: Any) -> Any:
+    """``x`` with ``min(x[idx], y)`` at ``idx``."""
+    return jax.numpy.asarray(x).at[idx].min(y)
+
+
+def index_max(x: Any, idx: Any, y: Any) -> Any:
+    """``x`` with ``max(x[idx], y)`` at ``idx``."""
+    return jax.numpy.asarray(x).at[idx].max(y)
+
+
+def custom_vjp(f: Callable, f_fwd: Callable, f_bwd: Callable,
+               nondiff_argnums: tuple[int, ...] = ()) -> Callable:
+    """``f`` whose gradient is given by ``f_fwd`` / ``f_bwd`` (``jax.custom_vjp``, Trax's form).
+
+    >>> import jax
+    >>> double_grad = custom_vjp(lambda x: x, lambda x: (x, None), lambda _, g: (2 * g,))
+    >>> float(jax.grad(double_grad)(1.0))
+    2.0
+    """
+    wrapped = jax.custom_vjp(lambda *args: f(*args), nondiff_argnums=tuple(nondiff_argnums))
+    wrapped.defvjp(f_fwd, f_bwd)
+    return wrapped
+
+
+def custom_grad(f_vjp: Callable, f_original: Callable) -> Callable:
+    """``f_original`` whose gradient comes from ``f_vjp(*args) -> (out, vjp_fn)``.
+
+    ``vjp_fn(g)`` returns one gradient per argument. The forward pass runs
+    ``f_original``; the backward pass calls ``f_vjp`` again on the saved
+    arguments (JAX cannot keep a function between the two).
+
+    >>> import jax
+    >>> f = custom_grad(lambda x: (x * x, lambda g: (3 * g,)), lambda x: x * x)
+    >>> float(f(2.0)), float(jax.grad(f)(2.0))
+    (4.0, 3.0)
+    """
+    wrapped = jax.custom_vjp(lambda *args: f_original(*args))
+    wrapped.defvjp(lambda *args: (f_original(*args), args),
+                   lambda args, g: tuple(f_vjp(*args)[1](g)))
+    return wrapped
 
 
 def sort_key_val(keys: Any, values: Any, dimension: int = -1) -> tuple[Any, Any]:

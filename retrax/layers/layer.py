@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from retrax.fastmath import random as fastmath_random
+from retrax.fastmath.backend import check_jax_backend
 from retrax.layers import file_io
 from retrax.layers.errors import LayerError, find_caller
 from retrax.layers.pass_context import (
@@ -367,6 +368,7 @@ class Layer:
         Returns:
           ``(weights, state)``; they are also stored on the layer.
         """
+        check_jax_backend(f"{self.name_with_arity}.init")
         if rng is None:
             rng = self.rng
         else:
@@ -447,6 +449,7 @@ class Layer:
     def pure_fn(self, x: Any, weights: Any, state: Any, rng: Any, use_cache: bool = False):
         """Pure apply: returns ``(outputs, new_state)``; nothing on the layer changes."""
         del use_cache  # Shared weights are resolved through the pass context.
+        check_jax_backend(f"{self.name_with_arity}.pure_fn")
         with current_or_new_pass() as ctx:
             return ctx.apply_layer(self, x, weights, state, rng)
 
