@@ -11,7 +11,8 @@ in Trax); each concept lives in a module of its own:
 - ``retrax.layers.control_flow``: ``Scan``, ``Cond``, ``Cache``,
   ``BatchLeadingAxes``;
 - ``retrax.layers.chunk``: ``Chunk`` (a layer run on batch chunks);
-- ``retrax.layers.stack``: ``inputs_from_stack``, ``outputs_onto_stack``.
+- ``retrax.layers.stack``: ``inputs_from_stack``, ``outputs_onto_stack``;
+- ``retrax.layers.rnn``: ``Bidirectional`` (Trax keeps it among the combinators).
 
 >>> import numpy as np
 >>> from retrax import layers as tl
@@ -31,6 +32,7 @@ from retrax.layers import chunk, control_flow, merge, stack_combinators
 from retrax.layers.chunk import *  # noqa: F403
 from retrax.layers.control_flow import *  # noqa: F403
 from retrax.layers.merge import *  # noqa: F403
+from retrax.layers.rnn import Bidirectional
 from retrax.layers.stack import inputs_from_stack, outputs_onto_stack
 from retrax.layers.stack_combinators import *  # noqa: F403
 
@@ -39,6 +41,7 @@ __all__ = [
     *merge.__all__,
     *control_flow.__all__,
     *chunk.__all__,
+    "Bidirectional",
     "inputs_from_stack",
     "outputs_onto_stack",
 ]
