@@ -77,6 +77,7 @@ from retrax.supervised.decoding_programs import (
     model_inputs,
     program,
 )
+from retrax.supervised.eval_decoding import buffer_length, make_recompute_generate
 from retrax.supervised.sampling import sample
 
 __all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search",
@@ -170,7 +171,8 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
     """Samples up to ``max_length`` tokens after ``inputs``; returns ``(B, T)`` ints.
 
     Args:
-      model: a predict-mode ``TransformerLM`` (1 input) or ``Transformer`` (2).
+      model: a predict-mode language model (1 input: ``TransformerLM``, ``RNNLM``,
+        ...) or encoder-decoder (2 inputs: ``Transformer``, ``LSTMSeq2SeqAttn``).
       inputs: ``(B, L)`` prompt for a language model, or the source tokens of an
         encoder-decoder; ``None`` samples from the start symbol alone.
       batch_size: number of rows; must equal ``inputs.shape[0]``.
@@ -184,32 +186,37 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
       return_log_probs: also return the ``(B, T)`` log-probabilities of the
         chosen tokens under the model.
       prompt_lengths: keyword-only ``(B,)`` true lengths of right-padded prompts.
+      eval_mode: sample with a model built with ``mode='eval'``, recomputing
+        the whole prefix at every step (Trax's option; slower, same tokens; no
+        start symbol is fed, the model shifts its input right itself; see
+        :mod:`retrax.supervised.eval_decoding`).
+      eval_min_length: with ``eval_mode``, the least length each step runs at.
+      accelerate: accepted for Trax compatibility (decoding is always compiled).
 
     ``T`` is the number of steps run: ``max_length``, or fewer when every row
     has emitted ``eos_id``; positions after a row's EOS are 0.
     """
     where = "autoregressive_sample"
-    if eval_mode:
-        raise NotImplementedError(
-            f"{where}: eval_mode=True (recomputing the whole prefix) is not supported; use a "
-            f"predict-mode model, which gives the same tokens."
-        )
     check_sampling(temperature, top_k, top_p, where)
-    prompt, lengths = prepare(model, inputs, batch_size, max_length, prompt_lengths, where)
+    prompt, lengths = prepare(model, inputs, batch_size, max_length, prompt_lengths, where,
+                              "eval" if eval_mode else "predict")
     check_start_id(model, start_id, where)
     # The length check comes before any array of max_length is made.
     longest = (np.zeros((batch_size, 0), np.int32) if prompt is None
                else prompt[:, :int(lengths.max())])
-    cache_length(model, make_setup(model, longest, start_id).positions + max_length, where)
+    positions = make_setup(model, longest, start_id).positions - (1 if eval_mode else 0)
+    cache_length(model, positions + max_length, where)
+    generate_group = _generate_group_eval if eval_mode else _generate_group
     groups = _length_groups(model, prompt, lengths, batch_size)
     tokens = np.zeros((batch_size, max_length), np.int32)
     log_probs = np.zeros((batch_size, max_length), np.float32)
     counts = np.zeros((batch_size,), np.int32)
     key = _key(rng, seed)
     for gi, (rows, group_prompt) in enumerate(groups):
-        t, s, c = _generate_group(model, group_prompt, len(rows), temperature, start_id, eos_id,
-                                  max_length, top_k, top_p, jax.random.fold_in(key, gi)
-                                  if len(groups) > 1 else key, where, rows)
+        t, s, c = generate_group(model, group_prompt, len(rows), temperature, start_id, eos_id,
+                                 max_length, top_k, top_p, jax.random.fold_in(key, gi)
+                                 if len(groups) > 1 else key, where, rows,
+                                 eval_min_length=eval_min_length)
         tokens[rows], log_probs[rows], counts[rows] = t, s, c
     n = int(counts.max()) if counts.size else 0
     tokens, log_probs = tokens[:, :n], log_probs[:, :n]
@@ -230,7 +237,7 @@ def _length_groups(model: base.Layer, prompt: Any, lengths: Any, batch_size: int
 
 
 def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_length, top_k,
-                    top_p, key, where, rows=None):
+                    top_p, key, where, rows=None, eval_min_length=1):
     if prompt is None:
         prompt = np.zeros((batch, 0), np.int32)
     setup = make_setup(model, prompt, start_id)
@@ -250,6 +257,34 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
     return out, out_scores, np.full((batch,), n, np.int32)
 
 
+
+def _generate_group_eval(model, prompt, batch, temperature, start_id, eos_id, max_length,
+                         top_k, top_p, key, where, rows=None, eval_min_length=1):
+    """``_generate_group`` for an eval-mode model: recompute the prefix at every step."""
+    del start_id  # As in Trax: the eval model shifts its input right itself.
+    if prompt is None:
+        prompt = np.zeros((batch, 0), np.int32)
+    setup = make_setup(model, prompt, 0)
+    prefix = setup.first[:, 1:]  # Without the start symbol.
+    length = buffer_length(prefix.shape[1], max_length, eval_min_length)
+    _, max_len = vocab_and_max_len(model)
+    if max_len is not None:
+        length = min(length, max_len)
+    eos = None if eos_id is None else int(eos_id)
+    fn = program(model, ("recompute", max_length, float(temperature), top_k, top_p, eos,
+                          prefix.shape, length, setup.enc is None),
+                 lambda model_ref: make_recompute_generate(
+                     model_ref, max_length, float(temperature), top_k, top_p, eos,
+                     prefix.shape[1], length))
+    tokens, scores, steps, nan_step = fn(model.weights, model.state, setup.enc,
+                                         jnp.asarray(prefix), key)
+    _raise_on_nan(nan_step, where, rows)
+    n = int(steps)
+    out = np.zeros((batch, max_length), np.int32)
+    out_scores = np.zeros((batch, max_length), np.float32)
+    out[:, :n], out_scores[:, :n] = np.asarray(tokens)[:, :n], np.asarray(scores)[:, :n]
+    return out, out_scores, np.full((batch,), n, np.int32)
+
 def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_size: int = 1,
                                  temperature: float = 1.0, start_id: int = 0,
                                  accelerate: bool = True, eval_mode: bool = False,
@@ -264,7 +299,9 @@ def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_si
     """
     where = "autoregressive_sample_stream"
     if eval_mode:
-        raise NotImplementedError(f"{where}: eval_mode=True is not supported.")
+        raise NotImplementedError(
+            f"{where}: eval_mode=True is not supported by the stream; use "
+            f"autoregressive_sample(..., eval_mode=True), or a predict-mode model here.")
     check_sampling(temperature, top_k, top_p, where)
     _, max_len = vocab_and_max_len(model)
     limit = max_length if max_length is not None else (max_len or 2048)

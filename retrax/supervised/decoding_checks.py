@@ -21,17 +21,25 @@ __all__ = ["check_model", "embedding_vocabs", "vocab_and_max_len",
 CACHE_BUCKET = 8
 
 
-def check_model(model: base.Layer, where: str) -> None:
-    """``model`` must be an initialized predict-mode ``Layer`` with 1 or 2 inputs."""
+def check_model(model: base.Layer, where: str, mode: str = "predict") -> None:
+    """``model`` must be an initialized ``Layer`` with 1 or 2 inputs, built in ``mode``
+    (``'predict'``, or ``'eval'`` for sampling by recomputing the prefix)."""
     if not isinstance(model, base.Layer):
         raise TypeError(f"{where}: model must be a retrax Layer; got {type(model).__name__}.")
     modes = {layer.mode for layer in base.walk_layers(model)} - {None}
+    if mode == "eval":
+        if modes - {"eval"}:
+            raise ValueError(
+                f"{where}: eval_mode=True needs a model built with mode='eval'; this one has "
+                f"{sorted(modes - {'eval'})[0]!r}-mode layers (use eval_mode=False for a "
+                f"predict-mode model).")
     # (A predict-mode Transformer runs its encoder in 'eval' mode: that is fine.)
-    if "train" in modes or (modes and "predict" not in modes):
+    elif "train" in modes or (modes and "predict" not in modes):
         mode = "train" if "train" in modes else sorted(modes)[0]
         raise ValueError(
             f"{where}: the model is in {mode!r} mode; decoding needs mode='predict' "
-            f"(e.g. trax.models.TransformerLM(..., mode='predict'))."
+            f"(e.g. trax.models.TransformerLM(..., mode='predict')), or mode='eval' with "
+            f"eval_mode=True."
         )
     if not model.initialized:
         raise ValueError(
@@ -69,12 +77,13 @@ def vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
 
 
 def prepare(model: base.Layer, inputs: Any, batch_size: int, max_length: int,
-            prompt_lengths: Any, where: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+            prompt_lengths: Any, where: str,
+            mode: str = "predict") -> tuple[np.ndarray | None, np.ndarray | None]:
     """Checks the model and the arguments; returns the int32 prompt and its row lengths.
 
     ``(None, None)`` when there is no prompt (a language model from ``start_id``).
     """
-    check_model(model, where)
+    check_model(model, where, mode)
     if not isinstance(max_length, (int, np.integer)) or max_length < 1:
         raise ValueError(f"{where}: max_length must be a positive int; got {max_length!r}.")
     if inputs is None:
