@@ -24,6 +24,7 @@ import numpy as np
 
 from retrax import checkpoints, models
 from retrax.compat import trax_pickle
+from retrax.io import CheckpointError
 from retrax.layers import base
 from retrax.optimizers.base import flat_slots, unflat_slots
 from retrax.supervised.history import History
@@ -266,15 +267,21 @@ class LoopCheckpoints:
     def _load_native(self, path: str, ckpt: dict, slots: Sequence[Any],
                      task_streams: Sequence[Stream], eval_streams: Sequence[Stream]) -> Resumed:
         extra = ckpt["meta"].get("extra", {})
-        # Same shapes are not enough: a run resumes only into the model it saved.
-        checkpoints.check_model_config(self.model, ckpt["meta"].get("model"), path)
-        checkpoints.assign_flat_weights(self.model, ckpt["flat_weights"], source=path)
-        if ckpt["flat_state"] is not None:
+        try:
+            # Same shapes are not enough: a run resumes exactly only into the model it saved.
+            checkpoints.check_model_config(self.model, ckpt["meta"].get("model"), path)
+            checkpoints.assign_flat_weights(self.model, ckpt["flat_weights"], source=path)
+            grown = False
+        except CheckpointError:
+            if not self._load_prefix(path, ckpt["flat_weights"]):
+                raise
+            grown = True
+        if ckpt["flat_state"] is not None and not grown:
             checkpoints.assign_flat_state(self.model, ckpt["flat_state"], source=path)
         resumed = Resumed(path, int(extra.get("step", 0)),
                           weights=self.placement.replicate(self.model.weights),
                           state=self.placement.replicate(self.model.state))
-        for t, task_slots in enumerate(slots):
+        for t, task_slots in enumerate([] if grown else slots):
             leaves, treedef = jax.tree_util.tree_flatten(task_slots)
             saved = [ckpt["arrays"].get(f"slots{t}/{j:05d}") for j in range(len(leaves))]
             if any(s is None for s in saved) or any(
@@ -305,13 +312,41 @@ class LoopCheckpoints:
                     stream.skip(n - stream.consumed, f"the data of eval task {i}")
         return resumed
 
+    def _load_prefix(self, path: str, flat: Sequence[Any]) -> bool:
+        """Loads a smaller model's weights into the first arrays of this one (as Trax does).
+
+        Only when the checkpoint's arrays equal, in shape, the model's first
+        arrays (Trax's test_restores_from_smaller_model: a layer appended to
+        the model). The other arrays keep their initial values, the optimizer
+        starts fresh, and the Loop says so. Returns False when that is not
+        the case (the caller raises the original error).
+        """
+        model_flat, _ = base.flatten_weights_and_state(self.model.weights, ())
+        if not 0 < len(flat) < len(model_flat) or any(
+                np.shape(a) != np.shape(b) for a, b in zip(flat, model_flat)):
+            return False
+        checkpoints.assign_flat_weights(self.model, list(flat) + list(model_flat[len(flat):]),
+                                        source=path)
+        self._print(
+            f"Note: {path} holds the first {len(flat)} of this model's {len(model_flat)} "
+            f"weight arrays (a smaller model): they are loaded; the other "
+            f"{len(model_flat) - len(flat)} keep their initial values, and the optimizer "
+            f"and the model state start fresh.")
+        return True
+
     def _load_trax(self, path: str, ckpt: Any, slots: Sequence[Any]) -> Resumed:
-        checkpoints.assign_flat_weights(self.model, ckpt.flat_weights, source=path)
+        try:
+            checkpoints.assign_flat_weights(self.model, ckpt.flat_weights, source=path)
+            grown = False
+        except CheckpointError:
+            if not self._load_prefix(path, ckpt.flat_weights):
+                raise
+            grown = True
         resumed = Resumed(path, int(ckpt.step or 0),
                           weights=self.placement.replicate(self.model.weights))
         if ckpt.history:
             resumed.history = History.from_dict({"_values": ckpt.history})
-        if ckpt.slots:
+        if ckpt.slots and not grown:
             try:
                 resumed.slots[0] = self.placement.replicate(
                     unflat_slots(ckpt.slots[0], slots[0], count=resumed.step))

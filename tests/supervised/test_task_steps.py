@@ -59,3 +59,43 @@ def test_eval_metrics_of_another_batch_size_and_length():
     by_hand = [np.mean(np.argmax(np.asarray(loop.eval_model(x)), -1) == x)
                for x in (np.full((3, 7), n % 7 + 1, np.int32) for n in (2, 3))]
     assert step == 1 and acc == pytest.approx(np.mean(by_hand), abs=1e-6)
+
+
+def _dense_task():
+    def batches():
+        rng = np.random.default_rng(0)
+        while True:
+            x = rng.normal(size=(4, 1)).astype(np.float32)
+            yield x, 2 * x, np.ones_like(x)
+
+    return training.TrainTask(batches(), tl.L2Loss(), optimizers.Adam(0.01))
+
+
+@pytest.mark.parametrize("write_trax", [True, False])
+def test_a_larger_model_resumes_from_a_smaller_ones_checkpoint(tmp_path, write_trax):
+    # Trax's test_restores_from_smaller_model: a layer appended after the run.
+    import io
+
+    small = tl.Serial(tl.Dense(1))
+    loop = training.Loop(small, [_dense_task()], checkpoint_at=lambda n: n % 2 == 0,
+                         output_dir=str(tmp_path), write_trax_checkpoint=write_trax,
+                         stdout=io.StringIO())
+    loop.run(2)
+    loop.close()
+    trained = [np.asarray(a) for a in small.weights[0]]
+    big = tl.Serial(tl.Dense(1), tl.Dense(1))
+    out = io.StringIO()
+    loop2 = training.Loop(big, [_dense_task()], output_dir=str(tmp_path),
+                          write_trax_checkpoint=write_trax, stdout=out)
+    assert loop2.step == 2
+    for a, b in zip(big.weights[0], trained):
+        np.testing.assert_array_equal(a, b)
+    assert "holds the first 2 of this model's 4 weight arrays" in out.getvalue()
+    loop2.run(1)  # Trains on, with a fresh optimizer for the larger model.
+    assert loop2.step == 3
+    loop2.close()
+    # A model whose first arrays differ is still refused.
+    with pytest.raises(Exception, match="(?i)shape|model"):
+        training.Loop(tl.Serial(tl.Dense(2), tl.Dense(1)), [_dense_task()],
+                      output_dir=str(tmp_path), write_trax_checkpoint=write_trax,
+                      stdout=io.StringIO())
