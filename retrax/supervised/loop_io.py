@@ -203,6 +203,20 @@ class TrainingLog:
             self.record(history, "eval", f"metrics/{name}", step, float(value))
             self.print(format_metric(step, prefix, name, float(value), self._width))
 
+    def log_summary(self, step: int, values: dict[str, Any], history: Any,
+                    summary_writer: Any = None, value_prefix: str = "metrics/",
+                    log_prefix: str = "eval", stdout: bool = True) -> None:
+        """Logs scalar ``values`` as Trax's ``Loop.log_summary`` does: a line each, the
+        history (mode ``log_prefix``, name ``value_prefix + name``), metrics.jsonl,
+        TensorBoard, and ``summary_writer.scalar(name, value, step)`` when given."""
+        for name, value in values.items():
+            value = float(value)
+            self.record(history, log_prefix, value_prefix + name, step, value)
+            if summary_writer is not None:
+                summary_writer.scalar(value_prefix + name, value, step)
+            if stdout:
+                self.print(format_metric(step, log_prefix, name, value, self._width))
+
     def record(self, history: Any, mode: str, tag: str, step: int, value: float) -> None:
         history.append(mode, tag, step, value)
         self.writer.scalar(mode, tag, step, value)

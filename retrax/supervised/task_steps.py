@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from retrax import shapes
 from retrax.layers import base
 from retrax.supervised import train_step as ts
 
-__all__ = ["TaskSteps", "build_task_steps", "model_signature", "init_end"]
+__all__ = ["TaskSteps", "build_task_steps", "model_signature", "init_end", "evaluate"]
 
 
 def model_signature(model: base.Layer, batch: Sequence[Any]) -> Any:
@@ -77,3 +79,22 @@ def build_task_steps(model: base.Layer, eval_model: base.Layer, tasks: Sequence[
         steps.eval_fns.append(ts.make_eval_step(
             eval_model, task.metrics, [e[0] for e in ends], [e[1] for e in ends], eval_key))
     return steps
+
+
+def evaluate(index: int, task: Any, eval_fn: Any, stream: Any, batch_checks: Any,
+             placement: ts.Placement, weights: Any, state: Any, step: int) -> Any:
+    """Eval task ``index``'s metric values averaged over its ``n_eval_batches`` next batches."""
+    totals = None
+    for j in range(task.n_eval_batches):
+        try:
+            batch = stream.next()
+        except StopIteration:
+            raise ValueError(
+                f"Eval data of eval task {index} ran out after {stream.consumed} batches; "
+                f"it must yield at least n_eval_batches={task.n_eval_batches} per eval."
+            ) from None
+        where = f"Loop eval at step {step}, eval task {index}"
+        batch_checks.check(batch, shapes.signature(task.sample_batch), where)
+        values = eval_fn(weights, state, placement.put_batch(batch, where), step * 1000 + j)
+        totals = values if totals is None else totals + values
+    return np.asarray(totals) / task.n_eval_batches

@@ -63,7 +63,7 @@ import numpy as np
 from retrax import shapes
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
-from retrax.supervised import loop_checkpoints, run_dir, task_steps
+from retrax.supervised import loop_checkpoints, loop_io, run_dir, task_steps
 from retrax.supervised import train_step as ts
 from retrax.supervised.batch_checks import BatchChecks
 from retrax.supervised.history import History
@@ -120,6 +120,11 @@ class Loop:
     background thread, default True; see the module docstring), ``run_config`` (a
     dict of JSON values saved under ``"run"`` in ``config.json``, the run's one
     config file).
+
+    Extension points for subclasses and callbacks (public, documented): ``log_step``,
+    ``log_summary``, ``stop`` (early stopping), ``run_evals``, ``save_checkpoint``,
+    ``checkpoint_at``, ``n_devices``, ``history``, ``step``; callbacks see
+    :mod:`retrax.supervised.callbacks`.
 
     Differences from Trax: ``random_seed=None`` means seed 0 (Trax draws a random
     one); without ``eval_model`` the evaluation uses a copy of ``model`` switched
@@ -247,6 +252,26 @@ class Loop:
         if self._run_lock is not None:
             self._run_lock.release(self._run_token)
 
+    # -- extension points for subclasses and callbacks -------------------------------
+
+    def log_step(self, message: str, stdout: bool = True) -> None:
+        """Logs ``Step <n>: message`` in the Loop's output (Trax's ``_log_step``)."""
+        if stdout:
+            self._log.print(loop_io.format_step(self._step, message))
+
+    def log_summary(self, values: dict[str, Any], summary_writer: Any = None,
+                    value_prefix: str = "metrics/", log_prefix: str = "eval",
+                    stdout: bool = True) -> None:
+        """Logs scalar ``values`` at the current step into the output, the history,
+        metrics.jsonl and TensorBoard (Trax's signature; ``summary_writer`` optional)."""
+        self._log.log_summary(self._step, values, self._history, summary_writer, value_prefix,
+                              log_prefix, stdout)
+
+    def stop(self) -> None:
+        """Ends the current ``run`` after this step (its evals and checkpoint still
+        happen): early stopping from a callback or an overridden ``run_evals``."""
+        self._stop_requested = True
+
     def __enter__(self) -> Loop:
         return self
 
@@ -266,9 +291,13 @@ class Loop:
         if self._run_lock is not None:
             self._run_lock.check_owner(self._run_token, "run")
         self._log.open_bar(n_steps)
+        self._stop_requested = False
         try:
             for _ in range(n_steps):
                 self._run_one_step()
+                if self._stop_requested:
+                    self.log_step("Stopped early (Loop.stop() was called).")
+                    break
         finally:
             self._log.close_bar()
             self._sync_model_weights()
@@ -328,22 +357,8 @@ class Loop:
         if not self._eval_tasks:
             return
         for i, (task, fn) in enumerate(zip(self._eval_tasks, self._eval_fns)):
-            totals = None
-            for j in range(task.n_eval_batches):
-                stream = self._eval_streams[i]
-                try:
-                    batch = stream.next()
-                except StopIteration:
-                    raise ValueError(
-                        f"Eval data of eval task {i} ran out after {stream.consumed} batches; "
-                        f"it must yield at least n_eval_batches={task.n_eval_batches} per eval."
-                    ) from None
-                where = f"Loop eval at step {self._step}, eval task {i}"
-                self._batch_checks.check(batch, shapes.signature(task.sample_batch), where)
-                values = fn(self._weights, self._state, self._placement.put_batch(batch, where),
-                            self._step * 1000 + j)
-                totals = values if totals is None else totals + values
-            means = np.asarray(totals) / task.n_eval_batches
+            means = task_steps.evaluate(i, task, fn, self._eval_streams[i], self._batch_checks,
+                                        self._placement, self._weights, self._state, self._step)
             prefix = "eval" if not task.export_prefix else task.export_prefix
             self._log.log_eval(self._step, prefix, task.metric_names, means, self._history)
 

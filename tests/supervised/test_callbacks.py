@@ -81,3 +81,36 @@ def test_history_get_of_unknown_mode_or_metric_is_empty_and_adds_nothing():
     assert h.get("train", "metrics/accuracy") == []
     assert h.modes == ["train"] and h.metrics_for_mode("train") == ["metrics/loss"]
     assert h.get("train", "metrics/loss") == [(1, 2.0)]
+
+
+def test_early_stopping_and_custom_logging_through_public_extension_points():
+    import io
+
+    class EarlyStop(callbacks.TrainingStepCallback):
+        def call_at(self, step):
+            return self.loop.checkpoint_at(step)
+
+        def on_step_end(self, step):
+            losses = self.loop.history.get("train", "metrics/L2Loss")
+            if losses and losses[-1][1] < 10.0:
+                self.loop.log_summary({"best": losses[-1][1]}, log_prefix="early")
+                self.loop.stop()
+
+    class LoggingLoop(training.Loop):
+        def run_evals(self, summary_writers=None):
+            super().run_evals(summary_writers)
+            self.log_step("custom line")
+
+    out = io.StringIO()
+    loop = LoggingLoop(tl.Dense(1), _task(), callbacks=[EarlyStop], progress_bar=False,
+                       stdout=out)
+    loop.run(50)
+    # _task's loss starts below 10, so the first checkpoint step (1) stops the run.
+    assert loop.step == 1
+    text = out.getvalue()
+    assert "Step      1: custom line" in text and "Stopped early" in text
+    (step, best), = loop.history.get("early", "metrics/best")
+    assert step == 1 and best == loop.history.get("train", "metrics/L2Loss")[-1][1]
+    assert f"Step      1: early {'best'.rjust(len('L2Loss'))} | " in text
+    loop.run(2)  # A new run goes on.
+    assert loop.step == 2
