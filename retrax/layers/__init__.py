@@ -1,6 +1,7 @@
 """Layers and combinators, imported by users as ``tl`` (``from retrax import layers as tl``)."""
 
 from retrax.layers import initializers  # noqa: F401
+from retrax.layers.acceleration import *  # noqa: F401,F403
 from retrax.layers.activation_fns import *  # noqa: F401,F403
 from retrax.layers.assert_shape import AssertFunction, AssertShape, assert_shape  # noqa: F401
 from retrax.layers.attention import *  # noqa: F401,F403
@@ -22,6 +23,7 @@ from retrax.layers.broadcasted_dropout import apply_broadcasted_dropout  # noqa:
 from retrax.layers.combinators import *  # noqa: F401,F403
 from retrax.layers.convolution import *  # noqa: F401,F403
 from retrax.layers.core import *  # noqa: F401,F403
+from retrax.layers.gaussian import *  # noqa: F401,F403
 from retrax.layers.initializers import *  # noqa: F401,F403
 from retrax.layers.inspection import *  # noqa: F401,F403
 from retrax.layers.locally_connected import *  # noqa: F401,F403
