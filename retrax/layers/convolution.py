@@ -31,7 +31,7 @@ from jax import lax
 from retrax.layers import initializers as init
 from retrax.layers.base import Layer, init_rng_split
 
-__all__ = ["Conv", "Conv1d", "CausalConv", "CausalDepthwiseConv"]
+__all__ = ["Conv", "Conv1d", "CausalConv", "CausalDepthwiseConv", "ConvTranspose"]
 
 _PADDINGS = ("VALID", "SAME", "SAME_LOWER")
 
@@ -246,14 +246,49 @@ class Conv(Layer):
         if len(lead) > 1:
             x = jnp.reshape(x, (math.prod(lead), *shape[len(lead):]))
         dtype = jnp.result_type(x.dtype, w.dtype)
-        y = lax.conv_general_dilated(
-            x.astype(dtype), w.astype(dtype), self._strides, self._padding,
-            rhs_dilation=self._dilation, dimension_numbers=self._dimension_numbers)
+        y = self._convolve(x.astype(dtype), w.astype(dtype))
         if b is not None:
             y = y + b
         if len(lead) > 1:
             y = jnp.reshape(y, (*lead, *y.shape[1:]))
         return y
+
+
+    def _convolve(self, x: Any, w: Any) -> Any:
+        return lax.conv_general_dilated(x, w, self._strides, self._padding,
+                                        rhs_dilation=self._dilation,
+                                        dimension_numbers=self._dimension_numbers)
+
+
+class ConvTranspose(Conv):
+    """A transposed convolution (upsampling): ``(N, *spatial, C) -> (N, *spatial', filters)``.
+
+    The arguments, weights and layouts are ``Conv``'s (kernel ``HWIO``:
+    ``I`` the input channels, ``O`` = ``filters``). Each input position
+    spreads the kernel over the output with step ``strides``, its taps in
+    reverse order (``lax.conv_transpose`` and Flax's ``ConvTranspose`` do so;
+    PyTorch's uses them in order: flip the kernel's spatial axes to port
+    weights). The output size is ``(size - 1) * stride + kernel`` with
+    ``'VALID'`` padding and ``size * stride`` with ``'SAME'``. Trax 1.4.1 has
+    no such layer; this is retrax's, in Trax's conventions.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl, shapes
+    >>> up = tl.ConvTranspose(1, (2,), strides=(2,), dimension_numbers=('NWC', 'WIO', 'NWC'),
+    ...                       use_bias=False)
+    >>> _ = up.init(shapes.ShapeDtype((1, 2, 1)))
+    >>> up.weights = np.array([[[1.0]], [[10.0]]], np.float32)
+    >>> up(np.array([[[1.0], [2.0]]]))[..., 0].tolist()
+    [[10.0, 1.0, 20.0, 2.0]]
+    """
+
+    def _check_window(self, shape: tuple[int, ...]) -> None:
+        del shape  # Any input size gives a non-empty output.
+
+    def _convolve(self, x: Any, w: Any) -> Any:
+        return lax.conv_transpose(x, w, self._strides, self._padding,
+                                  rhs_dilation=self._dilation,
+                                  dimension_numbers=self._dimension_numbers)
 
 
 def Conv1d(  # noqa: N802

@@ -256,3 +256,30 @@ def test_a_kernel_larger_than_the_image_warns_and_gives_an_empty_output():
 def test_bad_arguments_are_refused(make, error, pattern):
     with pytest.raises(error, match=pattern):
         make()
+
+
+def test_conv_transpose_against_a_scatter_loop_and_shapes():
+    import numpy as np
+
+    from retrax import layers as tl
+    from retrax import shapes
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3, 4, 2)).astype(np.float32)
+    for padding, stride in (("VALID", (2, 2)), ("VALID", (1, 1)), ("SAME", (2, 2))):
+        up = tl.ConvTranspose(3, (2, 3), strides=stride, padding=padding)
+        (w, b), _ = up.init(shapes.signature(x))
+        y = np.asarray(up(x))
+        if padding == "VALID":
+            # Scatter: every input pixel adds its value times the (flipped) kernel.
+            out = np.zeros((2, (3 - 1) * stride[0] + 2, (4 - 1) * stride[1] + 3, 3))
+            flipped = np.asarray(w, np.float64)[::-1, ::-1]
+            for i in range(3):
+                for j in range(4):
+                    out[:, i * stride[0]:i * stride[0] + 2, j * stride[1]:j * stride[1] + 3] += \
+                        np.einsum("nc,hwco->nhwo", x[:, i, j].astype(np.float64), flipped)
+            np.testing.assert_allclose(y, out + np.asarray(b), rtol=1e-5, atol=1e-5)
+        else:
+            assert y.shape == (2, 6, 8, 3)
+    with pytest.raises(TypeError, match="expects float inputs"):
+        tl.ConvTranspose(2, (2, 2))(np.ones((1, 3, 3, 1), np.int32))
