@@ -281,5 +281,7 @@ def test_conv_transpose_against_a_scatter_loop_and_shapes():
             np.testing.assert_allclose(y, out + np.asarray(b), rtol=1e-5, atol=1e-5)
         else:
             assert y.shape == (2, 6, 8, 3)
-    with pytest.raises(TypeError, match="expects float inputs"):
-        tl.ConvTranspose(2, (2, 2))(np.ones((1, 3, 3, 1), np.int32))
+    up = tl.ConvTranspose(2, (2, 2))
+    up.init(shapes.ShapeDtype((1, 3, 3, 1)))
+    with pytest.raises(tl.LayerError, match="expects float inputs"):
+        up(np.ones((1, 3, 3, 1), np.int32))
