@@ -65,10 +65,12 @@ from retrax.data.tokenizers import (  # noqa: F401
     CharTokenizer,
     Detokenize,
     SentencePieceTokenizer,
+    SubwordTokenizer,
     Tokenize,
     Tokenizer,
     detokenize,
     get_tokenizer,
     load_tokenizer,
+    tokenize,
     vocab_size,
 )

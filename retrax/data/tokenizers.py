@@ -1,4 +1,4 @@
-"""Tokenizers (bytes, characters, SentencePiece) and the ``Tokenize``/``Detokenize`` stages.
+"""Tokenizers (bytes, characters, subwords, SentencePiece); ``Tokenize``/``Detokenize`` stages.
 
 Every tokenizer has ``encode(str) -> list[int]``, ``decode(ids) -> str``,
 ``vocab_size``, ``save(directory)`` and ``load(directory)``; ``save`` writes
@@ -12,6 +12,8 @@ three (2 is "unknown" where there are unknowns), matching Trax's conventions
   (Trax's ``vocab_type='char'``).
 * :class:`CharTokenizer`: one id per character of a vocabulary built from a
   corpus; unknown characters map to id 2 and are counted by ``Tokenize``.
+* :class:`SubwordTokenizer`: Trax's default ``vocab_type='subword'`` files
+  (Tensor2Tensor's format, read without TensorFlow; :mod:`retrax.data.subword`).
 * :class:`SentencePieceTokenizer`: a SentencePiece model, trained on your
   corpus with :meth:`SentencePieceTokenizer.train` (needs ``sentencepiece``).
 
@@ -32,14 +34,17 @@ from typing import Any
 import numpy as np
 
 from retrax.data.stream import MapStage, Node
+from retrax.data.subword import SubwordVocabulary
 from retrax.io import read_bytes, write_bytes_atomic
 
 __all__ = [
-    "Tokenizer", "ByteTokenizer", "CharTokenizer", "SentencePieceTokenizer", "load_tokenizer",
-    "Tokenize", "Detokenize", "detokenize", "vocab_size", "PAD_ID", "EOS_ID", "UNK_ID",
+    "Tokenizer", "ByteTokenizer", "CharTokenizer", "SubwordTokenizer", "SentencePieceTokenizer",
+    "load_tokenizer",
+    "Tokenize", "Detokenize", "tokenize", "detokenize", "vocab_size", "PAD_ID", "EOS_ID", "UNK_ID",
 ]
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+TRAX_VOCAB_DIR = "gs://trax-ml/vocabs/"  # Trax's default vocab_dir
 CONFIG_FILE = "tokenizer.json"
 
 
@@ -272,6 +277,41 @@ class SentencePieceTokenizer(Tokenizer):
         _write_json(directory, {"type": self.kind, "model_file": self.MODEL_FILE})
 
 
+class SubwordTokenizer(Tokenizer):
+    """A Trax/Tensor2Tensor subword vocabulary file (``vocab_type='subword'``).
+
+    Ids are the file's line numbers, exactly as Trax assigns them (its files
+    start with ``<pad>`` and ``<EOS>``: 0 pads, 1 ends a sequence).
+    """
+
+    kind = "subword"
+    VOCAB_FILE = "vocab.subword"
+
+    def __init__(self, vocabulary: SubwordVocabulary):
+        self.vocabulary = vocabulary
+
+    @classmethod
+    def from_file(cls, path: str) -> SubwordTokenizer:
+        """Reads a vocabulary file (local path or any fsspec URL)."""
+        return cls(SubwordVocabulary.from_text(read_bytes(path, "Subword vocabulary").decode(
+            "utf-8")))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocabulary.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return self.vocabulary.encode(text)
+
+    def decode(self, ids: Any) -> str:
+        return self.vocabulary.decode(_ids(ids, self.vocab_size, "SubwordTokenizer").tolist())
+
+    def save(self, directory: str) -> None:
+        write_bytes_atomic(os.path.join(directory, self.VOCAB_FILE),
+                           self.vocabulary.to_text().encode("utf-8"))
+        _write_json(directory, {"type": self.kind, "vocab_file": self.VOCAB_FILE})
+
+
 def _sentencepiece() -> Any:
     try:
         import sentencepiece
@@ -295,6 +335,8 @@ def load_tokenizer(directory: str) -> Tokenizer:
         return CharTokenizer(config["chars"])
     if kind == "sentencepiece":
         return SentencePieceTokenizer.from_file(os.path.join(directory, config["model_file"]))
+    if kind == "subword":
+        return SubwordTokenizer.from_file(os.path.join(directory, config["vocab_file"]))
     raise ValueError(f"{os.path.join(directory, CONFIG_FILE)}: unknown tokenizer type {kind!r}.")
 
 
@@ -302,7 +344,9 @@ def get_tokenizer(vocab_type: str | None = "subword", vocab_file: str | None = N
                   vocab_dir: str | None = None) -> Tokenizer:
     """Trax's ``(vocab_type, vocab_file, vocab_dir)`` as a retrax tokenizer.
 
-    ``'char'`` (or ``'byte'``) is bytes (as in Trax); ``'sentencepiece'`` reads
+    ``'char'`` (or ``'byte'``) is bytes (as in Trax); ``'subword'`` reads
+    ``vocab_dir/vocab_file`` (Trax's default ``vocab_dir`` is its public bucket,
+    ``gs://trax-ml/vocabs/``, read through fsspec); ``'sentencepiece'`` reads
     ``vocab_dir/vocab_file`` (a ``.model`` file) or a saved directory;
     ``'saved'`` reads a directory written by ``tokenizer.save``.
     """
@@ -316,11 +360,16 @@ def get_tokenizer(vocab_type: str | None = "subword", vocab_file: str | None = N
     if vocab_type == "sentencepiece":
         path = vocab_file if vocab_dir is None else os.path.join(vocab_dir, vocab_file)
         return SentencePieceTokenizer.from_file(path)
-    if vocab_type in ("subword", "bert", "bert-lowercase"):
+    if vocab_type == "subword":
+        if vocab_file is None:
+            raise ValueError("vocab_type='subword' needs vocab_file (e.g. 'en_8k.subword') in "
+                             "vocab_dir.")
+        directory = TRAX_VOCAB_DIR if vocab_dir is None else vocab_dir
+        return SubwordTokenizer.from_file(os.path.join(directory, vocab_file))
+    if vocab_type in ("bert", "bert-lowercase"):
         raise NotImplementedError(
-            f"vocab_type={vocab_type!r}: retrax does not read Trax's T2T subword or BERT "
-            f"vocabularies (they need TensorFlow). Use vocab_type='char' (UTF-8 bytes), "
-            f"vocab_type='sentencepiece' with vocab_file=..., or tokenizer=<a retrax tokenizer>."
+            f"vocab_type={vocab_type!r}: retrax does not read BERT vocabularies. Use "
+            f"vocab_type='subword', 'sentencepiece' or 'char', or tokenizer=<a retrax tokenizer>."
         )
     raise ValueError(f"Unknown vocab_type {vocab_type!r}; use 'char', 'sentencepiece' or "
                      f"'saved', or pass tokenizer=.")
@@ -415,6 +464,15 @@ class Detokenize(MapStage):
             keys = self.keys if self.keys is not None else list(example)
             return {k: self._decode(v) if k in keys else v for k, v in example.items()}
         return self._decode(example)
+
+
+def tokenize(stream: Any, keys: Sequence[Any] | None = None, vocab_type: str | None = "subword",
+             vocab_file: str | None = None, vocab_dir: str | None = None,
+             n_reserved_ids: int = 0, *, tokenizer: Tokenizer | None = None) -> Any:
+    """Trax's generator function: the examples of ``stream`` with their strings tokenized
+    (``Tokenize(keys, vocab_type, vocab_file, vocab_dir, n_reserved_ids)(stream)``)."""
+    return Tokenize(keys, vocab_type, vocab_file, vocab_dir, n_reserved_ids,
+                    tokenizer=tokenizer)(stream)
 
 
 def detokenize(x: Any, vocab_type: str | None = "subword", vocab_file: str | None = None,

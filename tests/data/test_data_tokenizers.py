@@ -96,8 +96,11 @@ def test_tokenize_counts_bad_utf8_and_unknown_characters(caplog):
 
 
 def test_trax_vocab_types():
-    with pytest.raises(NotImplementedError, match="T2T subword or BERT"):
+    # Trax's default: a subword file in Trax's public bucket, read through fsspec.
+    with pytest.raises(ImportError, match="gs://trax-ml/vocabs/en_8k.subword.*pip install gcsfs"):
         data.Tokenize(vocab_file="en_8k.subword")
+    with pytest.raises(NotImplementedError, match="BERT"):
+        data.Tokenize(vocab_type="bert", vocab_file="vocab.txt")
     with pytest.raises(ValueError, match="needs vocab_dir"):
         data.Tokenize(vocab_type="saved")
     with pytest.raises(ValueError, match="Unknown vocab_type 'words'"):
