@@ -18,17 +18,25 @@ as ``labeled_data``. A language model on text files::
 
 See :mod:`retrax.data.stream` (Serial, positions, counters),
 :mod:`retrax.data.inputs` and :mod:`retrax.data.batching` (stages),
-:mod:`retrax.data.packing`, :mod:`retrax.data.sources` and
-:mod:`retrax.data.tokenizers`.
+:mod:`retrax.data.packing`, :mod:`retrax.data.sources`,
+:mod:`retrax.data.tokenizers`, :mod:`retrax.data.mixing` (``Parallel``),
+:mod:`retrax.data.counters` (``CountAndSkip``), :mod:`retrax.data.prefetch`,
+:mod:`retrax.data.chunking` and :mod:`retrax.data.masking` (``PrefixLM``,
+``MLM``), :mod:`retrax.data.synthetic` (Trax's toy ``Inputs``).
 """
 
+from retrax.data import inputs  # noqa: F401  (Trax's module path: data.inputs.data_counters)
 from retrax.data.batching import (  # noqa: F401
     Batch,
     BucketByLength,
     UnBatch,
     batch,
+    bucket_by_length,
     pad_to_max_dims,
 )
+from retrax.data.bundle import Inputs  # noqa: F401
+from retrax.data.chunking import PrefixLM, generate_sequential_chunks  # noqa: F401
+from retrax.data.counters import CountAndSkip, UniformlySeek, count_and_skip  # noqa: F401
 from retrax.data.inputs import (  # noqa: F401
     AddLossWeights,
     AppendValue,
@@ -39,14 +47,28 @@ from retrax.data.inputs import (  # noqa: F401
     FilterEmptyExamples,
     Log,
     PadToLength,
-    Shuffle,
     TruncateToLength,
     add_loss_weights,
-    shuffle,
 )
+from retrax.data.masking import (  # noqa: F401
+    MLM,
+    consume_noise_mask,
+    generate_random_noise_mask,
+    random_spans_noise_mask,
+)
+from retrax.data.mixing import Parallel  # noqa: F401
 from retrax.data.packing import PackSequences  # noqa: F401
+from retrax.data.prefetch import Prefetch  # noqa: F401
+from retrax.data.shuffle import Shuffle, shuffle  # noqa: F401
 from retrax.data.sources import TFDS, HFDataset, TextDocuments, TextLines  # noqa: F401
 from retrax.data.stream import EmptyStreamError, Serial, Stream  # noqa: F401
+from retrax.data.synthetic import (  # noqa: F401
+    addition_inputs,
+    random_inputs,
+    sequence_copy_inputs,
+    simple_sequence_copy_inputs,
+    sine_inputs,
+)
 from retrax.data.tasks import (  # noqa: F401
     copy_ints_task,
     reverse_ints_task,

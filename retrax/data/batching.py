@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,8 @@ import numpy as np
 from retrax.data import _state
 from retrax.data.stream import Node, Stage
 
-__all__ = ["Batch", "BucketByLength", "UnBatch", "pad_to_max_dims", "stack_examples", "batch"]
+__all__ = ["Batch", "BucketByLength", "UnBatch", "pad_to_max_dims", "stack_examples", "batch",
+           "bucket_by_length"]
 
 _KIND = {"b": "bool", "i": "int", "u": "int", "f": "float", "c": "complex"}
 
@@ -257,24 +258,33 @@ class BucketByLength(Stage):
 
     Args:
       boundaries: increasing bucket limits.
-      batch_sizes: one more than ``boundaries``.
+      batch_sizes: one per bucket: one more than ``boundaries`` (the last
+        bucket takes the examples longer than every boundary), or as many as
+        ``boundaries`` (then a longer example raises a ``ValueError``).
       drop_remainder: keyword-only; at the end of the stream the examples left
         in the buckets are dropped (Trax) and counted; ``False`` yields them as
         smaller batches.
+      length_fn: keyword-only; ``length_fn(example) -> int`` measures an
+        example instead of ``length_keys``/``length_axis`` (Trax's
+        :func:`bucket_by_length` argument).
     """
 
     def __init__(self, boundaries: Sequence[int], batch_sizes: Sequence[int],
                  length_keys: Sequence[Any] | None = None, length_axis: int = 0,
-                 strict_pad_on_len: bool = False, *, drop_remainder: bool = True):
+                 strict_pad_on_len: bool = False, *, drop_remainder: bool = True,
+                 length_fn: Callable[[Any], int] | None = None):
         self.boundaries = [int(b) for b in boundaries]
         self.batch_sizes = [_positive_int(b, "BucketByLength: batch_sizes[i]")
                             for b in batch_sizes]
-        if len(self.batch_sizes) != len(self.boundaries) + 1:
+        if len(self.batch_sizes) not in (len(self.boundaries), len(self.boundaries) + 1):
             raise ValueError(
-                f"BucketByLength: needs one more batch size than boundaries (the last bucket "
-                f"takes longer examples); got {len(self.boundaries)} boundaries and "
-                f"{len(self.batch_sizes)} batch sizes."
+                f"BucketByLength: needs one batch size per bucket: one more than boundaries "
+                f"(the last bucket takes longer examples) or as many; got "
+                f"{len(self.boundaries)} boundaries and {len(self.batch_sizes)} batch sizes."
             )
+        if length_fn is not None and not callable(length_fn):
+            raise TypeError(f"BucketByLength: length_fn must be callable; got {length_fn!r}.")
+        self.length_fn = length_fn
         if any(b <= a for a, b in zip(self.boundaries, self.boundaries[1:])):
             raise ValueError(f"BucketByLength: boundaries must increase; got {self.boundaries}.")
         self.length_keys = None if length_keys is None else list(length_keys)
@@ -319,8 +329,19 @@ class _BucketNode(Node):
                                      if self.buckets[b]]
                     continue
                 raise StopIteration from None
-            length = length_of(example, stage.length_keys, stage.length_axis, "BucketByLength")
+            if stage.length_fn is None:
+                length = length_of(example, stage.length_keys, stage.length_axis,
+                                   "BucketByLength")
+            else:
+                length = stage.length_fn(example)
             b = bisect.bisect_left(stage.boundaries, length)
+            if b == len(stage.batch_sizes):
+                raise ValueError(
+                    f"BucketByLength: example {self.index} has length {length}, longer than the "
+                    f"last boundary {stage.boundaries[-1]}, and there is no bucket for longer "
+                    f"examples. Give one more batch size (for the longest examples) or drop "
+                    f"them first with data.FilterByLength({stage.boundaries[-1]})."
+                )
             self.buckets[b].append((self.index, example))
             self.index += 1
             if len(self.buckets[b]) == stage.batch_sizes[b]:
@@ -379,3 +400,16 @@ class _UnBatchNode(Node):
 def batch(generator: Any, batch_size: int) -> Any:
     """Trax's function form of :class:`Batch`."""
     return Batch(batch_size)(generator)
+
+
+def bucket_by_length(generator: Any, length_fn: Callable[[Any], int], boundaries: Sequence[int],
+                     batch_sizes: Sequence[int], strict_pad_on_len: bool = False) -> Any:
+    """Trax's function form of :class:`BucketByLength`, measuring examples with ``length_fn``.
+
+    >>> examples = [(np.ones(n), np.ones(n)) for n in (3, 9, 4, 8)]
+    >>> batches = bucket_by_length(iter(examples), lambda ex: len(ex[0]), [5], [2, 2])
+    >>> [b[0].shape for b in batches]
+    [(2, 5), (2, 9)]
+    """
+    return BucketByLength(boundaries, batch_sizes, strict_pad_on_len=strict_pad_on_len,
+                          length_fn=length_fn)(generator)

@@ -1,9 +1,19 @@
-"""Example-level stream functions with Trax's names (``trax.data.inputs``).
+"""Example-level stream functions, and Trax's module ``trax.data.inputs``.
 
-Each is a :class:`~retrax.data.stream.Stage`: use it in ``data.Serial(...)`` or
-apply it to any iterable, ``data.Shuffle()(examples)``. Examples are tuples
-``(inputs, targets[, weights])`` of NumPy arrays unless a stage says otherwise.
-The batching stages live in :mod:`retrax.data.batching`.
+Each stage here is a :class:`~retrax.data.stream.Stage`: use it in
+``data.Serial(...)`` or apply it to any iterable, ``data.FilterByLength(512)(examples)``.
+Examples are tuples ``(inputs, targets[, weights])`` of NumPy arrays unless a
+stage says otherwise.
+
+Trax programs also reach names through this module (``from trax.data import
+inputs``; ``inputs.pad_to_max_dims(...)``, ``inputs.data_counters``), so it
+re-exports every name of Trax 1.4.1's ``trax/data/inputs.py`` that retrax
+has, from the modules that define them: :mod:`~retrax.data.batching`,
+:mod:`~retrax.data.shuffle`, :mod:`~retrax.data.mixing` (``Parallel``),
+:mod:`~retrax.data.counters` (``CountAndSkip``, ``data_counters``),
+:mod:`~retrax.data.prefetch`, :mod:`~retrax.data.chunking` (``PrefixLM``),
+:mod:`~retrax.data.masking` (``MLM``), :mod:`~retrax.data.bundle`
+(``Inputs``) and :mod:`~retrax.data.synthetic` (``addition_inputs``, ...).
 
 >>> import numpy as np
 >>> from retrax import data
@@ -24,95 +34,63 @@ from typing import Any
 import numpy as np
 
 from retrax import shapes
-from retrax.data import _state
-from retrax.data.batching import length_of
-from retrax.data.stream import DROP, MapStage, Node, Stage, logger
+from retrax.data.batching import (
+    Batch,
+    BucketByLength,
+    UnBatch,
+    batch,
+    bucket_by_length,
+    length_of,
+    pad_to_max_dims,
+)
+from retrax.data.bundle import Inputs, make_additional_stream, make_inputs, make_parallel_stream
+from retrax.data.chunking import PrefixLM, generate_sequential_chunks
+from retrax.data.counters import (
+    CountAndSkip,
+    UniformlySeek,
+    count_and_skip,
+    data_counters,
+    load_data_counters,
+    save_data_counters,
+)
+from retrax.data.masking import (
+    MLM,
+    consume_noise_mask,
+    generate_random_noise_mask,
+    random_spans_noise_mask,
+)
+from retrax.data.mixing import Parallel
+from retrax.data.prefetch import Prefetch
+from retrax.data.shuffle import Shuffle, shuffle
+from retrax.data.stream import DROP, MapStage, Node, Serial, Stage, logger
+from retrax.data.synthetic import (
+    addition_input_stream,
+    addition_inputs,
+    lower_endian_to_number,
+    number_to_lower_endian,
+    random_inputs,
+    random_number_lower_endian,
+    sequence_copy_inputs,
+    simple_sequence_copy_inputs,
+    sine_inputs,
+)
 
 __all__ = [
-    "Shuffle", "FilterByLength", "FilterEmptyExamples", "TruncateToLength", "PadToLength",
+    # Defined here.
+    "FilterByLength", "FilterEmptyExamples", "TruncateToLength", "PadToLength",
     "AddLossWeights", "ConcatenateToLMInput", "Dup", "CastTo", "AppendValue", "Log",
-    "shuffle", "add_loss_weights",
+    "add_loss_weights",
+    # Trax's trax.data.inputs names defined elsewhere in retrax.data.
+    "Serial", "Parallel", "Shuffle", "shuffle", "Batch", "batch", "BucketByLength",
+    "bucket_by_length", "UnBatch", "pad_to_max_dims", "Prefetch", "CountAndSkip",
+    "count_and_skip", "data_counters", "save_data_counters", "load_data_counters",
+    "UniformlySeek", "PrefixLM", "MLM", "generate_sequential_chunks",
+    "generate_random_noise_mask", "consume_noise_mask", "random_spans_noise_mask", "Inputs",
+    "make_inputs", "make_additional_stream", "make_parallel_stream", "random_inputs",
+    "sequence_copy_inputs", "simple_sequence_copy_inputs", "addition_input_stream",
+    "addition_inputs", "sine_inputs", "lower_endian_to_number", "number_to_lower_endian",
+    "random_number_lower_endian",
 ]
-
-
-# --------------------------------------------------------------------------
-# Shuffle
-# --------------------------------------------------------------------------
-
-
-class Shuffle(Stage):
-    """Shuffles the stream with a buffer of ``queue_size`` examples (seeded).
-
-    The buffer is filled first; then each new example replaces a randomly
-    chosen one, which is yielded. When the input ends, the buffer is shuffled
-    and drained (as in Trax, with retrax's own seeded generator instead of
-    NumPy's global one).
-
-    Args:
-      queue_size: examples in the buffer (the span of the shuffle).
-      seed: keyword-only; the same seed gives the same order.
-    """
-
-    def __init__(self, queue_size: int = 1024, *, seed: int = 0):
-        if not isinstance(queue_size, (int, np.integer)) or queue_size < 1:
-            raise ValueError(f"Arg queue_size ({queue_size}) is less than 1.")
-        if queue_size == 1:
-            logger.warning("Shuffle: a queue_size of 1 does not shuffle.")
-        self.queue_size = int(queue_size)
-        self.seed = int(seed)
-
-    def build(self, upstream: Node | None) -> Node:
-        return _ShuffleNode(self, upstream)
-
-    def __repr__(self) -> str:
-        return f"data.Shuffle({self.queue_size}, seed={self.seed})"
-
-
-class _ShuffleNode(Node):
-    name = "Shuffle"
-
-    def __init__(self, stage: Shuffle, upstream: Node | None):
-        super().__init__(upstream)
-        self.size = stage.queue_size
-        self.rng = np.random.default_rng(stage.seed)
-        self.queue: list[Any] = []
-        self.draining = False
-        self._cache = _state.EncodeCache()
-
-    def _start_draining(self) -> None:
-        self.draining = True
-        order = self.rng.permutation(len(self.queue))
-        self.queue = [self.queue[i] for i in order[::-1]]  # popped from the end
-
-    def __next__(self) -> Any:
-        if not self.draining:
-            try:
-                while len(self.queue) < self.size:
-                    self.queue.append(next(self.upstream))
-                new = next(self.upstream)
-            except StopIteration:
-                self._start_draining()
-            else:
-                i = int(self.rng.integers(self.size))
-                out, self.queue[i] = self.queue[i], new
-                return out
-        if self.queue:
-            return self.queue.pop()
-        raise StopIteration
-
-    def _get_state(self) -> dict:
-        return {"queue": self._cache.encode_list(self.queue), "draining": self.draining,
-                "rng": self.rng.bit_generator.state}
-
-    def _set_state(self, state: dict) -> None:
-        self.queue = _state.decode(state["queue"])
-        self.draining = bool(state["draining"])
-        self.rng.bit_generator.state = state["rng"]
-
-
-def shuffle(samples: Any, queue_size: int) -> Any:
-    """Trax's function form of :class:`Shuffle`."""
-    return Shuffle(queue_size)(samples)
 
 
 # --------------------------------------------------------------------------

@@ -73,6 +73,9 @@ class Node:
 
     name = "Node"
     resumable = True  # False: its position cannot be read (restored by re-skipping).
+    # True: get_state/set_state also cover every upstream node (e.g. Prefetch, whose
+    # upstream runs ahead in another thread); the Stream then saves only this node onward.
+    holds_upstream_state = False
 
     def __init__(self, upstream: Node | None):
         self.upstream = upstream
@@ -108,9 +111,14 @@ class Node:
 
 
 class Stage:
-    """A stream function: ``stage(examples) -> Stream``; ``build`` links it into a pipeline."""
+    """A stream function: ``stage(examples) -> Stream``; ``build`` links it into a pipeline.
 
-    is_source = False
+    ``is_source``: ``False`` (needs an input stream), ``True`` (a source, takes
+    none) or ``None`` (either: e.g. ``Parallel`` of sources, or of functions
+    applied to the input).
+    """
+
+    is_source: bool | None = False
 
     @property
     def name(self) -> str:
@@ -295,13 +303,13 @@ class Serial:
         node = _as_node(generator)
         for i, f in enumerate(self.fns):
             if isinstance(f, Stage):
-                if f.is_source and node is not None:
+                if f.is_source is True and node is not None:
                     raise ValueError(
                         f"data.Serial: {f.name} is a source and ignores its input, but it gets "
                         f"one (it is item {i}, or the pipeline was called on a stream). Put "
                         f"sources first and call the pipeline without arguments."
                     )
-                if not f.is_source and node is None:
+                if f.is_source is False and node is None:
                     raise ValueError(
                         f"data.Serial: {f.name} needs an input stream. Start the pipeline with "
                         f"a source (data.TextLines, data.TFDS, a list, a generator) or call "
@@ -338,6 +346,10 @@ class Stream:
             self.nodes.append(node)
             node = node.upstream
         self.nodes.reverse()
+        # The nodes whose get_state/set_state make up the position (a node that holds its
+        # upstream's state stands for all nodes before it).
+        first = max((i for i, n in enumerate(self.nodes) if n.holds_upstream_state), default=0)
+        self.state_nodes = self.nodes[first:]
         self.yielded = 0
 
     def __iter__(self) -> Stream:
@@ -364,7 +376,7 @@ class Stream:
     @property
     def exact(self) -> bool:
         """Whether every stage exposes its position (else restoring re-skips)."""
-        return all(n.resumable for n in self.nodes)
+        return all(n.resumable for n in self.state_nodes)
 
     def state_dict(self) -> dict:
         """The stream's position as JSON-safe data (see :meth:`load_state_dict`)."""
@@ -372,7 +384,7 @@ class Stream:
             "format": STATE_FORMAT,
             "stages": [n.name for n in self.nodes],
             "yielded": self.yielded,
-            "nodes": [n.get_state() for n in self.nodes] if self.exact else None,
+            "nodes": [n.get_state() for n in self.state_nodes] if self.exact else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -387,7 +399,12 @@ class Stream:
             )
         target = int(state["yielded"])
         if state.get("nodes") is not None and self.exact:
-            for node, node_state in zip(self.nodes, state["nodes"]):
+            if len(state["nodes"]) != len(self.state_nodes):
+                raise ValueError(
+                    f"The saved data position holds {len(state['nodes'])} stage states but "
+                    f"this pipeline saves {len(self.state_nodes)}. Resume with the same pipeline."
+                )
+            for node, node_state in zip(self.state_nodes, state["nodes"]):
                 node.set_state(node_state)
             self.yielded = target
             return

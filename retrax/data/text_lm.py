@@ -25,8 +25,9 @@ import os
 import sysconfig
 
 from retrax.data.batching import Batch
-from retrax.data.inputs import AddLossWeights, ConcatenateToLMInput, Shuffle
+from retrax.data.inputs import AddLossWeights, ConcatenateToLMInput
 from retrax.data.packing import PackSequences
+from retrax.data.shuffle import Shuffle
 from retrax.data.sources import TextDocuments
 from retrax.data.stream import Serial
 from retrax.data.tokenizers import ByteTokenizer, Tokenize, Tokenizer

@@ -104,8 +104,8 @@ def test_bucket_by_length_groups_and_pads_to_the_boundary(caplog):
     pairs = [(np.arange(n), np.arange(n + 1)) for n in (1, 2)]
     x, y = next(data.BucketByLength([8], [2, 1], length_keys=[0])(pairs))
     assert x.shape == (2, 2) and y.shape == (2, 4)  # 2*max < boundary: next power of two.
-    with pytest.raises(ValueError, match="needs one more batch size than boundaries"):
-        data.BucketByLength([2, 4], [2, 2])
+    with pytest.raises(ValueError, match="needs one batch size per bucket"):
+        data.BucketByLength([2, 4], [2])
 
 
 # -- Length filters, truncation, padding ---------------------------------------------------
