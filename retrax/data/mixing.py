@@ -11,7 +11,7 @@ example in turn; a counter of 0 leaves that stream out (it is never called).
 >>> mixed = data.Parallel([lambda: iter(range(10)), lambda: iter(range(10, 20))],
 ...                       counters=(2, 1))()
 >>> [next(mixed) for _ in range(6)]
-[0, 10, 1, 2, 11, 3]
+[0, 10, 1, 11, 2, 3]
 
 ``gradually_reweight=True`` orders the streams by counter and nests them
 instead: counters ``(1, 20, 40)`` give ``(a (b c c)^20)`` per cycle, each
