@@ -1,6 +1,6 @@
 """A Siamese LSTM that finds duplicate questions, written as a Trax program.
 
-    python examples/siamese_lstm.py                       # 300 steps, ~30 s on 2 CPU cores
+    python examples/siamese_lstm.py                       # 300 steps, ~10 s on 2 CPU cores
     python examples/siamese_lstm.py --steps 40 --d-model 32
 
 The model is the Coursera NLP specialization's question-duplicates model: one
