@@ -48,7 +48,8 @@ def token_length(example: Any, index: int, where: str) -> int:
 class _SplitStage(Stage):
     """A stage yielding the pieces ``split(example, index)`` of each input example."""
 
-    def split(self, example: Any, index: int) -> list[Any]:
+    def split(self, example: Any, index: int, node: Node) -> list[Any]:
+        """The pieces of one example; ``node.count`` records what is dropped."""
         raise NotImplementedError
 
     def build(self, upstream: Node | None) -> Node:
@@ -66,7 +67,7 @@ class _SplitNode(Node):
     def __next__(self) -> Any:
         while not self.pending:
             example = next(self.upstream)
-            self.pending = self.stage.split(example, self.index)
+            self.pending = self.stage.split(example, self.index, self)
             self.index += 1
         return self.pending.pop(0)
 
@@ -87,7 +88,7 @@ class SequentialChunks(_SplitStage):
         self.max_length = None if max_length is None else _positive(
             max_length, "generate_sequential_chunks: max_length")
 
-    def split(self, example: Any, index: int) -> list[Any]:
+    def split(self, example: Any, index: int, node: Node) -> list[Any]:
         n = token_length(example, index, "generate_sequential_chunks")
         if self.max_length is None or n <= self.max_length:
             return [example]
@@ -108,7 +109,8 @@ class PrefixLM(_SplitStage):
     From the start of the sequence: ``input_length`` tokens are the inputs and
     up to ``output_length`` following tokens the targets; the next pair starts
     after those targets. A pair is made only while its inputs are complete and
-    at least one target token follows (Trax's rule), so a short tail is dropped.
+    at least one target token follows (Trax's rule), so a short tail is dropped
+    (its tokens are counted in ``stats()['PrefixLM']['dropped_tokens']``).
     """
 
     name = "PrefixLM"
@@ -117,7 +119,7 @@ class PrefixLM(_SplitStage):
         self.input_length = _positive(input_length, "PrefixLM: input_length")
         self.output_length = _positive(output_length, "PrefixLM: output_length")
 
-    def split(self, example: Any, index: int) -> list[Any]:
+    def split(self, example: Any, index: int, node: Node) -> list[Any]:
         n = token_length(example, index, "PrefixLM")
         pairs, start = [], 0
         while start + self.input_length < n:
@@ -125,4 +127,8 @@ class PrefixLM(_SplitStage):
             end = min(middle + self.output_length, n)
             pairs.append((example[start:middle], example[middle:end]))
             start = end
+        if start < n:
+            node.count("dropped_tokens", n - start,
+                       f"dropped the last {n - start} tokens of example {index}: fewer than "
+                       f"input_length={self.input_length} + 1 were left")
         return pairs
