@@ -47,6 +47,17 @@ class Scan(Layer):
     carries. In ``'predict'`` mode the final carries are kept in the state and
     used instead of the input carries on the next call.
 
+    A layer may also compute the whole scan itself, faster than step by step:
+    if it has a method ``scan_sequence(xs, carries, weights, state)`` (``xs``
+    its scanned inputs with the scanned axis first, ``carries`` the initial
+    carries, both lists), Scan calls it and uses what it returns,
+    ``(ys, final_carries, new_state)`` (``ys`` with the scanned axis first),
+    unless it returns None (inputs it does not handle: Scan then runs the
+    layer step by step, which also reports bad inputs). It must compute what
+    the steps would, for a layer that draws no random numbers. ``LSTMCell``,
+    ``GRUCell`` and ``RNNLM``'s multi-layer cell have one. ``remat=True``
+    always runs step by step.
+
     >>> import numpy as np
     >>> from retrax import layers as tl
     >>> cumsum = tl.Scan(tl.Serial(tl.Add(), tl.Dup()), axis=0)
@@ -122,6 +133,10 @@ class Scan(Layer):
             self._check_saved_carry(saved_carry, carries)
             carries = list(saved_carry)
         moved = tuple(jnp.moveaxis(x, self._axis, 0) for x in items)
+        whole = self._scan_whole(moved, carries, w, layer_state, ctx)
+        if whole is not None:
+            ys, carry, layer_state = whole
+            return self._finish(ys, carry, layer_state)
         n_ys = self._n_out - self._n_carry
         seed_weights = dict(ctx.weights)
 
@@ -137,9 +152,46 @@ class Scan(Layer):
         if self._remat:
             body = jax.checkpoint(body)
         (carry, layer_state, _), ys = lax.scan(body, (tuple(carries), layer_state, 0), moved)
+        return self._finish(ys, carry, layer_state)
+
+    def _scan_whole(self, moved: tuple, carries: list, weights: Any, state: Any,
+                    ctx: Pass) -> tuple | None:
+        """The layer's own ``scan_sequence`` result, or None to run it step by step."""
+        layer = self._sublayers[0]
+        scan_sequence = getattr(layer, "scan_sequence", None)
+        if (scan_sequence is None or self._remat or not moved
+                or base.is_weights_marker(weights)):
+            return None
+        result = scan_sequence(list(moved), list(carries), weights, state)
+        if result is None:
+            return None
+        ys, carry, new_state = result
+        if len(ys) != self._n_out - self._n_carry or len(carry) != self._n_carry:
+            raise ValueError(
+                f"Scan: {layer.name_with_arity}.scan_sequence returned {len(ys)} outputs and "
+                f"{len(carry)} carries; expected {self._n_out - self._n_carry} and "
+                f"{self._n_carry}.")
+        _register_weights(layer, weights, ctx)  # as applying it would: for shared layers
+        return list(ys), tuple(carry), new_state
+
+    def _finish(self, ys: Any, carry: tuple, layer_state: Any) -> tuple[Any, Any]:
         ys = [jnp.moveaxis(y, 0, self._axis) for y in ys]
         new_saved = tuple(carry) if self._mode == "predict" else ()
         return pack(ys + list(carry)), (layer_state, new_saved)
+
+
+def _register_weights(layer: Layer, weights: Any, ctx: Pass) -> None:
+    """Records ``weights`` for ``layer`` and its sublayers in ``ctx``, as applying would.
+
+    A layer shared with one that runs later (whose later occurrence holds only
+    the shared-weights marker) then finds them as if it had been applied.
+    """
+    if base.is_weights_marker(weights):
+        return  # Shared with an earlier occurrence, whose weights are recorded.
+    ctx.weights.setdefault(id(layer), weights)
+    # A combinator's weights hold one entry per sublayer (see Layer.init).
+    for sub, sub_weights in zip(layer.sublayers, weights if layer.sublayers else ()):
+        _register_weights(sub, sub_weights, ctx)
 
 
 class Cond(Layer):
@@ -268,18 +320,8 @@ class Cache(Layer):
         # layer shared with one that runs later (e.g. an embedding tied between
         # an encoder and a decoder, whose later occurrence holds only the
         # shared-weights marker) finds them as if the layer had run.
-        self._register_weights(self._sublayers[0], weights[0], ctx)
+        _register_weights(self._sublayers[0], weights[0], ctx)
         return cached, state
-
-    @staticmethod
-    def _register_weights(layer: Layer, weights: Any, ctx: Pass) -> None:
-        """Records ``weights`` for ``layer`` and its sublayers in ``ctx``, as applying would."""
-        if isinstance(weights, dict) and weights == base.GET_WEIGHTS_FROM_CACHE:
-            return  # Shared with an earlier occurrence, whose weights are recorded.
-        ctx.weights.setdefault(id(layer), weights)
-        # A combinator's weights hold one entry per sublayer (see Layer.init).
-        for sub, sub_weights in zip(layer.sublayers, weights if layer.sublayers else ()):
-            Cache._register_weights(sub, sub_weights, ctx)
 
 
 class BatchLeadingAxes(Layer):

@@ -28,6 +28,12 @@ Each cell computes its gates with one matrix product over the concatenation
 
 Shapes: B batch, T time, D input features, n units.
 
+``LSTMCell`` and ``GRUCell`` also compute a whole ``Scan`` at once (their
+``scan_sequence``, see ``tl.Scan``): the input half of every step's gate
+product is one large product before the time loop, and the gradient is
+written by hand (``retrax.fastmath.recurrent``). The weights, the results (up
+to float rounding) and the layer tree are those of the step-by-step scan.
+
 >>> import numpy as np
 >>> from retrax import layers as tl, shapes
 >>> lstm = tl.LSTM(4)
@@ -50,6 +56,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from retrax.fastmath import recurrent
 from retrax.fastmath.linalg import dense_dot
 from retrax.layers import activation_fns, convolution
 from retrax.layers import initializers as init
@@ -109,6 +116,38 @@ def _check_width(owner: str, x: Any, kernel: Any, n_units: int) -> None:
         )
 
 
+def _weight_arrays(weights: Any, count: int) -> tuple | None:
+    """``weights`` as ``count`` arrays, or None (a shared-layer marker, another tree)."""
+    if not isinstance(weights, (tuple, list)) or len(weights) != count:
+        return None
+    if not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in weights):
+        return None
+    return tuple(weights)
+
+
+def _sequence_fits(owner: str, x: Any, state: Any, state_width: int, weights: tuple,
+                   n_units: int, columns: tuple[int, ...]) -> bool:
+    """Whether a cell's whole-sequence path takes ``x`` (scanned axis first) and ``state``.
+
+    Everything the step-by-step path would accept, with weights shaped as
+    ``init`` makes them (kernels ``(D + n_units, k)``, biases ``(k,)`` for
+    ``k`` in ``columns``), one float dtype for all arrays and at least one
+    step; anything else goes step by step, where bad input gets its error.
+    """
+    if len(x.shape) < 2 or x.shape[0] == 0:
+        return False
+    try:
+        step = jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype)
+        _check_step(owner, step, state, state_width, "")
+        _check_width(owner, step, weights[0], n_units)
+    except (TypeError, ValueError):
+        return False
+    rows = x.shape[-1] + n_units
+    shapes = [s for k in columns for s in ((rows, k), (k,))]
+    return ([tuple(a.shape) for a in weights] == shapes
+            and len({jnp.dtype(a.dtype) for a in (x, state, *weights)}) == 1)
+
+
 class LSTMCell(Layer):
     """One LSTM step: ``(x, [c, h]) -> (h', [c', h'])`` (2 -> 2).
 
@@ -158,6 +197,24 @@ class LSTMCell(Layer):
         new_c = c * jax.nn.sigmoid(f) + jax.nn.sigmoid(i) * jnp.tanh(j)
         new_h = jnp.tanh(new_c) * jax.nn.sigmoid(o)
         return new_h, jnp.concatenate([new_c, new_h], axis=-1)
+
+    def scan_sequence(self, xs: list, carries: list, weights: Any, state: Any):
+        """All steps at once, for ``tl.Scan``: ``([hs], [final [c, h]], state)`` or None.
+
+        ``xs == [x]`` with time first, ``(T, ..., D)``; ``carries == [[c, h]]``.
+        Computes what ``forward`` step by step would (``retrax.fastmath.recurrent``).
+        """
+        n = self._n_units
+        arrays = _weight_arrays(weights, 2)
+        if (len(xs) != 1 or len(carries) != 1 or arrays is None
+                or not _sequence_fits(self.name, xs[0], carries[0], 2 * n, arrays, n, (4 * n,))):
+            return None
+        x, carry = xs[0], carries[0]
+        c0, h0 = jnp.split(carry.reshape((-1, 2 * n)), 2, axis=-1)
+        hs, c, h = recurrent.lstm_sequence(x.reshape((x.shape[0], -1, x.shape[-1])),
+                                           *arrays, c0, h0)
+        final = jnp.concatenate([c, h], axis=-1).reshape(carry.shape)
+        return [hs.reshape(tuple(x.shape[:-1]) + (n,))], [final], state
 
 
 class GRUCell(Layer):
@@ -209,6 +266,22 @@ class GRUCell(Layer):
         c = dense_dot(jnp.concatenate([x, r * h], -1), w2) + b2
         new_h = u * h + (1.0 - u) * jnp.tanh(c)
         return new_h, new_h
+
+    def scan_sequence(self, xs: list, carries: list, weights: Any, state: Any):
+        """All steps at once, for ``tl.Scan``: ``([hs], [final h], state)`` or None.
+
+        ``xs == [x]`` with time first, ``(T, ..., D)``; ``carries == [h]``.
+        Computes what ``forward`` step by step would (``retrax.fastmath.recurrent``).
+        """
+        n = self._n_units
+        arrays = _weight_arrays(weights, 4)
+        if (len(xs) != 1 or len(carries) != 1 or arrays is None
+                or not _sequence_fits(self.name, xs[0], carries[0], n, arrays, n, (2 * n, n))):
+            return None
+        x, h0 = xs[0], carries[0]
+        hs, h = recurrent.gru_sequence(x.reshape((x.shape[0], -1, x.shape[-1])), *arrays,
+                                       h0.reshape((-1, n)))
+        return [hs.reshape(tuple(x.shape[:-1]) + (n,))], [h.reshape(h0.shape)], state
 
 
 def MakeZeroState(depth_multiplier: int = 1) -> Layer:  # noqa: N802

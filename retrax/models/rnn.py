@@ -84,14 +84,50 @@ def _cell_constructor(rnn_cell: Any) -> Any:
     return rnn_cell
 
 
-def _multi_rnn_cell(cells: list[tl.Layer]) -> tl.Layer:
-    """``(x, [s_1 .. s_n]) -> (y, [s_1' .. s_n'])``: cells chained, states in one array."""
-    n = len(cells)
-    return tl.Serial(
-        tl.Parallel([], tl.Split(n_items=n)),          # x, s_1 .. s_n
-        tl.SerialWithSideOutputs(cells),               # y, s_1' .. s_n'
-        tl.Parallel([], tl.Concatenate(n_items=n)),    # y, [s_1' .. s_n']
-    )
+class _MultiRNNCell(tl.Serial):
+    """``(x, [s_1 .. s_n]) -> (y, [s_1' .. s_n'])``: cells chained, states in one array.
+
+    Trax's ``Serial`` (its name, sublayers and weights)::
+
+        Serial(Parallel([], Split(n_items=n)),          # x, s_1 .. s_n
+               SerialWithSideOutputs(cells),            # y, s_1' .. s_n'
+               Parallel([], Concatenate(n_items=n)))    # y, [s_1' .. s_n']
+
+    with one addition: ``scan_sequence`` (see ``tl.Scan``) runs the whole
+    scan one cell after the other, each over all steps (cell ``k + 1`` needs
+    only the outputs of cell ``k``), through the cells' own ``scan_sequence``.
+    """
+
+    def __init__(self, cells: list[tl.Layer]):
+        n = len(cells)
+        chain = tl.SerialWithSideOutputs(cells)
+        super().__init__(tl.Parallel([], tl.Split(n_items=n)), chain,
+                         tl.Parallel([], tl.Concatenate(n_items=n)), name="Serial")
+        # Where each cell sits among the chain's sublayers (weights and state follow them).
+        self._cell_positions = tuple(
+            next(i for i, sub in enumerate(chain.sublayers) if sub is cell) for cell in cells)
+
+    def scan_sequence(self, xs: list, carries: list, weights: Any, state: Any):
+        """The cells one after the other over all steps; None where one cannot."""
+        chain = self.sublayers[1]
+        n = len(self._cell_positions)
+        trees_fit = all(isinstance(t, (tuple, list)) and len(t) == 3
+                        and isinstance(t[1], (tuple, list))
+                        and len(t[1]) == len(chain.sublayers) for t in (weights, state))
+        if (not trees_fit or len(xs) != 1 or len(carries) != 1
+                or len(carries[0].shape) < 1 or carries[0].shape[-1] % n):
+            return None
+        y, chain_state, finals = xs[0], list(state[1]), []
+        for i, s in zip(self._cell_positions, jnp.split(carries[0], n, axis=-1)):
+            cell = chain.sublayers[i]
+            run = getattr(cell, "scan_sequence", None)
+            result = None if run is None else run([y], [s], weights[1][i], chain_state[i])
+            if result is None:
+                return None
+            (y,), (final,), chain_state[i] = result
+            finals.append(final)
+        new_state = (state[0], tuple(chain_state), state[2])
+        return [y], [jnp.concatenate(finals, axis=-1)], new_state
 
 
 @records_config
@@ -126,7 +162,7 @@ def RNNLM(vocab_size: int, d_model: int = 512, n_layers: int = 2,  # noqa: N802
         tl.Embedding(vocab_size, d_model),
         tl.Dropout(rate=dropout, mode=mode),
         tl.Branch([], zero_state),
-        tl.Scan(_multi_rnn_cell([cell(n_units=d_model) for _ in range(n_layers)]), axis=1,
+        tl.Scan(_MultiRNNCell([cell(n_units=d_model) for _ in range(n_layers)]), axis=1,
                 mode=mode),
         tl.Select([0], n_in=2),  # drop the final state
         tl.Dense(vocab_size),

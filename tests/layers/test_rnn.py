@@ -249,18 +249,37 @@ def test_make_zero_state():
     assert z.shape == (2, 12) and z.dtype == np.float32 and not np.any(z)
 
 
-def test_one_scan_per_recurrence():
-    """The recurrence is one lax.scan: the program does not grow with the length."""
-    lstm = tl.LSTM(4)
-    w, s = lstm.init(shapes.ShapeDtype((2, 3, 4)))
+def primitive_names(jaxpr):
+    """The primitives of a jaxpr and of the jaxprs inside its equations, in order."""
+    names = []
+    for e in jaxpr.eqns:
+        names.append(e.primitive.name)
+        for param in e.params.values():
+            for sub in (param if isinstance(param, (tuple, list)) else [param]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names += primitive_names(inner)
+    return names
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_one_scan_per_recurrence(name, grad):
+    """The recurrence is one lax.scan (two with the gradient's backward loop): the
+    program does not grow with the length."""
+    layer = layer_named(name, "train")
+    w, s = layer.init(shapes.ShapeDtype((2, 3, 4)))
+
+    def run(w, x):
+        y = layer.pure_fn(x, w, s, None)[0]
+        return jnp.sum(y * y)
 
     def eqns(length):
-        jaxpr = jax.make_jaxpr(lambda x: lstm.pure_fn(x, w, s, None)[0])(
-            jnp.zeros((2, length, 4)))
-        return [e.primitive.name for e in jaxpr.jaxpr.eqns]
+        jaxpr = jax.make_jaxpr(jax.grad(run) if grad else run)(w, jnp.zeros((2, length, 4)))
+        return primitive_names(jaxpr.jaxpr)
 
     short, long = eqns(3), eqns(50)
-    assert short.count("scan") == 1
+    assert short.count("scan") == (2 if grad else 1)
     assert short == long
 
 
