@@ -16,9 +16,11 @@ next to a checkpoint, in Trax's file format (``data_counters<host>.pkl``).
 >>> next(pipeline())  # a new stream skips the 2 examples already counted
 2
 
-``training.Loop`` does not need this: it saves every retrax pipeline's exact
-position with its checkpoints. Loading counters into a pipeline that the Loop
-also restores would skip twice.
+``training.Loop`` does not need this: it saves every retrax pipeline's
+position with its checkpoints. Both together do not skip twice: restoring a
+stream's position sets the stream's counter to at least the examples it had
+passed, and the examples a restore re-draws (for pipelines with plain Python
+functions) are not skipped again.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class _CountNode(Node):
         while True:
             example = next(self.upstream)
             self.seen += 1
+            if self.replaying:  # Re-drawn to restore a position: that is the skip already.
+                data_counters[self.key] = max(data_counters.get(self.key, 0), self.seen)
+                return example
             done = data_counters.setdefault(self.key, 0)
             if self.seen > done:
                 data_counters[self.key] = done + 1
@@ -85,6 +90,7 @@ class _CountNode(Node):
 
     def _set_state(self, state: dict) -> None:
         self.seen = int(state["seen"])
+        data_counters[self.key] = max(data_counters.get(self.key, 0), self.seen)
 
 
 def count_and_skip(generator: Any, name: str) -> Any:

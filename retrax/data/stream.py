@@ -76,6 +76,9 @@ class Node:
     # True: get_state/set_state also cover every upstream node (e.g. Prefetch, whose
     # upstream runs ahead in another thread); the Stream then saves only this node onward.
     holds_upstream_state = False
+    # True while Stream.load_state_dict re-draws examples to reach a saved position: a
+    # stage that skips by an outside record (CountAndSkip) must not skip them again.
+    replaying = False
 
     def __init__(self, upstream: Node | None):
         self.upstream = upstream
@@ -414,14 +417,20 @@ class Stream:
                 f"position ({target}), and a stage of it is a plain function whose state cannot "
                 f"be restored. Load the position into a freshly built pipeline."
             )
-        while self.yielded < target:
-            try:
-                next(self)
-            except StopIteration:
-                raise ValueError(
-                    f"Restoring a data position: the stream ended after {self.yielded} "
-                    f"examples but the saved position is {target}."
-                ) from None
+        for node in self.nodes:
+            node.replaying = True
+        try:
+            while self.yielded < target:
+                try:
+                    next(self)
+                except StopIteration:
+                    raise ValueError(
+                        f"Restoring a data position: the stream ended after {self.yielded} "
+                        f"examples but the saved position is {target}."
+                    ) from None
+        finally:
+            for node in self.nodes:
+                node.replaying = False
 
     # -- counters ---------------------------------------------------------------
 

@@ -226,6 +226,26 @@ def test_data_counters_save_and_load_in_trax_file_format(clean_counters, tmp_pat
     assert next(data.Serial(lambda _: iter(range(20)), data.CountAndSkip("eval"))()) == 3
 
 
+@pytest.mark.parametrize("first", [list(range(30)), lambda _: iter(range(30))],
+                         ids=["exact", "redrawn"])
+def test_counters_and_a_restored_position_together_do_not_skip_twice(clean_counters, tmp_path,
+                                                                      first):
+    pipeline = data.Serial(first, data.CountAndSkip("both"))
+    stream = pipeline()
+    assert take(stream, 4) == [0, 1, 2, 3]
+    saved = stream.state_dict()
+    counters.save_data_counters(str(tmp_path), host_id=0)
+    clean_counters.clear()  # A new process: load the counters, then restore the position.
+    counters.load_data_counters(str(tmp_path), host_id=0)
+    resumed = pipeline()
+    resumed.load_state_dict(saved)
+    assert take(resumed, 2) == [4, 5] and clean_counters == {"both": 6}
+    clean_counters.clear()  # Without the counters file the position alone is enough too.
+    resumed = pipeline()
+    resumed.load_state_dict(saved)
+    assert next(resumed) == 4 and clean_counters == {"both": 5}
+
+
 def test_load_data_counters_refuses_files_that_are_not_counters(clean_counters, tmp_path):
     (tmp_path / "data_counters0.pkl").write_bytes(pickle.dumps({"x": threading.Lock}))
     with pytest.raises(ValueError, match="not a data counters file"):
