@@ -18,9 +18,10 @@ next to a checkpoint, in Trax's file format (``data_counters<host>.pkl``).
 
 ``training.Loop`` does not need this: it saves every retrax pipeline's
 position with its checkpoints. Both together do not skip twice: restoring a
-stream's position sets the stream's counter to at least the examples it had
-passed, and the examples a restore re-draws (for pipelines with plain Python
-functions) are not skipped again.
+stream's position sets its counter to the examples it had passed then, and
+the examples a restore re-draws (for pipelines with plain Python functions)
+are not skipped again. A ``Prefetch`` after ``CountAndSkip`` counts the
+examples it reads ahead (as in Trax).
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ class _CountNode(Node):
 
     def _set_state(self, state: dict) -> None:
         self.seen = int(state["seen"])
-        data_counters[self.key] = max(data_counters.get(self.key, 0), self.seen)
+        # The restored position is what has been counted (examples drawn since, e.g. read
+        # ahead by a Prefetch, belong to the abandoned run).
+        data_counters[self.key] = self.seen
 
 
 def count_and_skip(generator: Any, name: str) -> Any:

@@ -246,6 +246,22 @@ def test_counters_and_a_restored_position_together_do_not_skip_twice(clean_count
     assert next(resumed) == 4 and clean_counters == {"both": 5}
 
 
+def test_restoring_into_a_stream_that_read_ahead_resets_its_counter(clean_counters):
+    def make():
+        return data.Serial(list(range(100)), data.CountAndSkip("ahead"), data.Batch(2),
+                           data.Prefetch(4))
+
+    stream = make()()
+    take(stream, 3)
+    saved = stream.state_dict()
+    clean_counters.clear()
+    fresh = make()()
+    next(fresh)  # Its Prefetch reads ahead, counting up to 10 more examples.
+    fresh.load_state_dict(saved)
+    assert clean_counters["ahead"] == 6
+    assert [b.tolist() for b in take(fresh, 2)] == [[6, 7], [8, 9]]
+
+
 def test_load_data_counters_refuses_files_that_are_not_counters(clean_counters, tmp_path):
     (tmp_path / "data_counters0.pkl").write_bytes(pickle.dumps({"x": threading.Lock}))
     with pytest.raises(ValueError, match="not a data counters file"):
