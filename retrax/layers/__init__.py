@@ -23,6 +23,7 @@ from retrax.layers.broadcasted_dropout import apply_broadcasted_dropout  # noqa:
 from retrax.layers.combinators import *  # noqa: F401,F403
 from retrax.layers.convolution import *  # noqa: F401,F403
 from retrax.layers.core import *  # noqa: F401,F403
+from retrax.layers.efficient_attention import *  # noqa: F401,F403
 from retrax.layers.gaussian import *  # noqa: F401,F403
 from retrax.layers.initializers import *  # noqa: F401,F403
 from retrax.layers.inspection import *  # noqa: F401,F403
