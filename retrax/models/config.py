@@ -12,8 +12,8 @@ The models it knows are the explicit mapping ``REGISTRY`` below (read-only);
 >>> from retrax import models
 >>> models.names()
 ['AtariCnn', 'AtariCnnBody', 'FrameStackMLP', 'GRULM', 'LSTMSeq2SeqAttn', 'MLP', 'RNNLM',
- 'Resnet50', 'Transformer', 'TransformerDecoder', 'TransformerEncoder', 'TransformerLM',
- 'WideResnet']
+ 'Reformer', 'ReformerLM', 'Resnet50', 'Transformer', 'TransformerDecoder',
+ 'TransformerEncoder', 'TransformerLM', 'WideResnet']
 >>> lm = models.from_config({'name': 'TransformerLM', 'kwargs': {'vocab_size': 32,
 ...     'd_model': 16, 'd_ff': 32, 'n_layers': 1, 'n_heads': 2, 'ff_activation': 'Gelu'}})
 >>> models.config_of(lm)['kwargs']['ff_activation'], models.config_of(lm)['kwargs']['max_len']
@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from retrax import layers as tl
-from retrax.models import atari_cnn, mlp, resnet, rnn, transformer
+from retrax.models import atari_cnn, mlp, reformer, resnet, rnn, transformer
 
 __all__ = ["ConfigError", "REGISTRY", "names", "from_config"]
 
@@ -46,6 +46,8 @@ REGISTRY: Mapping[str, Callable[..., Any]] = types.MappingProxyType({
     "RNNLM": rnn.RNNLM,
     "GRULM": rnn.GRULM,
     "LSTMSeq2SeqAttn": rnn.LSTMSeq2SeqAttn,
+    "Reformer": reformer.Reformer,
+    "ReformerLM": reformer.ReformerLM,
 })
 
 

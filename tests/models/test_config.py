@@ -27,6 +27,10 @@ ARGS = {
     "AtariCnn": {"hidden_sizes": [4, 4], "output_size": 8},
     "AtariCnnBody": {"hidden_sizes": [4, 4, 4], "output_size": 8},
     "FrameStackMLP": {"hidden_sizes": [8], "output_size": 4},
+    "ReformerLM": {"vocab_size": 16, "d_model": 8, "d_ff": 16, "d_attention_key": 4,
+                   "d_attention_value": 4, "n_layers": 1, "n_heads": 2, "max_len": 32},
+    "Reformer": {"input_vocab_size": 16, "d_model": 8, "d_ff": 16, "n_encoder_layers": 1,
+                 "n_decoder_layers": 1, "n_heads": 2, "max_len": 32},
 }
 
 
@@ -68,7 +72,7 @@ def test_the_registry_is_an_explicit_read_only_mapping():
     assert models.names() == sorted([
         "Transformer", "TransformerDecoder", "TransformerEncoder", "TransformerLM", "RNNLM",
         "GRULM", "LSTMSeq2SeqAttn", "MLP", "Resnet50", "WideResnet", "AtariCnn", "AtariCnnBody",
-        "FrameStackMLP"])
+        "FrameStackMLP", "Reformer", "ReformerLM"])
     assert models.REGISTRY["TransformerLM"] is models.TransformerLM
     with pytest.raises(TypeError):
         models.REGISTRY["Mine"] = models.TransformerLM  # type: ignore[index]
