@@ -59,6 +59,10 @@ from retrax.data.masking import (  # noqa: F401
 from retrax.data.mixing import Parallel  # noqa: F401
 from retrax.data.packing import PackSequences  # noqa: F401
 from retrax.data.prefetch import Prefetch  # noqa: F401
+from retrax.data.sentencepiece_inputs import (  # noqa: F401
+    SentencePieceTokenize,
+    sentencepiece_tokenize,
+)
 from retrax.data.shuffle import Shuffle, shuffle  # noqa: F401
 from retrax.data.sources import TFDS, HFDataset, TextDocuments, TextLines  # noqa: F401
 from retrax.data.stream import EmptyStreamError, Serial, Stream  # noqa: F401

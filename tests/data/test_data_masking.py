@@ -201,3 +201,30 @@ def test_mlm_position_is_exact_and_needs_vocab_size():
     assert [x.tolist() for x, _ in fresh] == reference[3:]
     with pytest.raises(ValueError, match="MLM: give vocab_size"):
         data.MLM(max_length=10)
+
+
+# -- SentencePieceTokenize (Trax's c4 pipeline stage, without TensorFlow) ----------------
+
+
+def test_sentencepiece_tokenize_reads_a_model_file(tmp_path):
+    pytest.importorskip("sentencepiece")
+    corpus = [f"the cat {w} sat on the mat number {i}" for i, w in
+              enumerate(["black", "white", "grey", "small", "big"] * 20)]
+    tok = data.SentencePieceTokenizer.train(corpus, vocab_size=40)
+    tok.save(str(tmp_path))
+    path = str(tmp_path / "sentencepiece.model")
+    stage = data.SentencePieceTokenize(spm_path=path, extra_ids=5)
+    out = list(stage(["the grey cat", ("the mat", "label"), b"sat on"]))
+    assert [x.tolist() for x in out] == [tok.encode("the grey cat"), tok.encode("the mat"),
+                                         tok.encode("sat on")]
+    assert out[0].dtype == np.int32 and stage.vocab_size == 45
+    pairs = list(data.Serial(data.SentencePieceTokenize(path), data.PrefixLM(2, 3))(
+        ["the black cat sat on the mat"]))
+    assert np.concatenate(pairs[0]).tolist() == tok.encode("the black cat sat on the mat")[:5]
+    assert next(data.sentencepiece_tokenize(iter(["big"]), path)).tolist() == tok.encode("big")
+    with pytest.raises(TypeError, match="example 0 is a int"):
+        next(stage([3]))
+    with pytest.raises(ValueError, match="extra_ids must be an int >= 0"):
+        data.SentencePieceTokenize(path, extra_ids=-1)
+    with pytest.raises(FileNotFoundError, match="SentencePiece model file not found"):
+        next(data.SentencePieceTokenize(str(tmp_path / "none.model"))(["x"]))
