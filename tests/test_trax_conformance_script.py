@@ -212,3 +212,10 @@ def test_harness_end_to_end_on_a_fake_mirror(tmp_path, capsys):
     assert row["share"] == pytest.approx(0.5)
     printed = capsys.readouterr().out
     assert "trax.shapes" in printed and "50.0%" in printed
+
+
+def test_hand_lists_name_tests_of_the_files_run():
+    for test_id, reason in {**harness.TRAX_BUG_PINS, **harness.ON_PURPOSE}.items():
+        path, _, name = test_id.partition("::")
+        assert path in harness.TEST_FILES and name.count("::") == 1 and reason
+    assert not set(harness.TRAX_BUG_PINS) & set(harness.ON_PURPOSE)
