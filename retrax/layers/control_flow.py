@@ -128,6 +128,11 @@ class Scan(Layer):
         _check_pair(self, state)
         w = weights[0]
         layer_state, saved_carry = state
+        # A layer scanned here and applied earlier in the pass (shared) holds the
+        # shared-state marker: the scan carries its state itself, the marker stays.
+        shared_state = base.is_state_marker(layer_state)
+        if shared_state:
+            layer_state = ctx.state.get(id(layer), base.EMPTY_STATE)
         items, carries = self._split_inputs(xs)
         if self._mode == "predict" and saved_carry != ():
             self._check_saved_carry(saved_carry, carries)
@@ -136,7 +141,7 @@ class Scan(Layer):
         whole = self._scan_whole(moved, carries, w, layer_state, ctx)
         if whole is not None:
             ys, carry, layer_state = whole
-            return self._finish(ys, carry, layer_state)
+            return self._finish(ys, carry, layer_state, shared_state, ctx)
         n_ys = self._n_out - self._n_carry
         seed_weights = dict(ctx.weights)
 
@@ -152,7 +157,7 @@ class Scan(Layer):
         if self._remat:
             body = jax.checkpoint(body)
         (carry, layer_state, _), ys = lax.scan(body, (tuple(carries), layer_state, 0), moved)
-        return self._finish(ys, carry, layer_state)
+        return self._finish(ys, carry, layer_state, shared_state, ctx)
 
     def _scan_whole(self, moved: tuple, carries: list, weights: Any, state: Any,
                     ctx: Pass) -> tuple | None:
@@ -174,7 +179,11 @@ class Scan(Layer):
         _register_weights(layer, weights, ctx)  # as applying it would: for shared layers
         return list(ys), tuple(carry), new_state
 
-    def _finish(self, ys: Any, carry: tuple, layer_state: Any) -> tuple[Any, Any]:
+    def _finish(self, ys: Any, carry: tuple, layer_state: Any, shared_state: bool,
+                ctx: Pass) -> tuple[Any, Any]:
+        if shared_state:
+            ctx.state[id(self._sublayers[0])] = layer_state
+            layer_state = base.GET_STATE_FROM_CACHE
         ys = [jnp.moveaxis(y, 0, self._axis) for y in ys]
         new_saved = tuple(carry) if self._mode == "predict" else ()
         return pack(ys + list(carry)), (layer_state, new_saved)
