@@ -168,10 +168,16 @@ class _ModuleLoader(importlib.abc.Loader):
 
 def make_tensorflow_stub() -> dict[str, types.ModuleType]:
     """``tensorflow``, ``tensorflow.test``, ``tensorflow.compat(.v2(.test))`` modules."""
-    import numpy as np
-    from absl.testing import absltest
+    import unittest
 
-    class TestCase(absltest.TestCase):
+    import numpy as np
+    try:
+        from absl.testing import absltest
+    except ImportError:  # absl-py is a test dependency of Trax's tests, not of retrax
+        absltest = None
+    base = unittest.TestCase if absltest is None else absltest.TestCase
+
+    class TestCase(base):
         """What Trax's tests use of ``tf.test.TestCase``."""
 
         def assertAllClose(self, a, b, rtol=1e-6, atol=1e-6, msg=None):  # noqa: N802
@@ -190,7 +196,7 @@ def make_tensorflow_stub() -> dict[str, types.ModuleType]:
         modules[name] = _Placeholder(name, NeedsTensorFlowError, message)
     for name in ("tensorflow.test", "tensorflow.compat.v2.test"):
         test = types.ModuleType(name)
-        test.TestCase, test.main = TestCase, absltest.main
+        test.TestCase, test.main = TestCase, (unittest if absltest is None else absltest).main
         modules[name] = test
     for name, module in modules.items():
         parent, _, child = name.rpartition(".")
@@ -383,6 +389,21 @@ def _frames(tb, test_file: str) -> dict:
     return where
 
 
+def params_of(test_function) -> str:
+    """The parameters of an absl-parameterized test case, as absl prints them ("" if none)."""
+    params = str(getattr(test_function, "__x_params_repr__", "") or "")
+    doc = str(getattr(test_function, "__doc__", "") or "")
+    if not params and doc.startswith(f"{getattr(test_function, '__name__', '?')}("):
+        params = doc  # absl's named parameters: "name(params)"
+    return params
+
+
+def needs_tensorflow(test_function) -> bool:
+    """Whether a test's parameters or its body (not its decorators) name TensorFlow."""
+    return bool(TF_PATTERN.search(params_of(test_function))
+                or TF_PATTERN.search(_body_source(test_function)))
+
+
 def _body_source(function) -> str:
     """A test function's source without its decorators (they name every parameter case)."""
     try:
@@ -419,13 +440,8 @@ class OutcomeRecorder:
                   "outcome": report.outcome}
         if call.when == "setup":
             obj = getattr(item, "obj", None)
-            params = str(getattr(obj, "__x_params_repr__", "") or "")
-            doc = str(getattr(obj, "__doc__", "") or "")
-            if not params and doc.startswith(f"{getattr(obj, '__name__', '?')}("):
-                params = doc  # absl's named parameters: "name(params)"
-            source = _body_source(obj)
-            record["params"] = params
-            record["tf_static"] = bool(TF_PATTERN.search(params) or TF_PATTERN.search(source))
+            record["params"] = params_of(obj)
+            record["tf_static"] = needs_tensorflow(obj)
         if call.excinfo is not None:
             exc, root = call.excinfo.value, _root(call.excinfo.value)
             record.update(
