@@ -98,7 +98,7 @@ RECORD_ENV = "TRAX_CONFORMANCE_RECORD"
 TF_PATTERN = re.compile(r"TFNP|tensorflow|\btf\.", re.IGNORECASE)
 
 # Trax test id -> why it pins a bug of Trax or of the test itself (excluded from the share).
-# Each was checked: retrax passes the corrected test.
+# The first two were checked: retrax passes them with the test's own mistake corrected.
 TRAX_BUG_PINS: dict[str, str] = {
     "trax/layers/combinators_test.py::SerialTest::test_assign_sublayer_weights":
         "np.random.uniform(shape) draws 2 numbers (shape is taken as `low`) that the test assigns "
