@@ -252,6 +252,11 @@ class Cond(Layer):
         cond, true, false = self._sublayers
         check_sublayer_entries(self, weights, "weights")
         check_sublayer_entries(self, state, "state")
+        given = len(xs) if isinstance(xs, (tuple, list)) else 1
+        if given != self._n_in:  # As Trax: a Cond takes exactly its inputs.
+            raise ValueError(
+                f"{self.name_with_arity} takes exactly {self._n_in} inputs (cond "
+                f"{cond.n_in}, branches {true.n_in}); got {given}.")
         c_in, rest = self._parts(xs)
         r_c, r_t, r_f = split_rng(rng, 3)
         pred, s_c = apply_child(self, 0, cond, c_in, weights[0], state[0], r_c, ctx)
@@ -282,6 +287,8 @@ class Cond(Layer):
                 f"({false.name_with_arity}) must return outputs of the same shapes and dtypes. "
                 + next((ln for ln in str(e).splitlines() if ln.startswith("The output of")), "")
             ) from e
+        if self._n_out == 1 and isinstance(y, (tuple, list)) and len(y) == 1:
+            y = y[0]  # As Trax: a branch's one output given as [y] is y on the stack.
         return y, (s_c, s_t, s_f)
 
 
