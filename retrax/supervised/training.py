@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -89,11 +90,16 @@ def _as_list(tasks: Any) -> list:
 def _checked_arguments(model: Any, tasks: Any, eval_tasks: Any, keep_checkpoints: int,
                        run_config: Any, unsupported: Any) -> tuple[list, list, dict | None]:
     """The Loop's arguments checked: ``(tasks, eval_tasks, a JSON copy of run_config)``."""
-    if unsupported:
+    adasum, memory_efficient = unsupported
+    if adasum:
         raise NotImplementedError(
-            "Loop: use_memory_efficient_trainer, adasum and loss_chunk_size are not "
-            "supported by retrax; leave them at their defaults."
-        )
+            "Loop: adasum is not supported by retrax (its step is compiled and sharded with "
+            "jax.sharding, which averages gradients exactly); leave adasum=False.")
+    if memory_efficient:
+        warnings.warn(
+            "Loop: use_memory_efficient_trainer / loss_chunk_size select Trax's reversible "
+            "trainer, which retrax does not have yet; this Loop trains with its standard "
+            "compiled step: the same updates, without the memory saving.", stacklevel=3)
     if not isinstance(model, base.Layer):
         raise TypeError(f"Loop: model must be a Layer; got {type(model).__name__}.")
     tasks = _as_list(tasks)
@@ -149,7 +155,7 @@ class Loop:
                  overwrite: bool = False, run_config: dict | None = None):
         tasks, eval_tasks, self._run_config = _checked_arguments(
             model, tasks, eval_tasks, keep_checkpoints, run_config,
-            use_memory_efficient_trainer or adasum or loss_chunk_size)
+            (adasum, bool(use_memory_efficient_trainer or loss_chunk_size)))
         self._model = model
         self._tasks = tasks
         self._eval_tasks = eval_tasks

@@ -99,3 +99,16 @@ def test_a_larger_model_resumes_from_a_smaller_ones_checkpoint(tmp_path, write_t
         training.Loop(tl.Serial(tl.Dense(2), tl.Dense(1)), [_dense_task()],
                       output_dir=str(tmp_path), write_trax_checkpoint=write_trax,
                       stdout=io.StringIO())
+
+
+def test_memory_efficient_options_warn_and_adasum_is_refused():
+    import io
+
+    with pytest.warns(UserWarning, match="standard compiled step"):
+        loop = training.Loop(tl.Serial(tl.Dense(1)), [_dense_task()],
+                             use_memory_efficient_trainer=True, loss_chunk_size=4,
+                             stdout=io.StringIO())
+    loop.run(2)
+    assert loop.step == 2
+    with pytest.raises(NotImplementedError, match="adasum is not supported"):
+        training.Loop(tl.Serial(tl.Dense(1)), [_dense_task()], adasum=True)
