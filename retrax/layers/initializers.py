@@ -181,7 +181,8 @@ def OrthogonalInitializer(stddev: float = 1.0) -> Initializer:  # noqa: N802
 
 
 def InitializerFromFile(path: str) -> Initializer:  # noqa: N802
-    """Loads a ``.npy`` array (no pickles) and checks its shape."""
+    """Loads a ``.npy`` array (no pickles) and checks its shape; returns it as stored
+    (as Trax: ``init`` then places it on the device, float32 unless JAX's x64 is on)."""
 
     def init(shape, rng):
         del rng
@@ -190,6 +191,6 @@ def InitializerFromFile(path: str) -> Initializer:  # noqa: N802
             raise ValueError(
                 f"InitializerFromFile: {path} holds shape {value.shape}; expected {tuple(shape)}."
             )
-        return jnp.asarray(value, jnp.float32)
+        return value
 
     return init

@@ -88,6 +88,15 @@ def test_initializer_from_file(tmp_path):
     assert np.asarray(w).tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     with pytest.raises(ValueError, match=r"holds shape \(2, 3\); expected \(3, 2\)"):
         init.InitializerFromFile(str(path))((3, 2), RNG)
+    # The stored values come back as stored (Trax); a layer's init places them as float32.
+    np.save(path, np.array([[0.0, 0.1]], np.float64))
+    assert init.InitializerFromFile(str(path))((1, 2), RNG).tolist() == [[0.0, 0.1]]
+    from retrax import layers as tl
+    from retrax import shapes
+
+    dense = tl.Dense(2, kernel_initializer=init.InitializerFromFile(str(path)), use_bias=False)
+    w, _ = dense.init(shapes.ShapeDtype((3, 1)))
+    assert w.dtype == np.float32 and np.allclose(w, [[0.0, 0.1]])
 
 
 def test_initializers_are_exported_on_tl():
