@@ -8,9 +8,13 @@ steps is one large product, computed here before the time loop, so the loop
 by hand (``jax.custom_vjp``): the backward loop carries only what the
 recurrence needs and stacks the gate gradients; the weight gradients are then
 two large products over all steps (``[x; h_prev]^T @ dgates``) instead of one
-small product per step, and the input gradient one more. The weights keep
-Trax's fused layout (``w`` of shape ``(D + n, ...)``, rows for ``x`` first),
-which is only sliced, never copied into another layout.
+small product per step, and the input gradient one more. One buffer of a
+gate's width per time step serves three uses in turn (the input products, the
+forward pass's factors for the backward pass, the gate gradients), each step
+overwriting the slot it has just read: a compiled training step then needs
+less scratch memory (which the CPU backend maps afresh at every call). The
+functions take the weights in Trax's fused layout (``w`` of shape
+``(D + n, ...)``, rows for ``x`` first), as a checkpoint holds them.
 
 Shapes are time-major: ``x`` is ``(T, M, D)`` (T steps, M rows: the batch),
 the states ``(M, n)``. Every array must have one float dtype. The results
@@ -73,26 +77,37 @@ def _lstm_loop(x: Any, w: Any, b: Any, c0: Any, h0: Any, keep: bool):
 
     Kept per step: ``h``, ``p`` (the factors turning ``[dc, dc, dc, dh]`` into
     the gradients of the gate pre-activations ``i, j, f, o``), ``a``
-    (``dh -> dc`` at that step) and ``sigmoid(f)`` (``dc -> dc`` of the step before).
+    (``dh -> dc`` at that step) and ``sigmoid(f)`` (``dc -> dc`` of the step
+    before). ``p`` overwrites the input products of its step, read just before.
     """
     d = x.shape[-1]
     x_w = jnp.dot(_rows(x), w[:d]).reshape(x.shape[:2] + (w.shape[1],))
     w_h = w[d:]
 
-    def step(carry, x_w_t):
-        c, h = carry
+    def gates(c, h, x_w_t):
         i, j, f, o = jnp.split(x_w_t + jnp.dot(h, w_h) + b, 4, axis=-1)
         si, tj, sf, so = jax.nn.sigmoid(i), jnp.tanh(j), jax.nn.sigmoid(f), jax.nn.sigmoid(o)
         new_c = c * sf + si * tj
         tc = jnp.tanh(new_c)
-        new_h = tc * so
-        if not keep:
+        return si, tj, sf, so, new_c, tc, tc * so
+
+    if not keep:
+        def step(carry, x_w_t):
+            c, h = carry
+            *_, new_c, _, new_h = gates(c, h, x_w_t)
             return (new_c, new_h), new_h
+        return lax.scan(step, (c0, h0), x_w)
+
+    def step_keep(carry, t):
+        c, h, buf = carry
+        si, tj, sf, so, new_c, tc, new_h = gates(c, h, buf[t])
         p = jnp.concatenate([tj * si * (1 - si), si * (1 - tj * tj), c * sf * (1 - sf),
                              tc * so * (1 - so)], axis=-1)
-        return (new_c, new_h), (new_h, p, so * (1 - tc * tc), sf)
+        buf = lax.dynamic_update_index_in_dim(buf, p, t, 0)
+        return (new_c, new_h, buf), (new_h, so * (1 - tc * tc), sf)
 
-    return lax.scan(step, (c0, h0), x_w)
+    (c, h, p), (hs, a, sf) = lax.scan(step_keep, (c0, h0, x_w), jnp.arange(x.shape[0]))
+    return (c, h), (hs, p, a, sf)
 
 
 @jax.custom_vjp
@@ -113,14 +128,16 @@ def _lstm_backward(residuals, cotangents):
     w_h_t = w[d:].T
 
     def step(carry, per_step):
-        dc, dh = carry  # dc already through the next step's forget gate
-        dh_out, p_t, a_t, sf_t = per_step
+        dc, dh, buf = carry  # dc already through the next step's forget gate
+        t, dh_out, a_t, sf_t = per_step
         dh = dh + dh_out
         dc = dc + dh * a_t
-        d_gates = jnp.concatenate([dc, dc, dc, dh], axis=-1) * p_t
-        return (dc * sf_t, jnp.dot(d_gates, w_h_t)), d_gates
+        d_gates = jnp.concatenate([dc, dc, dc, dh], axis=-1) * buf[t]
+        buf = lax.dynamic_update_index_in_dim(buf, d_gates, t, 0)  # p_t no longer needed
+        return (dc * sf_t, jnp.dot(d_gates, w_h_t), buf), None
 
-    (dc0, dh0), d_gates = lax.scan(step, (d_c, d_h), (d_hs, p, a, sf), reverse=True)
+    (dc0, dh0, d_gates), _ = lax.scan(step, (d_c, d_h, p), (jnp.arange(x.shape[0]), d_hs, a, sf),
+                                      reverse=True)
     g = _rows(d_gates)
     dw = jnp.concatenate([jnp.dot(_rows(x).T, g), jnp.dot(_rows(_previous(h0, hs)).T, g)])
     dx = jnp.dot(g, w[:d].T).reshape(x.shape)
@@ -148,20 +165,40 @@ def lstm_sequence(x: Any, w: Any, b: Any, c0: Any, h0: Any) -> tuple[Any, Any, A
 
 
 def _gru_loop(x: Any, w1: Any, b1: Any, w2: Any, b2: Any, h0: Any, keep: bool):
-    """The forward recurrence; with ``keep``, also ``u, r`` and the candidate per step."""
+    """The forward recurrence; with ``keep``, also what the backward pass needs per step.
+
+    Kept per step: ``h``, ``r h``, ``[u, r]`` and the factors ``[k_u, k_r, k_c]``
+    (see below), which overwrite the input products of their step.
+    """
     d, n = x.shape[-1], h0.shape[-1]
     x_w = jnp.dot(_rows(x), jnp.concatenate([w1[:d], w2[:d]], axis=1))
     x_w = x_w.reshape(x.shape[:2] + (3 * n,))
     w1_h, w2_h = w1[d:], w2[d:]
 
-    def step(h, x_w_t):
+    def cell(h, x_w_t):
         ur = jax.nn.sigmoid(x_w_t[:, :2 * n] + jnp.dot(h, w1_h) + b1)
         u, r = ur[:, :n], ur[:, n:]
-        cand = jnp.tanh(x_w_t[:, 2 * n:] + jnp.dot(r * h, w2_h) + b2)
-        new_h = u * h + (1 - u) * cand
-        return new_h, ((new_h, ur, cand) if keep else new_h)
+        rh = r * h
+        cand = jnp.tanh(x_w_t[:, 2 * n:] + jnp.dot(rh, w2_h) + b2)
+        return u, r, rh, cand, u * h + (1 - u) * cand
 
-    return lax.scan(step, h0, x_w)
+    if not keep:
+        def step(h, x_w_t):
+            new_h = cell(h, x_w_t)[-1]
+            return new_h, new_h
+        return lax.scan(step, h0, x_w)
+
+    def step_keep(carry, t):
+        h, buf = carry
+        u, r, rh, cand, new_h = cell(h, buf[t])
+        # d(u pre-activation) = dh k_u, d(r pre) = d(r h) k_r, d(candidate pre) = dh k_c
+        k = jnp.concatenate([(h - cand) * u * (1 - u), h * r * (1 - r),
+                             (1 - u) * (1 - cand * cand)], axis=-1)
+        buf = lax.dynamic_update_index_in_dim(buf, k, t, 0)
+        return (new_h, buf), (new_h, rh, jnp.concatenate([u, r], axis=-1))
+
+    (h, k), (hs, rh, ur) = lax.scan(step_keep, (h0, x_w), jnp.arange(x.shape[0]))
+    return h, (hs, rh, ur, k)
 
 
 @jax.custom_vjp
@@ -171,40 +208,38 @@ def _gru(x, w1, b1, w2, b2, h0):
 
 
 def _gru_forward(x, w1, b1, w2, b2, h0):
-    h, (hs, ur, cand) = _gru_loop(x, w1, b1, w2, b2, h0, keep=True)
-    return (hs, h), (x, w1, w2, h0, hs, ur, cand)
+    h, (hs, rh, ur, k) = _gru_loop(x, w1, b1, w2, b2, h0, keep=True)
+    return (hs, h), (x, w1, w2, h0, hs, rh, ur, k)
 
 
 def _gru_backward(residuals, cotangents):
-    x, w1, w2, h0, hs, ur, cand = residuals
+    x, w1, w2, h0, hs, rh, ur, k = residuals
     d_hs, d_h = cotangents
     d, n = x.shape[-1], h0.shape[-1]
-    h_prev = _previous(h0, hs)
-    u, r = ur[..., :n], ur[..., n:]
-    # Per-step factors, for all steps at once: with dh the gradient of h_t,
-    # d(candidate pre-activation) = dh k_c, d(u pre-activation) = dh k_u,
-    # d(r pre-activation) = d(r h) k_r, and dh reaches h_{t-1} directly times u.
-    k_c = (1 - u) * (1 - cand * cand)
-    k_u = (h_prev - cand) * u * (1 - u)
-    k_r = h_prev * r * (1 - r)
     w1_h_t, w2_h_t = w1[d:].T, w2[d:].T
 
-    def step(dh, per_step):
-        dh_out, k_c_t, k_u_t, k_r_t, u_t, r_t = per_step
+    def step(carry, per_step):
+        dh, buf = carry
+        t, dh_out, ur_t = per_step
+        k_t = buf[t]
         dh = dh + dh_out
-        d_cand = dh * k_c_t
+        d_cand = dh * k_t[:, 2 * n:]
         d_rh = jnp.dot(d_cand, w2_h_t)
-        d_ur = jnp.concatenate([dh * k_u_t, d_rh * k_r_t], axis=-1)
-        return dh * u_t + d_rh * r_t + jnp.dot(d_ur, w1_h_t), (d_ur, d_cand)
+        d_ur = jnp.concatenate([dh * k_t[:, :n], d_rh * k_t[:, n:2 * n]], axis=-1)
+        buf = lax.dynamic_update_index_in_dim(buf, jnp.concatenate([d_ur, d_cand], axis=-1), t, 0)
+        new_dh = dh * ur_t[:, :n] + d_rh * ur_t[:, n:] + jnp.dot(d_ur, w1_h_t)
+        return (new_dh, buf), None
 
-    dh0, (d_ur, d_cand) = lax.scan(step, d_h, (d_hs, k_c, k_u, k_r, u, r), reverse=True)
-    g1, g2 = _rows(d_ur), _rows(d_cand)
+    (dh0, g), _ = lax.scan(step, (d_h, k), (jnp.arange(x.shape[0]), d_hs, ur), reverse=True)
+    g = _rows(g)
+    g1, g2 = g[:, :2 * n], g[:, 2 * n:]
     x2 = _rows(x)
-    dw1 = jnp.concatenate([jnp.dot(x2.T, g1), jnp.dot(_rows(h_prev).T, g1)])
-    dw2 = jnp.concatenate([jnp.dot(x2.T, g2), jnp.dot(_rows(r * h_prev).T, g2)])
-    dx = (jnp.dot(jnp.concatenate([g1, g2], axis=1),
-                  jnp.concatenate([w1[:d], w2[:d]], axis=1).T)).reshape(x.shape)
-    return dx, dw1, jnp.sum(g1, axis=0), dw2, jnp.sum(g2, axis=0), dh0
+    dw_x = jnp.dot(x2.T, g)
+    dw1 = jnp.concatenate([dw_x[:, :2 * n], jnp.dot(_rows(_previous(h0, hs)).T, g1)])
+    dw2 = jnp.concatenate([dw_x[:, 2 * n:], jnp.dot(_rows(rh).T, g2)])
+    dx = jnp.dot(g, jnp.concatenate([w1[:d], w2[:d]], axis=1).T).reshape(x.shape)
+    db = jnp.sum(g, axis=0)
+    return dx, dw1, db[:2 * n], dw2, db[2 * n:], dh0
 
 
 _gru.defvjp(_gru_forward, _gru_backward)
