@@ -202,11 +202,13 @@ class LSTMCell(Layer):
         """All steps at once, for ``tl.Scan``: ``([hs], [final [c, h]], state)`` or None.
 
         ``xs == [x]`` with time first, ``(T, ..., D)``; ``carries == [[c, h]]``.
-        Computes what ``forward`` step by step would (``retrax.fastmath.recurrent``).
+        Computes what ``forward`` step by step would (``retrax.fastmath.recurrent``);
+        None (step by step) for a subclass with its own ``forward``.
         """
         n = self._n_units
         arrays = _weight_arrays(weights, 2)
-        if (len(xs) != 1 or len(carries) != 1 or arrays is None
+        if (type(self).forward is not LSTMCell.forward  # a subclass's own step
+                or len(xs) != 1 or len(carries) != 1 or arrays is None
                 or not _sequence_fits(self.name, xs[0], carries[0], 2 * n, arrays, n, (4 * n,))):
             return None
         x, carry = xs[0], carries[0]
@@ -271,11 +273,13 @@ class GRUCell(Layer):
         """All steps at once, for ``tl.Scan``: ``([hs], [final h], state)`` or None.
 
         ``xs == [x]`` with time first, ``(T, ..., D)``; ``carries == [h]``.
-        Computes what ``forward`` step by step would (``retrax.fastmath.recurrent``).
+        Computes what ``forward`` step by step would (``retrax.fastmath.recurrent``);
+        None (step by step) for a subclass with its own ``forward``.
         """
         n = self._n_units
         arrays = _weight_arrays(weights, 4)
-        if (len(xs) != 1 or len(carries) != 1 or arrays is None
+        if (type(self).forward is not GRUCell.forward  # a subclass's own step
+                or len(xs) != 1 or len(carries) != 1 or arrays is None
                 or not _sequence_fits(self.name, xs[0], carries[0], n, arrays, n, (2 * n, n))):
             return None
         x, h0 = xs[0], carries[0]

@@ -255,6 +255,23 @@ def test_step_by_step_where_the_fast_path_does_not_apply():
     close(y16, gru(x.astype(np.float16).astype(np.float32)))
 
 
+def test_a_subclass_with_its_own_step_runs_it():
+    """A cell subclass overriding forward is scanned step by step, with its forward."""
+    class LeakyLSTMCell(tl.LSTMCell):
+        def forward(self, inputs):
+            h, state = super().forward(inputs)
+            return 0.5 * h, state
+
+    x = floats(2, 4, 3)
+    layer = tl.Serial(tl.Branch([], tl.MakeZeroState(depth_multiplier=2)),
+                      tl.Scan(LeakyLSTMCell(3), axis=1), tl.Select([0], n_in=2))
+    layer.init(shapes.signature(x))
+    w, b = jax.tree_util.tree_leaves(layer.weights)
+    zero = np.zeros((2, 3))
+    hs = lstm_loop(np.swapaxes(x, 0, 1), w, b, zero, zero)[0]
+    close(layer(x), 0.5 * np.swapaxes(hs, 0, 1))
+
+
 def test_a_cell_shared_between_two_scans():
     """The second Scan of a shared cell reads the weights the first one (fast) recorded."""
     cell = tl.LSTMCell(4)
