@@ -32,7 +32,8 @@ Shapes: B batch, T time, D input features, n units.
 ``scan_sequence``, see ``tl.Scan``): the input half of every step's gate
 product is one large product before the time loop, and the gradient is
 written by hand (``retrax.fastmath.recurrent``). The weights, the results (up
-to float rounding) and the layer tree are those of the step-by-step scan.
+to float rounding) and the layer tree are those of the step-by-step scan. A
+call of one step (decoding in ``'predict'`` mode) runs the cell itself.
 
 >>> import numpy as np
 >>> from retrax import layers as tl, shapes
@@ -131,10 +132,12 @@ def _sequence_fits(owner: str, x: Any, state: Any, state_width: int, weights: tu
 
     Everything the step-by-step path would accept, with weights shaped as
     ``init`` makes them (kernels ``(D + n_units, k)``, biases ``(k,)`` for
-    ``k`` in ``columns``), one float dtype for all arrays and at least one
-    step; anything else goes step by step, where bad input gets its error.
+    ``k`` in ``columns``), one float dtype for all arrays and at least two
+    steps; anything else goes step by step, where bad input gets its error. (A
+    single step, as when decoding, gains nothing from hoisting the input
+    products: the cell's one fused product is faster.)
     """
-    if len(x.shape) < 2 or x.shape[0] == 0:
+    if len(x.shape) < 2 or x.shape[0] < 2:
         return False
     try:
         step = jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype)
