@@ -28,6 +28,7 @@ from retrax.layers.gaussian import *  # noqa: F401,F403
 from retrax.layers.initializers import *  # noqa: F401,F403
 from retrax.layers.inspection import *  # noqa: F401,F403
 from retrax.layers.locally_connected import *  # noqa: F401,F403
+from retrax.layers.lsh_attention import *  # noqa: F401,F403
 from retrax.layers.metrics import *  # noqa: F401,F403
 from retrax.layers.normalization import *  # noqa: F401,F403
 from retrax.layers.pooling import *  # noqa: F401,F403

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from retrax.fastmath import random as fastmath_random
 
@@ -97,7 +98,8 @@ def check_chunking(owner: str, length: int, chunk_len: int | None) -> None:
 def attend(q: Any, k: Any = None, v: Any = None, q_chunk_len: int | None = None,
            kv_chunk_len: int | None = None, n_chunks_before: int = 0,
            n_chunks_after: int = 0, mask_fn: Any = None, q_info: Any = None,
-           kv_info: Any = None, dropout: float = 0.0, rng: Any = None) -> tuple[Any, Any]:
+           kv_info: Any = None, dropout: float = 0.0, rng: Any = None,
+           trax_rounding: bool = False) -> tuple[Any, Any]:
     """Dot-product attention of ``q`` ``(Lq, d)`` over ``k`` ``(Lk, d)``, ``v`` ``(Lk, dv)``.
 
     ``k=None`` shares queries and keys (keys are ``length_normalized(q)``).
@@ -107,6 +109,10 @@ def attend(q: Any, k: Any = None, v: Any = None, q_chunk_len: int | None = None,
     kv_info)`` masks scores; ``q_info``/``kv_info`` default to the 1-based
     positions. ``dropout`` drops attention weights with a mask of one chunk's
     shape shared by all chunks (``rng`` is then required).
+    ``trax_rounding`` computes the weights as ``exp(dots - logsumexp)`` the way
+    Trax 1.4.1 does (kept for ``EncDecAttention``'s checkpoints, whose masked
+    scores all sit near -1e9); otherwise they are normalized by the maximum
+    score, exact at any offset.
 
     Returns ``(out (Lq, dv), logsumexp (Lq,))``.
     """
@@ -147,8 +153,15 @@ def attend(q: Any, k: Any = None, v: Any = None, q_chunk_len: int | None = None,
     dots = jnp.matmul(q, jnp.swapaxes(k, -1, -2))
     if mask_fn is not None:
         dots = mask_fn(dots, q_info[..., :, None], kv_info[..., None, :])
-    lse = jax.nn.logsumexp(dots, axis=-1, keepdims=True)
-    dots = jnp.exp(dots - lse)
+    if trax_rounding:  # Trax 1.4.1: exp(dots - lse), rounded where scores sit near -1e9
+        lse = jax.nn.logsumexp(dots, axis=-1, keepdims=True)
+        dots = jnp.exp(dots - lse)
+    else:  # normalized by the maximum: exact also for scores near -1e5 or -1e9
+        top = lax.stop_gradient(jnp.max(dots, axis=-1, keepdims=True))
+        unnormalized = jnp.exp(dots - top)
+        total = jnp.sum(unnormalized, axis=-1, keepdims=True)
+        lse = top + jnp.log(total)
+        dots = unnormalized / total
     if dropout > 0.0:
         if rng is None:
             raise ValueError(f"attend: dropout={dropout} needs an rng.")

@@ -117,7 +117,7 @@ def _head_weights(rng: Any, n_heads: int, d_q_in: int, d_kv_in: int, d_qk: int, 
     return tuple(jnp.stack(ws) for ws in zip(*per_head))
 
 
-def _check_input(owner: str, x: Any, d_model: int | None = None) -> None:
+def check_attention_input(owner: str, x: Any, d_model: int | None = None) -> None:
     if jnp.ndim(x) != 3 or not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise ValueError(
             f"{owner}: expected float activations of shape (batch, length, d_model); got "
@@ -129,7 +129,7 @@ def _check_input(owner: str, x: Any, d_model: int | None = None) -> None:
             f"{x.shape[-1]} features; re-run init with the input signature.")
 
 
-def _check_mask(owner: str, mask: Any, x: Any) -> None:
+def check_attention_mask(owner: str, mask: Any, x: Any) -> None:
     if jnp.shape(mask) != (x.shape[0], x.shape[1]):
         raise ValueError(
             f"{owner}: the mask must have shape (batch, length) = {(x.shape[0], x.shape[1])} "
@@ -297,9 +297,9 @@ class SelfAttention(Layer):
     def forward(self, inputs):
         name = self.name
         x, mask = (inputs if self._masked else (inputs, None))
-        _check_input(name, x, self.weights[0].shape[1])
+        check_attention_input(name, x, self.weights[0].shape[1])
         if mask is not None:
-            _check_mask(name, mask, x)
+            check_attention_mask(name, mask, x)
         if self._mode == "predict":
             return self._forward_predict(x)
         check_chunking(name, x.shape[1], self._chunk_len)
@@ -350,13 +350,19 @@ class SelfAttention(Layer):
             if start is None:  # traced: signal a misuse with NaN
                 seen = jnp.where(mem_end != 0, jnp.nan, seen)
 
-        def one(ins, w):
-            return self._one_incremental(ins[0], w, q_start, length)
-
-        y = run_heads(one, (seen,), self.weights, self._n_heads, self._n_parallel_heads,
-                      self._use_python_loop, self._use_reference_code)
+        y = self._run_predict_heads(seen, q_start, length, inner)
         self.state = (jnp.asarray(new_end, jnp.int32), (new_mem,), inner)
         return y.astype(x.dtype)
+
+    def _run_predict_heads(self, seen, q_start, q_len, inner):
+        """Outputs of the ``q_len`` queries from ``q_start`` over the inputs ``seen``."""
+        del inner
+
+        def one(ins, w):
+            return self._one_incremental(ins[0], w, q_start, q_len)
+
+        return run_heads(one, (seen,), self.weights, self._n_heads, self._n_parallel_heads,
+                         self._use_python_loop, self._use_reference_code)
 
 
 class EncDecAttention(Layer):
@@ -415,10 +421,10 @@ class EncDecAttention(Layer):
         name = self.name
         q_in, kv_in = inputs[0], inputs[1]
         mask = inputs[2] if self._masked else None
-        _check_input(name, q_in, self.weights[0].shape[1])
-        _check_input(name, kv_in, self.weights[1].shape[1])
+        check_attention_input(name, q_in, self.weights[0].shape[1])
+        check_attention_input(name, kv_in, self.weights[1].shape[1])
         if mask is not None:
-            _check_mask(name, mask, kv_in)
+            check_attention_mask(name, mask, kv_in)
         train = self._mode == "train"
         attention_rate = self._attention_dropout if train else 0.0
         output_rate = self._output_dropout if train else 0.0
@@ -442,7 +448,7 @@ class EncDecAttention(Layer):
             else:
                 kv_info = mask_fn = None
             o, _ = attend(q, k, v, mask_fn=mask_fn, kv_info=kv_info, dropout=attention_rate,
-                          rng=attend_rng)
+                          rng=attend_rng, trax_rounding=True)
             return o @ w_o
 
         ins = (q_in, kv_in) if mask is None else (q_in, kv_in, mask.astype(bool))
