@@ -5,6 +5,7 @@ from retrax.layers.acceleration import *  # noqa: F401,F403
 from retrax.layers.activation_fns import *  # noqa: F401,F403
 from retrax.layers.assert_shape import AssertFunction, AssertShape, assert_shape  # noqa: F401
 from retrax.layers.attention import *  # noqa: F401,F403
+from retrax.layers.axial_positional import *  # noqa: F401,F403
 from retrax.layers.base import (  # noqa: F401
     EMPTY_STATE,
     EMPTY_WEIGHTS,
