@@ -332,3 +332,40 @@ def test_rnnlm_runs_its_layers_one_after_the_other():
     w, s = model.init(shapes.signature(x))
     jaxpr = jax.make_jaxpr(lambda x: model.pure_fn(x, w, s, None)[0])(x)
     assert [e.primitive.name for e in jaxpr.jaxpr.eqns].count("custom_vjp_call") == 2
+
+
+# -- the Scan protocol -------------------------------------------------------------------
+
+
+class RunningSum(tl.Layer):
+    """``(x, total) -> (total + x, total + x)``, with a whole-scan path that scales by
+    ``self._whole_scale`` (1.0 computes the same; another value shows which path ran)."""
+
+    def __init__(self, whole_scale=1.0, n_ys=1):
+        super().__init__(n_in=2, n_out=2)
+        self._whole_scale, self._n_ys = whole_scale, n_ys
+
+    def forward(self, inputs):
+        x, total = inputs
+        return total + x, total + x
+
+    def scan_sequence(self, xs, carries, weights, state):
+        if self._whole_scale is None:
+            return None
+        ys = carries[0] + jnp.cumsum(xs[0], axis=0) * self._whole_scale
+        return [ys] * self._n_ys, [ys[-1]], state
+
+
+def test_scan_uses_a_layers_scan_sequence():
+    x, zero = np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros(2, np.float32)
+    step_by_step = [[0.0, 1.0, 3.0], [3.0, 7.0, 12.0]]
+    ys, total = tl.Scan(RunningSum(), axis=1)((x, zero))
+    assert ys.tolist() == step_by_step and total.tolist() == [3.0, 12.0]
+    ys, _ = tl.Scan(RunningSum(whole_scale=2.0), axis=1)((x, zero))  # it ran
+    assert ys.tolist() == [[0.0, 2.0, 6.0], [6.0, 14.0, 24.0]]
+    ys, _ = tl.Scan(RunningSum(whole_scale=None), axis=1)((x, zero))  # None: step by step
+    assert ys.tolist() == step_by_step
+    ys, _ = tl.Scan(RunningSum(whole_scale=2.0), axis=1, remat=True)((x, zero))
+    assert ys.tolist() == step_by_step
+    with pytest.raises(ValueError, match="returned 2 outputs and 1 carries; expected 1 and 1"):
+        tl.Scan(RunningSum(n_ys=2), axis=1)((x, zero))
