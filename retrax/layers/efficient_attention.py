@@ -90,10 +90,20 @@ def run_heads(one: Any, inputs: tuple, weights: Any, n_heads: int,
 
     if use_python_loop:
         outs = jnp.stack([group((examples[g], heads[g])) for g in range(len(pairs))])
-    else:
-        outs = lax.map(group, (examples, heads))
-    outs = outs.reshape((batch, n_heads) + outs.shape[2:])
-    return outs.sum(axis=1)
+        outs = outs.reshape((batch, n_heads) + outs.shape[2:])
+        return outs.sum(axis=1)
+
+    # Each group's outputs are added into one running sum (the carry), so the loop keeps
+    # (batch, ...) instead of every group's outputs; the add is linear, so the backward
+    # pass stores no carries (group itself is recomputed).
+    one_group = jax.eval_shape(group, (examples[0], heads[0]))
+
+    def body(total, idx):
+        return total.at[idx[0]].add(group(idx)), None
+
+    total0 = jnp.zeros((batch,) + one_group.shape[1:], one_group.dtype)
+    total, _ = lax.scan(body, total0, (examples, heads))
+    return total
 
 
 def _kernel(rng: Any, shape: tuple, n_heads: int) -> Any:
