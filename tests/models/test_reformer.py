@@ -50,6 +50,7 @@ def test_lsh_reformerlm_predict_equals_eval_token_by_token():
     _predict_equals_eval(8)
 
 
+@pytest.mark.slow
 def test_axial_reformerlm_predict_equals_eval():
     _predict_equals_eval(8, pos_type="axial", pos_axial_shape=(4, 8), pos_d_axial_embs=(32, 32))
 
