@@ -53,8 +53,9 @@ def test_more_hashes_approach_full_attention(causal):
         lsh = _lsh(x, causal=causal, n_hashes=n_hashes, n_buckets=4)
         lsh.weights = full.weights  # same layout: (w_q, w_v, w_o) per head
         errs[n_hashes] = _rel_err(_run(lsh, x), ref)
-    # Measured: non-causal 0.41 -> 0.029, causal 0.45 -> 0.055 (relative Frobenius error).
-    assert errs[8] < 0.08, errs
+    # Relative Frobenius error, n_hashes 1 / 2 / 4 / 8: non-causal 0.137 / 0.049 / 0.029 /
+    # 0.018, causal 0.271 / 0.118 / 0.050 / 0.023.
+    assert errs[8] < 0.04, errs
     assert errs[8] < errs[1] / 5, errs
 
 
