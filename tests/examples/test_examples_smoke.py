@@ -151,8 +151,9 @@ def test_lstm_translator_reference():
 
 @pytest.mark.parametrize("model, argv, min_accuracy", [
     ("mlp", ["--steps", "100", "--eval-every", "50"], 0.5),
-    ("resnet", ["--steps", "20", "--eval-every", "10", "--batch-size", "16",
-                "--n-test", "100"], 0.5),
+    # The ResNet's first compile alone takes ~10 s: the slow step runs it.
+    pytest.param("resnet", ["--steps", "20", "--eval-every", "10", "--batch-size", "16",
+                            "--n-test", "100"], 0.5, marks=pytest.mark.slow),
 ])
 def test_image_classifiers_small(model, argv, min_accuracy, tmp_path, capsys):
     result, out = run("image_classifiers", ["--model", model, *argv], tmp_path, capsys)

@@ -54,6 +54,7 @@ def test_ragged_prompts_and_no_prompt(tmp_path):
         decoding.autoregressive_sample(pr, None, temperature=0.0, max_length=3))
 
 
+@pytest.mark.slow
 def test_an_encoder_decoder_and_a_recurrent_lm(tmp_path):
     kw = {"input_vocab_size": 10, "d_model": 16, "d_ff": 32, "n_encoder_layers": 1,
           "n_decoder_layers": 1, "n_heads": 2, "max_len": 32}
