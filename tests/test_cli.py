@@ -372,6 +372,7 @@ def test_convert_round_trip(trained, tmp_path):
                        "output must be a native .safetensors")
 
 
+@pytest.mark.slow
 def test_sample_text_with_the_tokenizer_saved_next_to_the_checkpoint(tmp_path):
     import io
 

@@ -32,6 +32,7 @@ def test_stdlib_split_is_by_file_and_deterministic():
     assert os.path.join(root, "os.py") in train + held
 
 
+@pytest.mark.slow
 def test_train_lm_quick_smoke_run(tmp_path):
     lm = load_example()
     out = tmp_path / "lm"

@@ -102,6 +102,7 @@ def test_lstm_ner_tagger_padding_has_weight_zero():
     assert ner.evaluate_prediction(pred, y) == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_siamese_lstm_small(tmp_path, capsys):
     argv = ["--steps", "60", "--eval-every", "30", "--d-model", "32"]
     result, out = run("siamese_lstm", argv, tmp_path, capsys)
@@ -130,6 +131,7 @@ def test_siamese_triplet_loss_by_hand():
     assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_lstm_translator_small(tmp_path, capsys):
     argv = ["--steps", "40", "--eval-every", "20", "--d-model", "32", "--n-heads", "1",
             "--batch-size", "32", "--n-test", "8", "--max-len", "6"]

@@ -97,6 +97,7 @@ def test_batching_options_give_the_same_outputs_and_gradients():
             np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("share_qk", [False, True])
 def test_predict_equals_eval_token_by_token(share_qk):
     x = np.random.default_rng(3).normal(size=(1, 12, 6)).astype(np.float32)

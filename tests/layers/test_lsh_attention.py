@@ -105,6 +105,7 @@ def test_predict_prompt_equals_eval_then_decodes():
     assert int(pred.state[0]) == 33
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_and_hashes_depend_on_the_seed():
     x = _clustered(seed=4)
     kw = dict(causal=False, n_hashes=2, n_buckets=8)

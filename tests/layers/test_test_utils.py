@@ -21,6 +21,7 @@ def _attention(mode, d_ff=16):
                      tl.Dense(d_ff))
 
 
+@pytest.mark.slow
 def test_causal_layers_and_language_models_pass():
     tokens = np.random.default_rng(0).integers(1, 10, size=(2, 6)).astype(np.int32)
     # Layers without a ShiftRight: predict fed piece by piece equals eval.

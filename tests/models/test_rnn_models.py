@@ -252,6 +252,7 @@ def test_lm_predict_mode_and_decoding(name):
     assert decoding.compiled_programs(model) == before
 
 
+@pytest.mark.slow
 def test_seq2seq_padding_predict_mode_and_decoding():
     kwargs = dict(input_vocab_size=10, target_vocab_size=8, d_model=8, n_encoder_layers=2,
                   n_decoder_layers=2, n_attention_heads=2)

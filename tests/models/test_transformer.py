@@ -299,6 +299,7 @@ def test_transformer_encoder_equals_its_layers_by_hand(encoder):
     np.testing.assert_allclose(jitted(x), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_transformer_encoder_padding_is_masked(encoder):
     # Appending padding (token 0) leaves every real position's encoding unchanged:
     # attention never reads a padded key. The class logits average over all positions,

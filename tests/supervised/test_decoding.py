@@ -434,6 +434,7 @@ def _sort_based_support(scaled, k=None, p=None):
     return support & finite, near
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vocab", [7, 256])
 def test_top_k_and_top_p_sample_from_the_sort_based_support(vocab):
     """Sampled tokens never leave the textbook top-k / nucleus support, and fill it."""
@@ -498,6 +499,7 @@ def test_greedy_takes_the_first_of_tied_maxima():
     np.testing.assert_array_equal(out[:, 0], y.argmax(-1))
 
 
+@pytest.mark.slow
 def test_nan_model_output_raises_instead_of_garbage():
     model = tiny_lm("predict", 3)
     flat, _ = tl.flatten_weights_and_state(model.weights, ())
@@ -550,6 +552,7 @@ def _enc_dec_pair(seed=0):
     return predict, evaluate
 
 
+@pytest.mark.slow
 def test_beam_search_encoder_decoder_scores_match_teacher_forcing():
     predict, evaluate = _enc_dec_pair(seed=2)
     src = np.array([[3, 4, 5, 6, 0], [7, 8, 9, 2, 2]], np.int32)
@@ -625,6 +628,7 @@ def _decode_every_way(model, src):
     decoding.beam_search(model, src, n_beams=2, max_length=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lm", "encoder-decoder"])
 def test_decoding_writes_nothing_on_the_model(kind, monkeypatch):
     if kind == "lm":
@@ -664,6 +668,7 @@ def test_decoding_writes_nothing_on_the_model(kind, monkeypatch):
     assert decoding.compiled_programs(model) > 0  # the programs are held elsewhere
 
 
+@pytest.mark.slow
 def test_compiled_programs_go_with_their_model():
     models = {"lm": tiny_lm("predict", 12), "encoder-decoder": _enc_dec_pair(seed=4)[0]}
     refs = {kind: weakref.ref(model) for kind, model in models.items()}

@@ -43,6 +43,7 @@ def test_a_language_model_samples_the_same_tokens_both_ways(tmp_path):
     np.testing.assert_allclose(got_lp, want_lp, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ragged_prompts_and_no_prompt(tmp_path):
     ev, pr = _pair(models.TransformerLM, shapes.ShapeDtype((1, 8), np.int32), tmp_path, **LM)
     prompt = np.array([[3, 5, 7], [4, 0, 0]], np.int32)
