@@ -180,10 +180,8 @@ def test_end_to_end_retrax_only(tmp_path):
     assert "retrax raw step" in stdout
 
 
-@pytest.mark.slow
+@pytest.mark.bench  # Selected only with -m bench: it needs the bench extra (flax, torch).
 def test_end_to_end_with_peers(tmp_path):
-    pytest.importorskip("flax")
-    pytest.importorskip("torch")
     res, stdout = _bench(tmp_path, "--workloads", "lstm,resnet")
     assert res["errors"] == {}
     e = res["summary"]["lstm"]["entries"]
