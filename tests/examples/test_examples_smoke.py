@@ -77,6 +77,7 @@ def test_gru_char_lm_small(tmp_path, capsys):
     assert out.rstrip().splitlines()[-1].startswith("grammatical samples:")
 
 
+@pytest.mark.slow
 def test_lstm_ner_tagger_small(tmp_path, capsys):
     argv = ["--steps", "40", "--eval-every", "20", "--d-model", "16", "--batch-size", "32"]
     result, out = run("lstm_ner_tagger", argv, tmp_path, capsys)
@@ -152,7 +153,7 @@ def test_lstm_translator_reference():
 
 
 @pytest.mark.parametrize("model, argv, min_accuracy", [
-    ("mlp", ["--steps", "100", "--eval-every", "50"], 0.5),
+    pytest.param("mlp", ["--steps", "100", "--eval-every", "50"], 0.5, marks=pytest.mark.slow),
     # The ResNet's first compile alone takes ~10 s: the slow step runs it.
     pytest.param("resnet", ["--steps", "20", "--eval-every", "10", "--batch-size", "16",
                             "--n-test", "100"], 0.5, marks=pytest.mark.slow),

@@ -175,6 +175,7 @@ def _run_script(tmp_path, *args):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_exact(tmp_path):
     straight = tmp_path / "straight.npy"
     r = _run_script(tmp_path, "none", 12, "save", straight)
