@@ -185,6 +185,38 @@ def matmul_peak(script: str, use_bench_matmul: bool, timeout: float = 600
 # --------------------------------------------------------------------------
 
 
+def compile_breakdown(fn: Callable, args: Sequence[Any], donate_argnums: tuple = ()
+                      ) -> tuple[dict[str, Any], Any]:
+    """Times a fresh ``jax.jit`` of ``fn`` on ``args`` in its three stages.
+
+    Returns ``({trace_s, lower_s, xla_compile_s, hlo_fusions, xla_flops,
+    xla_bytes_accessed}, traced)``; a cost analysis the backend refuses is
+    recorded as ``cost_analysis_error``.
+    """
+    import jax
+
+    res: dict[str, Any] = {}
+    fresh = jax.jit(lambda *a: fn(*a), donate_argnums=donate_argnums)
+    t0 = time.perf_counter()
+    traced = fresh.trace(*args)
+    res["trace_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    lowered = traced.lower()
+    res["lower_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    res["xla_compile_s"] = time.perf_counter() - t0
+    res["hlo_fusions"] = compiled.as_text().count(" fusion(")
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        res["xla_flops"] = float(cost.get("flops", float("nan")))
+        res["xla_bytes_accessed"] = float(cost.get("bytes accessed", float("nan")))
+    except Exception as err:  # noqa: BLE001 (diagnostic only)
+        res["cost_analysis_error"] = repr(err)
+    return res, traced
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, load average, Python and package versions."""
     info: dict[str, Any] = dict(python=platform.python_version(), platform=platform.platform(),

@@ -195,24 +195,8 @@ def _raw_steps(loop: Any, batches: list, steps: dict[str, int], res: dict[str, A
     if not breakdown or inner is None:
         return
     # Compile breakdown on a fresh jit of the same Python function (same trace).
-    fresh = jax.jit(lambda *a: inner(*a), donate_argnums=(0, 1, 2))
     args = (weights, state, slots, opt_params, dev_batches[0], step0 + 1)
-    t0 = time.perf_counter()
-    traced = fresh.trace(*args)
-    res["trace_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    lowered = traced.lower()
-    res["lower_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    compiled = lowered.compile()
-    res["xla_compile_s"] = time.perf_counter() - t0
-    res["hlo_fusions"] = compiled.as_text().count(" fusion(")
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        res["xla_flops"] = float(cost.get("flops", float("nan")))
-    except Exception as err:  # noqa: BLE001 (diagnostic only)
-        res["cost_analysis_error"] = repr(err)
+    res.update(common.compile_breakdown(inner, args, donate_argnums=(0, 1, 2))[0])
 
 
 # --------------------------------------------------------------------------

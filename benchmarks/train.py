@@ -188,29 +188,13 @@ def _raw_and_compile(loop: Any, batches: list, steps: dict, res: dict) -> None:
     # Compile breakdown on a fresh jit of the same Python function (same trace).
     inner = getattr(fn, "__wrapped__", None)
     if inner is not None:
-        fresh = jax.jit(lambda *a: inner(*a), donate_argnums=(0, 1, 2))
         args = (weights, state, slots, opt_params, dev_batches[0], step + 1)
-        t0 = time.perf_counter()
-        traced = fresh.trace(*args)
-        res["trace_s"] = time.perf_counter() - t0
+        breakdown, traced = common.compile_breakdown(inner, args, donate_argnums=(0, 1, 2))
+        res.update(breakdown)
         try:
             res["jaxpr_eqns"] = _count_eqns(traced.jaxpr)
         except Exception as err:  # noqa: BLE001 (diagnostic only)
             res["jaxpr_eqns_error"] = repr(err)
-        t0 = time.perf_counter()
-        lowered = traced.lower()
-        res["lower_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        compiled = lowered.compile()
-        res["xla_compile_s"] = time.perf_counter() - t0
-        res["hlo_fusions"] = compiled.as_text().count(" fusion(")
-        try:
-            cost = compiled.cost_analysis()
-            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-            res["xla_flops"] = float(cost.get("flops", float("nan")))
-            res["xla_bytes_accessed"] = float(cost.get("bytes accessed", float("nan")))
-        except Exception as err:  # noqa: BLE001
-            res["cost_analysis_error"] = repr(err)
 
 
 def _cache_size(fn: Any) -> int | None:
