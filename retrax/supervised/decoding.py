@@ -78,7 +78,7 @@ from retrax.supervised.decoding_programs import (
     program,
 )
 from retrax.supervised.eval_decoding import buffer_length, make_recompute_generate
-from retrax.supervised.sampling import sample
+from retrax.supervised.sampling import sample, sample_step
 
 __all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search",
            "compiled_programs"]
@@ -129,18 +129,9 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
 
         def body(c):
             t, state, log_probs, tokens, scores, done, nan_step, key = c
-            sub = fastmath_random.hash_fold_in(key, t)
-            tok = sample(log_probs, sub, temperature, top_k, top_p)
-            is_nan = jnp.isnan(log_probs).any(axis=-1)
-            nan_step = jnp.where(is_nan & ~done, t, nan_step)  # a NaN row is done after
-            tok = jnp.where(done | is_nan, 0, tok)
-            chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
-            tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
-            scores = lax.dynamic_update_slice_in_dim(
-                scores, jnp.where(done, 0.0, chosen)[:, None], t, axis=1)
-            done = done | is_nan
-            if eos_id is not None:
-                done = done | (tok == eos_id)
+            tok, tokens, scores, done, nan_step = sample_step(
+                log_probs, key, t, temperature, top_k, top_p, eos_id, tokens, scores, done,
+                nan_step)
             out, state = model.pure_fn(model_inputs(enc, tok[:, None]), weights, state, None)
             return (t + 1, state, last_log_probs(model, out), tokens, scores, done, nan_step, key)
 
@@ -148,6 +139,16 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
         return tokens, scores, t, nan_step
 
     return jax.jit(generate)
+
+
+def _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows):
+    """A program's results as host arrays of ``max_length`` columns (raises on NaN rows)."""
+    _raise_on_nan(nan_step, where, rows)
+    n = int(steps)
+    out = np.zeros((batch, max_length), np.int32)
+    out_scores = np.zeros((batch, max_length), np.float32)
+    out[:, :n], out_scores[:, :n] = np.asarray(tokens)[:, :n], np.asarray(scores)[:, :n]
+    return out, out_scores, np.full((batch,), n, np.int32)
 
 
 def _raise_on_nan(nan_step: Any, where: str, rows: Any = None) -> None:
@@ -249,12 +250,7 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
                   lambda model_ref: _make_generate(model_ref, max_length, float(temperature),
                                                    top_k, top_p, eos, sig, cache_len))
     tokens, scores, steps, nan_step = fn(model.weights, setup.enc, jnp.asarray(setup.first), key)
-    _raise_on_nan(nan_step, where, rows)
-    n = int(steps)
-    out = np.zeros((batch, max_length), np.int32)
-    out_scores = np.zeros((batch, max_length), np.float32)
-    out[:, :n], out_scores[:, :n] = np.asarray(tokens)[:, :n], np.asarray(scores)[:, :n]
-    return out, out_scores, np.full((batch,), n, np.int32)
+    return _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows)
 
 
 
@@ -278,12 +274,7 @@ def _generate_group_eval(model, prompt, batch, temperature, start_id, eos_id, ma
                      prefix.shape[1], length))
     tokens, scores, steps, nan_step = fn(model.weights, model.state, setup.enc,
                                          jnp.asarray(prefix), key)
-    _raise_on_nan(nan_step, where, rows)
-    n = int(steps)
-    out = np.zeros((batch, max_length), np.int32)
-    out_scores = np.zeros((batch, max_length), np.float32)
-    out[:, :n], out_scores[:, :n] = np.asarray(tokens)[:, :n], np.asarray(scores)[:, :n]
-    return out, out_scores, np.full((batch,), n, np.int32)
+    return _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows)
 
 def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_size: int = 1,
                                  temperature: float = 1.0, start_id: int = 0,

@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from retrax.fastmath import random as fastmath_random
 from retrax.supervised.decoding_programs import ends_in_log_softmax, model_inputs
-from retrax.supervised.sampling import sample
+from retrax.supervised.sampling import sample_step
 
 __all__ = ["make_recompute_generate", "buffer_length"]
 
@@ -64,20 +63,10 @@ def make_recompute_generate(model_ref: Any, max_length: int, temperature: float,
 
         def body(c):
             t, buf, tokens, scores, done, nan_step = c
-            log_probs = log_probs_at(buf, t)
-            tok = sample(log_probs, fastmath_random.hash_fold_in(key, t), temperature, top_k,
-                         top_p)
-            is_nan = jnp.isnan(log_probs).any(axis=-1)
-            nan_step = jnp.where(is_nan & ~done, t, nan_step)
-            tok = jnp.where(done | is_nan, 0, tok)
-            chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
-            tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
-            scores = lax.dynamic_update_slice_in_dim(
-                scores, jnp.where(done, 0.0, chosen)[:, None], t, axis=1)
+            tok, tokens, scores, done, nan_step = sample_step(
+                log_probs_at(buf, t), key, t, temperature, top_k, top_p, eos_id, tokens, scores,
+                done, nan_step)
             buf = lax.dynamic_update_slice_in_dim(buf, tok[:, None], prefix_length + t, axis=1)
-            done = done | is_nan
-            if eos_id is not None:
-                done = done | (tok == eos_id)
             return t + 1, buf, tokens, scores, done, nan_step
 
         t, _, tokens, scores, _, nan_step = lax.while_loop(

@@ -16,7 +16,8 @@ from jax import lax
 
 from retrax.fastmath import random as fastmath_random
 
-__all__ = ["argmax", "ordered_keys", "smallest_key", "restrict", "sample", "SEARCH_BITS"]
+__all__ = ["argmax", "ordered_keys", "smallest_key", "restrict", "sample", "sample_step",
+           "SEARCH_BITS"]
 
 SEARCH_BITS = 2  # key bits decided per round of smallest_key (16 rounds)
 
@@ -103,3 +104,28 @@ def sample(log_probs: Any, key: Any, temperature: float, top_k: int | None,
     # The top 24-bit value rounds u to 1.0 in float32, so that noise is +inf: a token
     # outside the support (-inf) must stay -inf, not become NaN (an index past the end).
     return argmax(jnp.where(logits == -jnp.inf, logits, logits + gumbel))
+
+
+def sample_step(log_probs: Any, key: Any, t: Any, temperature: float, top_k: int | None,
+                top_p: float | None, eos_id: int | None, tokens: Any, scores: Any, done: Any,
+                nan_step: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """One step of a decoding loop: ``(tok, tokens, scores, done, nan_step)``.
+
+    Samples a token per row from ``log_probs`` ``(B, V)`` with the step's key
+    (``key`` folded with ``t``), writes it and its log-probability at column
+    ``t`` of ``tokens``/``scores``, and updates ``done`` (EOS or NaN) and
+    ``nan_step`` (the first step at which a row's log-probabilities held NaN).
+    A finished row gets token 0 and score 0.
+    """
+    tok = sample(log_probs, fastmath_random.hash_fold_in(key, t), temperature, top_k, top_p)
+    is_nan = jnp.isnan(log_probs).any(axis=-1)
+    nan_step = jnp.where(is_nan & ~done, t, nan_step)  # a NaN row is done after
+    tok = jnp.where(done | is_nan, 0, tok)
+    chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
+    tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
+    scores = lax.dynamic_update_slice_in_dim(
+        scores, jnp.where(done, 0.0, chosen)[:, None], t, axis=1)
+    done = done | is_nan
+    if eos_id is not None:
+        done = done | (tok == eos_id)
+    return tok, tokens, scores, done, nan_step
