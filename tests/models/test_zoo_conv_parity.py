@@ -17,33 +17,20 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from zoo_fixtures import ZOO, kwargs_of
 
 from retrax import layers as tl
 from retrax import models, shapes
 from retrax.compat.trax_pickle import read_trax_checkpoint
 from retrax.layers.base import walk_layers
 
-ZOO = Path(__file__).resolve().parents[1] / "fixtures" / "trax" / "trax-1.4.1-zoo"
 NAMES = ["mlp", "wide_resnet"]
 RTOL = 1e-5  # relative to the largest |output|
-
-
-def kwargs_of(meta: dict) -> dict:
-    """meta.json's kwargs: lists are tuples, "tl.Name" names a layer (SOURCE_README.md)."""
-    out = {}
-    for key, value in meta["kwargs"].items():
-        if isinstance(value, list):
-            value = tuple(value)
-        if isinstance(value, str) and value.startswith("tl."):
-            value = getattr(tl, value[3:])
-        out[key] = value
-    return out
 
 
 def loaded(name: str, mode: str = "eval"):
