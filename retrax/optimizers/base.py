@@ -270,7 +270,8 @@ class Optimizer:
         True
         """
         raise NotImplementedError(
-            f'{type(self).__name__} must implement make_transform().')
+            f'{type(self).__name__} must implement make_transform() (optax) or init() and '
+            f'update() (Trax\'s per-weight protocol).')
 
     def to_optax(self) -> optax.GradientTransformationExtraArgs:
         """The underlying optax transformation (with injected hyperparameters).

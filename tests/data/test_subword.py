@@ -91,3 +91,8 @@ def test_trax_tokenize_function(vocab_dir):
                                             n_reserved_ids=1))
     np.testing.assert_array_equal(inputs, [3, 4])  # ids shifted by n_reserved_ids
     assert targets == "sat on the mat"  # only key 0 is tokenized
+
+
+def test_an_empty_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="the vocabulary has no subtokens"):
+        SubwordVocabulary(["", ""])

@@ -210,3 +210,38 @@ def test_sm3_refuses_bad_hyperparameters():
         optimizers.SM3(momentum=1.5)
     with pytest.raises(ValueError, match="SM3: momentum_type must be one of"):
         optimizers.SM3(momentum_type=7)
+
+
+def test_the_per_weight_protocol_names_what_is_missing_or_mismatched():
+    class OnlyInit(optimizers.Optimizer):
+        def init(self, weights):
+            return None
+
+    opt = OnlyInit(0.1)
+    slots, params = opt.tree_init(jnp.zeros(2))
+    with pytest.raises(NotImplementedError, match="defines init\\(\\) but not update"):
+        opt.tree_update(1, jnp.ones(2), jnp.zeros(2), slots, params)
+
+    class Neither(optimizers.Optimizer):
+        pass
+
+    with pytest.raises(NotImplementedError, match="make_transform\\(\\) \\(optax\\) or init\\(\\)"):
+        Neither(0.1).tree_init(jnp.zeros(2))
+    sign = SignSGD(0.1)
+    slots, params = sign.tree_init((jnp.zeros(2), jnp.zeros(3)))
+    with pytest.raises(ValueError, match="one gradient and one slot entry per weight array \\(2\\); "
+                                         "got 2 gradients and 1 slots"):
+        sign.tree_update(1, (jnp.ones(2), jnp.ones(3)), (jnp.zeros(2), jnp.zeros(3)),
+                         slots[:1], params)
+
+    class NotAPair(optimizers.Optimizer):
+        def init(self, weights):
+            return None
+
+        def update(self, step, grads, weights, slots, opt_params):
+            return weights
+
+    opt = NotAPair(0.1)
+    slots, params = opt.tree_init(jnp.zeros(2))
+    with pytest.raises(ValueError, match="NotAPair.update must return \\(new_weights, new_slots\\)"):
+        opt.tree_update(1, jnp.ones(2), jnp.zeros(2), slots, params)
