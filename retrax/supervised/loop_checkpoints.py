@@ -182,8 +182,8 @@ class LoopCheckpoints:
                 pass
 
     def write_config(self, *, tasks: Sequence[Any], eval_tasks: Sequence[Any], n_devices: int,
-                     run_config: dict | None) -> None:
-        """Writes ``config.json``, the run's one config file."""
+                     run_config: dict | None, settings: dict | None = None) -> None:
+        """Writes ``config.json``, the run's one config file (``settings``: more Loop settings)."""
         config = {
             "retrax_version": _version(),
             "jax_version": jax.__version__,
@@ -203,6 +203,7 @@ class LoopCheckpoints:
                            for t in eval_tasks],
             "keep_checkpoints": self.keep,
             "write_trax_checkpoint": self.write_trax,
+            **(settings or {}),
             "run": run_config,
         }
         checkpoints.write_bytes_atomic(os.path.join(self.output_dir, "config.json"),
