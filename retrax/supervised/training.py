@@ -64,7 +64,7 @@ import numpy as np
 from retrax import shapes
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
-from retrax.supervised import loop_checkpoints, loop_io, run_dir, task_steps
+from retrax.supervised import distributed, loop_checkpoints, loop_io, run_dir, task_steps
 from retrax.supervised import train_step as ts
 from retrax.supervised.batch_checks import BatchChecks
 from retrax.supervised.history import History
@@ -180,7 +180,7 @@ class Loop:
         # Claim the directory before anything is written (see retrax.supervised.run_dir).
         self._run_token = object()
         self._run_lock = None
-        if self._output_dir is not None:
+        if self._output_dir is not None and self.is_chief:  # only process 0 writes
             self._run_lock = run_dir.claim(self._output_dir, self._run_token, overwrite=overwrite)
             weakref.finalize(self, self._run_lock.release, self._run_token)
         try:
@@ -192,7 +192,7 @@ class Loop:
     def _setup(self, model: base.Layer, tasks: list, eval_model: base.Layer | None,
                eval_tasks: list, callbacks: Sequence[Any] | None, stdout: Any,
                progress_bar: bool | None) -> None:
-        self._log = TrainingLog(self._output_dir, stdout, progress_bar,
+        self._log = TrainingLog(self._output_dir if self.is_chief else None, stdout, progress_bar,
                                 loss_names=[t.loss_name for t in tasks],
                                 metric_names=[n for t in eval_tasks for n in t.metric_names])
         # Streams: tasks sharing one iterator share one counter.
@@ -222,7 +222,9 @@ class Loop:
             input_signature=sig, seed=self._seed,
             keep=self._keep, write_trax=self._write_trax, print_fn=self._log.print)
         if self._output_dir is not None:
-            self.load_checkpoint()
+            self.load_checkpoint()  # every process reads it; see retrax.supervised.distributed
+            distributed.check_same_step(self._step, self._output_dir)
+        if self._output_dir is not None and self.is_chief:
             self._checkpoints.write_config(tasks=tasks, eval_tasks=eval_tasks,
                                            n_devices=self.n_devices, run_config=self._run_config)
 
