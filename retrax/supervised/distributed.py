@@ -12,8 +12,8 @@ stream of global batches.
 Only process 0 writes (checkpoints, ``config.json``, ``metrics.jsonl``,
 TensorBoard). Every process *reads* the checkpoint it resumes from, so the
 output directory must be one every host can read (a shared file system, or a
-copy of the checkpoint on each host); :func:`check_same_step` refuses to train
-when the processes resumed from different steps.
+copy of the checkpoint on each host); :func:`check_same_checkpoints` refuses to
+resume when the processes see different checkpoint files.
 
 >>> process_rows(16, process_id=1, num_processes=2)
 slice(8, 16, None)
@@ -23,6 +23,9 @@ slice(8, 16, None)
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -30,7 +33,10 @@ import jax
 import numpy as np
 
 __all__ = ["initialize", "parse_coordinator", "process_rows", "local_batches",
-           "check_same_step", "is_chief"]
+           "check_same_checkpoints", "is_chief"]
+
+# What a Loop resumes from (see retrax.supervised.loop_checkpoints).
+_RESUME_FILE = re.compile(r"^(checkpoint_(\d{8,})\.safetensors|model\.pkl\.gz)$")
 
 
 def parse_coordinator(address: str) -> tuple[str, int]:
@@ -110,17 +116,48 @@ def local_batches(global_batches: Iterable[Any]) -> Iterator[tuple]:
         yield tuple(x[rows] for x in arrays)
 
 
-def check_same_step(step: int, output_dir: str | None) -> None:
-    """Raises unless every process resumed at the same ``step`` (a collective: all call it)."""
-    if jax.process_count() == 1:
+def _checkpoint_files(output_dir: str) -> list[tuple[str, int]]:
+    """The files a Loop may resume from in ``output_dir``, with their sizes."""
+    try:
+        names = sorted(os.listdir(output_dir))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if _RESUME_FILE.match(name):
+            try:
+                found.append((name, os.path.getsize(os.path.join(output_dir, name))))
+            except OSError:
+                continue
+    return found
+
+
+def check_same_checkpoints(output_dir: str | None) -> None:
+    """Raises unless every process sees the same checkpoints in ``output_dir``.
+
+    Called by each process before it resumes (a collective: all must call it):
+    processes that resumed from different files would train different weights
+    and then wait for each other forever. Compared: the names and sizes of the
+    ``checkpoint_<step>.safetensors`` files and ``model.pkl.gz``.
+    """
+    if jax.process_count() == 1 or output_dir is None:
         return
     from jax.experimental import multihost_utils
 
-    steps = np.asarray(multihost_utils.process_allgather(np.int64(step))).reshape(-1)
-    if np.all(steps == steps[0]):
+    files = _checkpoint_files(output_dir)
+    digest = hashlib.sha256(repr(files).encode("utf-8")).digest()
+    steps = [_RESUME_FILE.match(n).group(2) for n, _ in files]
+    newest = max([int(s) for s in steps if s is not None], default=0)
+    mine = np.array([int.from_bytes(digest[:7], "little"), newest,
+                     any(n == "model.pkl.gz" for n, _ in files)], np.int64)
+    seen = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 3)
+    if np.all(seen[:, 0] == seen[0, 0]):
         return
-    found = ", ".join(f"process {i}: step {int(s)}" for i, s in enumerate(steps))
+    found = "; ".join(
+        f"process {i}: " + (f"newest checkpoint step {int(s[1])}" if s[1] else "no checkpoint")
+        + (", model.pkl.gz" if s[2] else "") for i, s in enumerate(seen))
     raise RuntimeError(
-        f"Loop: the processes resumed from different checkpoints in output_dir "
-        f"{output_dir!r} ({found}). Every process reads the checkpoint it resumes from: put "
-        f"output_dir on a file system all hosts share, or copy the same checkpoint to each.")
+        f"Loop: the processes see different checkpoints in output_dir {output_dir!r} "
+        f"({found}), so they would resume from different steps. Every process reads the "
+        f"checkpoint it resumes from: put output_dir on a file system all hosts share, or copy "
+        f"the same checkpoint files to each host.")

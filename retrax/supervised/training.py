@@ -64,7 +64,15 @@ import numpy as np
 from retrax import shapes
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
-from retrax.supervised import distributed, loop_checkpoints, loop_io, run_dir, task_steps
+from retrax.supervised import (
+    distributed,
+    loop_checkpoints,
+    loop_io,
+    mixed_precision,
+    run_dir,
+    task_steps,
+)
+from retrax.supervised import sharding as sharding_rules
 from retrax.supervised import train_step as ts
 from retrax.supervised.batch_checks import BatchChecks
 from retrax.supervised.history import History
@@ -116,6 +124,44 @@ def _checked_arguments(model: Any, tasks: Any, eval_tasks: Any, keep_checkpoints
     return tasks, _as_list(eval_tasks), run_config
 
 
+def _run_settings(output_dir: str | None, sharding: str | None,
+                  compute_dtype: str | None) -> tuple[dict, str | None]:
+    """``({'sharding': ..., 'compute_dtype': ...}, note or None)`` for a new Loop.
+
+    A setting left at None takes the value recorded in ``output_dir/config.json``
+    when the directory holds a checkpoint to resume from, else its default. The
+    note says when an explicit value differs from the recorded one.
+    """
+    asked = {"sharding": sharding, "compute_dtype": compute_dtype}
+    recorded: Any = {}
+    if output_dir is not None and (
+            loop_checkpoints.native_checkpoints(output_dir)
+            or os.path.exists(os.path.join(output_dir, "model.pkl.gz"))):
+        try:
+            with open(os.path.join(output_dir, "config.json"), encoding="utf-8") as f:
+                recorded = json.load(f)
+        except (OSError, ValueError):
+            recorded = {}
+    if not isinstance(recorded, dict):
+        recorded = {}
+    choices = {"sharding": sharding_rules.SHARDINGS,
+               "compute_dtype": mixed_precision.COMPUTE_DTYPES}
+    settings, changed = {}, []
+    for key, allowed in choices.items():
+        saved = recorded.get(key) if recorded.get(key) in allowed else None
+        if asked[key] is not None:
+            settings[key] = asked[key]
+            if saved is not None and saved != asked[key]:
+                changed.append(f"{key}={saved!r} -> {asked[key]!r}")
+        else:
+            settings[key] = saved if saved is not None else allowed[0]
+    note = None
+    if changed:
+        note = (f"Note: resuming with {', '.join(changed)} (config.json recorded the first "
+                f"values); checkpoints hold whole float32 arrays, so this one loads either way.")
+    return settings, note
+
+
 class Loop:
     """Runs train tasks, evaluates, logs and checkpoints (Trax's signature).
 
@@ -125,7 +171,27 @@ class Loop:
     ``stdout`` (a file for the log lines), ``prefetch`` (draw each next batch in a
     background thread, default True; see the module docstring), ``run_config`` (a
     dict of JSON values saved under ``"run"`` in ``config.json``, the run's one
-    config file).
+    config file), ``sharding`` and ``compute_dtype`` (below).
+
+    ``sharding``: how weights and optimizer slots sit on the devices.
+    ``'replicated'`` (default): on every device, only the batch is split.
+    ``'fsdp'``: fully sharded data parallelism; each weight of at least 1024
+    elements, and its optimizer slots, is split along one axis that the device
+    count divides, over the same ``'data'`` mesh axis as the batch, so each
+    device holds about ``1/n_devices`` of them (see
+    :mod:`retrax.supervised.sharding`). The losses are the replicated run's up
+    to float summation order; checkpoints hold whole arrays either way, so a
+    sharded run's checkpoint resumes unsharded and the other way round.
+
+    ``compute_dtype``: ``'float32'`` (default) or ``'bfloat16'``: float32 master
+    weights and optimizer slots, the model's forward and backward in bfloat16,
+    loss and metrics in float32 (see :mod:`retrax.supervised.mixed_precision`).
+    Evals use it too; ``model`` itself keeps float32 weights.
+
+    Both are saved in ``config.json``. Left at None, a run resuming from a
+    checkpoint in ``output_dir`` takes the value its ``config.json`` recorded
+    (a fresh run: the default); a value passed explicitly wins, with a note
+    when it differs from the recorded one.
 
     Extension points for subclasses and callbacks (public, documented): ``log_step``,
     ``log_summary``, ``stop`` (early stopping), ``run_evals``, ``save_checkpoint``,
@@ -152,7 +218,8 @@ class Loop:
                  adasum: bool = False, callbacks: Sequence[Any] | None = None, *,
                  keep_checkpoints: int = 3, write_trax_checkpoint: bool = True,
                  progress_bar: bool | None = None, stdout: Any = None, prefetch: bool = True,
-                 overwrite: bool = False, run_config: dict | None = None):
+                 overwrite: bool = False, run_config: dict | None = None,
+                 sharding: str | None = None, compute_dtype: str | None = None):
         tasks, eval_tasks, self._run_config = _checked_arguments(
             model, tasks, eval_tasks, keep_checkpoints, run_config,
             (adasum, bool(use_memory_efficient_trainer or loss_chunk_size)))
@@ -173,7 +240,12 @@ class Loop:
             tasks[0].n_steps_per_permanent_checkpoint)
         self._low_metric = checkpoint_low_metric
         self._high_metric = checkpoint_high_metric
-        self._placement = ts.Placement(n_devices)
+        # None: the resumed run's recorded value, else the default (see the class docstring).
+        self._settings, self._settings_note = _run_settings(
+            self._output_dir,
+            None if sharding is None else sharding_rules.check_sharding(sharding),
+            None if compute_dtype is None else mixed_precision.check_compute_dtype(compute_dtype))
+        self._placement = ts.Placement(n_devices, sharding=self._settings["sharding"])
         self._step = 0
         self._history = History()
         self._prefetch = bool(prefetch)
@@ -195,6 +267,8 @@ class Loop:
         self._log = TrainingLog(self._output_dir if self.is_chief else None, stdout, progress_bar,
                                 loss_names=[t.loss_name for t in tasks],
                                 metric_names=[n for t in eval_tasks for n in t.metric_names])
+        if self._settings_note:
+            self._log.print(self._settings_note)
         # Streams: tasks sharing one iterator share one counter.
         self._task_streams, self._eval_streams = shared_streams(
             [[t.labeled_data for t in tasks], [t.labeled_data for t in eval_tasks]],
@@ -207,10 +281,11 @@ class Loop:
         if eval_model is not None and not eval_model.initialized:
             eval_model.init(sig)
         self._ref_sigs = [shapes.signature(t.sample_batch) for t in tasks]
-        self._weights = self._placement.replicate(model.weights)
+        self._weights = self._placement.place_weights(model.weights)
         self._state = self._placement.replicate(model.state)
         steps = task_steps.build_task_steps(model, self._eval_model, tasks, eval_tasks,
-                                            self._weights, self._placement, self._base_key)
+                                            self._weights, self._placement, self._base_key,
+                                            compute_dtype=self._settings["compute_dtype"])
         self._train_fns, self._slots, self._opt_params = (
             steps.train_fns, steps.slots, steps.opt_params)
         self._eval_fns = steps.eval_fns
@@ -222,11 +297,12 @@ class Loop:
             input_signature=sig, seed=self._seed,
             keep=self._keep, write_trax=self._write_trax, print_fn=self._log.print)
         if self._output_dir is not None:
-            self.load_checkpoint()  # every process reads it; see retrax.supervised.distributed
-            distributed.check_same_step(self._step, self._output_dir)
+            distributed.check_same_checkpoints(self._output_dir)  # every process reads them
+            self.load_checkpoint()
         if self._output_dir is not None and self.is_chief:
             self._checkpoints.write_config(tasks=tasks, eval_tasks=eval_tasks,
-                                           n_devices=self.n_devices, run_config=self._run_config)
+                                           n_devices=self.n_devices, run_config=self._run_config,
+                                           settings=dict(self._settings))
 
     # -- properties -----------------------------------------------------------
 
@@ -238,6 +314,8 @@ class Loop:
     eval_tasks = property(lambda self: self._eval_tasks)
     output_dir = property(lambda self: self._output_dir)
     n_devices = property(lambda self: self._placement.n_devices)
+    sharding = property(lambda self: self._settings["sharding"])
+    compute_dtype = property(lambda self: self._settings["compute_dtype"])
     is_chief = property(lambda self: jax.process_index() == 0)
 
     def checkpoint_at(self, step: int) -> bool:
@@ -382,7 +460,7 @@ class Loop:
 
     def update_weights_and_state(self, weights: Any = None, state: Any = None) -> None:
         if weights is not None:
-            self._weights = self._placement.replicate(weights)
+            self._weights = self._placement.place_weights(weights)
         if state is not None:
             self._state = self._placement.replicate(state)
         self._sync_model_weights()
@@ -391,13 +469,18 @@ class Loop:
 
     def save_checkpoint(self, basename: str = "model") -> None:
         """Writes the native checkpoint (and Trax's layout) for the current step."""
-        if self._output_dir is None or not self.is_chief:
+        if self._output_dir is None:
+            return
+        # Whole arrays on the host; gathering ones split over several processes' devices
+        # is a collective, so every process takes part before only the chief writes.
+        weights, state, slots = self._placement.to_host((self._weights, self._state, self._slots))
+        if not self.is_chief:
             return
         self._run_lock.check_owner(self._run_token, "write a checkpoint")
         # Never checkpoint weights that produced a NaN loss.
         self._log.fetch(self._checkpoints.last_good)
-        self._checkpoints.save(basename, step=self._step, weights=self._weights,
-                               state=self._state, slots=self._slots, history=self._history,
+        self._checkpoints.save(basename, step=self._step, weights=weights,
+                               state=state, slots=slots, history=self._history,
                                task_streams=self._task_streams, eval_streams=self._eval_streams)
 
     def load_checkpoint(self, directory: str | None = None, filename: str | None = None) -> bool:
@@ -420,11 +503,11 @@ class Loop:
             task_streams=self._task_streams, eval_streams=self._eval_streams)
         if resumed is None:
             return False
-        self._weights = resumed.weights
+        self._weights = self._placement.place_weights(resumed.weights)
         if resumed.state is not None:
             self._state = resumed.state
         for t, slots in resumed.slots.items():
-            self._slots[t] = slots
+            self._slots[t] = self._placement.place_weights(slots)
         self._step = resumed.step
         if resumed.history is not None:
             self._history = resumed.history
