@@ -52,7 +52,7 @@ TIERS: list[tuple[str, list[str]]] = [
     ("leaves", ["retrax.version", "retrax.shapes", "retrax.io"]),
     ("math and file formats below layers", ["retrax.fastmath", "retrax.compat"]),
     ("layers", ["retrax.layers"]),
-    ("models, optimizers, data", ["retrax.models", "retrax.optimizers", "retrax.data"]),
+    ("models, optimizers, data", ["retrax.models", "retrax.optimizers", "retrax.data", "retrax.rl"]),
     ("checkpoints", ["retrax.native_format", "retrax.checkpoints", "retrax.pretrained"]),
     ("training and inspection", ["retrax.supervised", "retrax.visualize"]),
     ("applications", ["retrax", "retrax.cli", "retrax.quickstart", "retrax.__main__"]),

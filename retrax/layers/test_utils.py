@@ -8,6 +8,8 @@
 - ``test_eval_equals_predict_configs``: the same for several configurations.
 - ``test_eval_equals_predict_discrete(model_fn, vocab_size, ...)``: the same
   for a language model fed its own random tokens.
+- ``MockTransformerLM(sequence_fn, mode, vocab_size)``: a stand-in for a
+  perfectly trained language model, for testing code that decodes.
 
 Each raises ``AssertionError`` on a mismatch (5 decimals, as in Trax). The
 weights travel through a checkpoint in a temporary directory (Trax used a
@@ -28,6 +30,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from retrax import shapes
@@ -35,7 +39,8 @@ from retrax.fastmath import random as fastmath_random
 from retrax.layers.base import Layer
 
 __all__ = ["test_eval_is_deterministic", "test_eval_equals_predict",
-           "test_eval_equals_predict_configs", "test_eval_equals_predict_discrete"]
+           "test_eval_equals_predict_configs", "test_eval_equals_predict_discrete",
+           "MockTransformerLM"]
 
 
 def _as_list(outputs: Any) -> list[np.ndarray]:
@@ -135,6 +140,124 @@ def test_eval_equals_predict_discrete(model_fn: Callable[..., Layer], vocab_size
                                              err_msg=f"Error at position {index}.")
         next_tokens = tokens.integers(vocab_size, size=(batch_size, 1)).astype(np.int32)
         buf[:, index] = next_tokens[:, 0]
+
+
+class MockTransformerLM(Layer):
+    """A language model that predicts ``sequence_fn(tokens so far)`` with certainty.
+
+    For testing code that decodes (samplers, ``SerializedModelEvaluation``)
+    without training a model: the logits are ``1000 * one_hot(next)``, where
+    ``next = sequence_fn(prefix)`` for the prefix of int tokens up to and
+    including the current position (``sequence_fn`` gets a 1-D NumPy array).
+
+    - ``'train'``/``'eval'``: ``(B, L)`` tokens -> ``(B, L, vocab_size)``; as a
+      real language model it shifts right, so position ``i`` sees
+      ``[0, x_0, ..., x_{i-1}]``.
+    - ``'predict'``: the state remembers every token fed (up to ``max_len``
+      per row); each call appends its ``(B, L)`` tokens and returns the
+      prediction after them, ``(B, 1, vocab_size)``.
+      ``assert_prediction_buffers_equal`` checks what was fed.
+
+    ``sequence_fn`` runs on the host (``jax.pure_callback``), so the layer
+    also works under ``jax.jit``. Tokens outside ``[0, vocab_size)``, float
+    tokens and a full buffer are errors.
+
+    >>> import numpy as np
+    >>> last_plus_one = lambda seq: (seq[-1] + 1) % 5
+    >>> lm = MockTransformerLM(last_plus_one, mode='predict', vocab_size=5)
+    >>> _ = lm.init(shapes.ShapeDtype((1, 1), np.int32))
+    >>> np.argmax(lm(np.array([[0, 2]])), axis=-1).tolist()
+    [[3]]
+    >>> lm.assert_prediction_buffers_equal([[0, 2]])
+    >>> eval_lm = MockTransformerLM(last_plus_one, mode='eval', vocab_size=5)
+    >>> np.argmax(eval_lm(np.array([[3, 4]])), axis=-1).tolist()
+    [[1, 4]]
+    """
+
+    def __init__(self, sequence_fn: Callable[[np.ndarray], Any], mode: str = "train",
+                 vocab_size: int = 2, *, max_len: int = 1024):
+        if mode not in ("train", "eval", "predict"):
+            raise ValueError(f"MockTransformerLM: mode must be 'train', 'eval' or 'predict'; "
+                             f"got {mode!r}.")
+        super().__init__(name="MockTransformerLM")
+        self._mode = mode
+        self._sequence_fn = sequence_fn
+        self._vocab_size = int(vocab_size)
+        self._max_len = int(max_len)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        if self.mode == "predict":
+            batch = input_signature.shape[0]
+            self.state = (jnp.zeros((batch, self._max_len), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def forward(self, inputs: Any) -> Any:
+        x = jnp.asarray(inputs)
+        if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
+            raise ValueError(f"MockTransformerLM: expected int tokens of shape (batch, length); "
+                             f"got {x.dtype} of shape {tuple(x.shape)}.")
+        x = x.astype(jnp.int32)
+        batch, length = x.shape
+        if self.mode != "predict":
+            nxt = jax.pure_callback(self._next_in_eval, jax.ShapeDtypeStruct((batch, length),
+                                                                             jnp.int32), x)
+            return self._logits(nxt)
+        if not self.state:
+            raise ValueError("MockTransformerLM: a predict-mode model needs its state; call "
+                             "init(ShapeDtype((batch, 1), np.int32)) first.")
+        buffer, count = self.state
+        nxt = jax.pure_callback(self._next_in_predict, jax.ShapeDtypeStruct((batch, 1), jnp.int32),
+                                buffer, count, x)
+        self.state = (jax.lax.dynamic_update_slice(buffer, x, (jnp.int32(0), count)),
+                      count + length)
+        return self._logits(nxt)
+
+    def _logits(self, tokens: Any) -> Any:
+        return jax.nn.one_hot(tokens, self._vocab_size, dtype=jnp.float32) * 1000.0
+
+    def _check_tokens(self, x: np.ndarray) -> None:
+        if x.size and (x.min() < 0 or x.max() >= self._vocab_size):
+            raise ValueError(f"MockTransformerLM: tokens must be in [0, {self._vocab_size}); "
+                             f"got values from {x.min()} to {x.max()}.")
+
+    def _predict_one(self, prefix: np.ndarray) -> int:
+        token = int(self._sequence_fn(prefix))
+        if not 0 <= token < self._vocab_size:
+            raise ValueError(f"MockTransformerLM: sequence_fn returned {token}, outside the "
+                             f"vocabulary [0, {self._vocab_size}).")
+        return token
+
+    def _next_in_eval(self, x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        self._check_tokens(x)
+        shifted = np.concatenate([np.zeros((x.shape[0], 1), x.dtype), x], axis=1)
+        return np.array([[self._predict_one(row[:end]) for end in range(1, x.shape[1] + 1)]
+                         for row in shifted], np.int32).reshape(x.shape)
+
+    def _next_in_predict(self, buffer: Any, count: Any, x: Any) -> np.ndarray:
+        buffer, count, x = np.asarray(buffer), int(count), np.asarray(x)
+        self._check_tokens(x)
+        if count + x.shape[1] > self._max_len:
+            raise ValueError(f"MockTransformerLM: the prediction buffer holds {self._max_len} "
+                             f"tokens per row; {count} + {x.shape[1]} do not fit. Build it "
+                             f"with a larger max_len.")
+        return np.array([[self._predict_one(np.concatenate([row[:count], new]))]
+                         for row, new in zip(buffer, x)], np.int32).reshape(x.shape[0], 1)
+
+    @property
+    def prediction_buffers(self) -> np.ndarray:
+        """Every token fed so far in predict mode, ``(B, n_fed)`` (``(B, 0)`` before any)."""
+        if self.mode != "predict" or not self.state:
+            return np.zeros((0, 0), np.int32)
+        buffer, count = self.state
+        return np.asarray(buffer)[:, :int(count)]
+
+    def assert_prediction_buffers_equal(self, expected_buffers: Any) -> None:
+        """Asserts that the tokens fed so far (per row) equal ``expected_buffers``."""
+        expected = np.asarray(expected_buffers)
+        actual = self.prediction_buffers
+        if actual.size == 0 and expected.size == 0:
+            return
+        np.testing.assert_array_equal(actual, expected)
 
 
 for _helper in (test_eval_is_deterministic, test_eval_equals_predict,
