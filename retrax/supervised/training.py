@@ -290,7 +290,10 @@ class Loop:
             steps.train_fns, steps.slots, steps.opt_params)
         self._eval_fns = steps.eval_fns
         self._batch_checks = BatchChecks(model, model.output_signature(sig))
-        self._callbacks = [cb(self) if isinstance(cb, type) else cb for cb in (callbacks or [])]
+        # A class or factory (functools.partial, as Trax's docs use) gets the Loop; an
+        # instance (anything with call_at) is used as is.
+        self._callbacks = [cb(self) if isinstance(cb, type) or not hasattr(cb, "call_at") else cb
+                           for cb in (callbacks or [])]
         self._log.restart_clock()
         self._checkpoints = loop_checkpoints.LoopCheckpoints(
             self._output_dir, model, self._placement,
