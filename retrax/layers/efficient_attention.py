@@ -353,7 +353,7 @@ class SelfAttention(Layer):
                     f"{self.name}: a call of {length} positions (more than "
                     f"predict_drop_len={drop}) must start a sequence, but the memory holds "
                     f"{start}; re-init the state first.")
-            check_chunking(self.name, length, self._chunk_len)
+            self._check_prompt(length)
             kept = x[:, -mem_len:] if length >= mem_len else jnp.concatenate(
                 [x, jnp.zeros((x.shape[0], mem_len - length) + x.shape[2:], x.dtype)], axis=1)
             seen, q_start, new_mem, new_end = x, 0, kept.astype(mem.dtype), min(length, mem_len)
@@ -363,6 +363,10 @@ class SelfAttention(Layer):
         y = self._run_predict_heads(seen, q_start, length, inner)
         self.state = (jnp.asarray(new_end, jnp.int32), (new_mem,), inner)
         return y.astype(x.dtype)
+
+    def _check_prompt(self, length: int) -> None:
+        """Refuses a prompt (a first 'predict' call of ``length``) that cannot be chunked."""
+        check_chunking(self.name, length, self._chunk_len)
 
     def _run_predict_heads(self, seen, q_start, q_len, inner):
         """Outputs of the ``q_len`` queries from ``q_start`` over the inputs ``seen``."""

@@ -19,7 +19,8 @@ example's output does not depend on its place in the batch).
 
 ``'predict'`` mode keeps the last ``predict_mem_len`` inputs (see
 ``SelfAttention``). A prompt (a first call longer than ``predict_drop_len``)
-is attended exactly as in ``'eval'``. A single new token attends, as in Trax,
+is attended exactly as in ``'eval'`` (padded at the end to a multiple of
+``chunk_len`` first, as Trax does). A single new token attends, as in Trax,
 to at most ``n_hashes * chunk_len * (1 + n_chunks_before)`` earlier
 positions, preferring those that share a bucket with it in some round, then
 the most recent; while the memory holds no more than that, this is full
@@ -81,6 +82,22 @@ def buckets_for_length(length: int, chunk_len: int) -> Any:
         return n_buckets
     first = 2 ** math.ceil(math.log2(math.sqrt(n_buckets)))
     return (first, 2 * (n_buckets // (2 * first)))
+
+
+def bucket_count(owner: str, n_buckets: Any, length: int, chunk_len: int,
+                 max_length_for_buckets: int | None = None) -> Any:
+    """``n_buckets`` (or Trax's default for ``length``), refused when there are more buckets
+    than positions in a sequence of ``length`` or ``max_length_for_buckets``."""
+    n_buckets = n_buckets or buckets_for_length(length, chunk_len)
+    total = math.prod(n_buckets) if isinstance(n_buckets, tuple) else n_buckets
+    limit = max(length, max_length_for_buckets or 0)
+    if total > limit:
+        raise ValueError(
+            f"{owner}: {total} buckets do not fit a sequence of length {length} (most "
+            f"buckets would stay empty); use n_buckets <= {length} (Trax's default is 2 * "
+            f"length / chunk_len), or pass max_length_for_buckets >= {total} if sequences "
+            f"that long are meant.")
+    return n_buckets
 
 
 def hash_rotations(key: Any, d: int, n_hashes: int, n_buckets: Any) -> Any:
@@ -168,8 +185,10 @@ class LSHSelfAttention(SelfAttention):
     keys). ``n_buckets=None`` uses ``2 * L / chunk_len`` buckets (factorized
     above 128); in ``'predict'`` mode give ``n_buckets`` explicitly (the
     default would then depend on ``predict_mem_len``). ``n_hashes * L`` must
-    be a multiple of ``chunk_len``. ``max_length_for_buckets`` is accepted
-    and has no effect (retrax keeps no buckets in the state).
+    be a multiple of ``chunk_len``. More buckets than positions are refused
+    (most would stay empty) unless ``max_length_for_buckets`` says that
+    sequences that long are meant (retrax keeps no buckets in the state; in
+    Trax this sized that state).
     """
 
     def __init__(self, n_heads: int = 2, d_qk: int = 64, d_v: int = 64, share_qk: Any = "unused",
@@ -180,7 +199,7 @@ class LSHSelfAttention(SelfAttention):
                  output_dropout: float = 0.0, max_length_for_buckets: Any = None,
                  bias: bool = False, n_parallel_heads: int | None = 1,
                  use_python_loop: bool = False, use_reference_code: bool = False):
-        del share_qk, max_length_for_buckets
+        del share_qk
         super().__init__(n_heads=n_heads, d_qk=d_qk, d_v=d_v, share_qk=True, causal=causal,
                          masked=masked, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
                          n_chunks_after=n_chunks_after, bias=bias, mode=mode,
@@ -194,6 +213,8 @@ class LSHSelfAttention(SelfAttention):
                              f"and chunks); got None.")
         self._n_hashes = check_positive_int(name, "n_hashes", n_hashes)
         self._n_buckets = _check_buckets(name, n_buckets)
+        self._max_length_for_buckets = None if max_length_for_buckets is None else \
+            check_positive_int(name, "max_length_for_buckets", max_length_for_buckets)
 
     def init_weights_and_state(self, input_signature):
         super().init_weights_and_state(input_signature)
@@ -207,14 +228,8 @@ class LSHSelfAttention(SelfAttention):
     # -- hashing ----------------------------------------------------------------
 
     def _bucket_count(self, length: int) -> Any:
-        n_buckets = self._n_buckets or buckets_for_length(length, self._chunk_len)
-        total = math.prod(n_buckets) if isinstance(n_buckets, tuple) else n_buckets
-        if total > length:
-            raise ValueError(
-                f"{self.name}: {total} buckets do not fit a sequence of length {length} "
-                f"(most buckets would stay empty); use n_buckets <= {length} (Trax's default "
-                f"is 2 * length / chunk_len).")
-        return n_buckets
+        return bucket_count(self.name, self._n_buckets, length, self._chunk_len,
+                            self._max_length_for_buckets)
 
     def _rotations(self, key: Any, length: int) -> tuple[Any, Any]:
         n_buckets = self._bucket_count(length)
@@ -265,6 +280,9 @@ class LSHSelfAttention(SelfAttention):
             y = apply_broadcasted_dropout(y, output_rate, fastmath_random.hash_fold_in(rng, 1))
         return y.astype(x.dtype)
 
+    def _check_prompt(self, length: int) -> None:
+        del length  # a prompt is padded to a multiple of chunk_len (Trax's behaviour)
+
     def _run_predict_heads(self, seen, q_start, q_len, inner):
         name = self.name
         if self._n_buckets is None:
@@ -272,10 +290,10 @@ class LSHSelfAttention(SelfAttention):
                              f"default depends on the length); pass n_buckets=...")
         length = seen.shape[1]
         prompt = q_len == length
-        if prompt and (self._n_hashes * length) % self._chunk_len:
-            raise ValueError(
-                f"{name}: a prompt of length {length} must make n_hashes x length a multiple "
-                f"of chunk_len={self._chunk_len}; pad it or feed it in shorter calls.")
+        if prompt and length % self._chunk_len:  # padded at the end, as Trax does
+            pad = self._chunk_len - length % self._chunk_len
+            seen = jnp.pad(seen, ((0, 0), (0, pad), (0, 0)))
+            return self._run_predict_heads(seen, q_start, seen.shape[1], inner)[:, :length]
         rotations = self._rotations(inner, max(length, self._predict_memory()[0]))[0]
         n_buckets = self._n_buckets
         window = self._n_hashes * self._chunk_len * (1 + self._n_chunks_before)

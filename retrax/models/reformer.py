@@ -8,7 +8,7 @@ and weight order are Trax 1.4.1's, so its checkpoints load.
 
 Not implemented (refused with a message): sparse feed-forward layers
 (``ff_sparsity``), sparse loss layers (``loss_sparsity``) and the positional
-encodings other than the default, ``'no'`` and ``'axial'``.
+encodings other than the default, ``'fixed-base'``, ``'no'`` and ``'axial'``.
 
 >>> import numpy as np
 >>> from retrax import models, shapes
@@ -116,10 +116,12 @@ def PositionalEncoder(mode: str, dropout: float | None = None,  # noqa: N802
                                      max_offset_to_add=pos_max_offset_to_add, mode=mode)
     if pos_type == "no":
         return tl.Serial()
-    if pos_type in ("sin-cos", "fixed-base", "infinite", "infinite-affine", "time-bin"):
+    if pos_type == "fixed-base":
+        return tl.FixedBasePositionalEncoding(mode=mode)
+    if pos_type in ("sin-cos", "infinite", "infinite-affine", "time-bin"):
         raise NotImplementedError(
-            f"pos_type={pos_type!r} is not implemented in retrax; use None (learned), 'no' "
-            f"or 'axial'.")
+            f"pos_type={pos_type!r} is not implemented in retrax; use None (learned), "
+            f"'fixed-base', 'no' or 'axial'.")
     axial = getattr(tl, "AxialPositionalEncoding", None)
     if axial is None or pos_d_axial_embs is None:
         raise NotImplementedError(
