@@ -41,7 +41,7 @@ from retrax.cli.quickstart import cmd_quickstart
 from retrax.cli.sample import cmd_sample, model_limits
 from retrax.cli.show import cmd_show
 from retrax.cli.sources import load_model, read_run_config, resolve_checkpoint
-from retrax.cli.train import cmd_train, text_lm_data
+from retrax.cli.train import add_distributed_arguments, cmd_train, text_lm_data
 from retrax.cli.train_config import TRAIN_DEFAULTS, resolve_train_config, seed_problem
 
 __all__ = ["main", "build_parser", "UsageError", "parse_model_spec", "normalize_model_config",
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="train in an output directory that holds files but no retrax run "
                         "(default: refuse, so that no file retrax did not write is replaced)")
+    add_distributed_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", parents=[debug], help="decode from a checkpoint",

@@ -3,6 +3,13 @@
 The model is built by :func:`retrax.models.from_config`; the resolved config
 (see :mod:`retrax.cli.train_config`) goes to the Loop as its ``run_config``, so
 the run has one config file: ``config.json`` in the output directory.
+
+Several processes (one per host, or several on one machine) train as one
+when each runs the same command with ``--coordinator HOST:PORT
+--num-processes N --process-id I`` (or ``--distributed auto`` where JAX finds
+the cluster: SLURM, Cloud TPU pods, Open MPI). ``task.batch_size`` is then the
+global batch: every process draws the same batches and feeds its own rows
+(see :mod:`retrax.supervised.distributed`); process 0 writes the checkpoints.
 """
 
 from __future__ import annotations
@@ -18,11 +25,59 @@ from retrax.cli.model_specs import build_model
 from retrax.cli.train_config import (
     TEXT_TASKS,
     TOY_TASKS,
+    check_batch_splits,
     check_toy_task_fits,
+    resolve_distributed,
     resolve_train_config,
 )
 
-__all__ = ["cmd_train", "text_lm_data"]
+__all__ = ["cmd_train", "text_lm_data", "add_distributed_arguments"]
+
+
+def _int_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``retrax train``'s flags for several processes training as one."""
+    group = parser.add_argument_group(
+        "several processes (hosts) training as one",
+        "Start the same command in every process; task.batch_size is the global batch, each "
+        "process feeds its share and process 0 writes the checkpoints. The output directory "
+        "must be readable by every process (a shared file system) to resume.")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address, the same in every process (with "
+                            "--num-processes and --process-id)")
+    group.add_argument("--num-processes", type=_int_at_least(1), metavar="N",
+                       help="how many processes train together")
+    group.add_argument("--process-id", type=_int_at_least(0), metavar="I",
+                       help="this process's number, 0 to N-1")
+    group.add_argument("--distributed", choices=["auto"],
+                       help="auto: jax.distributed.initialize() finds the cluster itself "
+                            "(SLURM, Cloud TPU pods, Open MPI)")
+
+
+def _join_processes(settings: dict) -> None:
+    """Starts JAX's distributed runtime (before anything touches a device)."""
+    from retrax.supervised import distributed
+
+    try:
+        distributed.initialize(**settings)
+    except ValueError as err:
+        if settings:
+            raise
+        raise UsageError(f"--distributed auto found no cluster ({one_line(err)}); outside "
+                         f"SLURM, Cloud TPU or Open MPI pass --coordinator HOST:PORT "
+                         f"--num-processes N --process-id I.") from None
 
 
 def _named(section: str, value: Any, namespace: Any, names: Sequence[str], what: str) -> Any:
@@ -86,10 +141,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.output_dir is not None:
         config["output_dir"] = args.output_dir
     run = resolve_train_config(config)
+    processes = resolve_distributed(getattr(args, "coordinator", None),
+                                    getattr(args, "num_processes", None),
+                                    getattr(args, "process_id", None),
+                                    getattr(args, "distributed", None))
+    if processes is not None:
+        _join_processes(processes)
+
+    import jax
 
     from retrax import data, models, optimizers
     from retrax import layers as tl
-    from retrax.supervised import lr_schedules, training
+    from retrax.supervised import distributed, lr_schedules, training
     from retrax.supervised.run_dir import OutputDirLockedError
 
     output_dir = os.path.expanduser(run["output_dir"])
@@ -109,6 +172,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         task_kwargs = {k: v for k, v in run["task"].items() if k != "name"}
         make_data = getattr(data, TOY_TASKS[run["task"]["name"]])
         eval_kwargs = {}
+    if jax.process_count() > 1:  # each process feeds its rows of every global batch
+        check_batch_splits(run["task"], jax.process_count(), 16)
+        make_global_data = make_data
+
+        def make_data(**kwargs: Any) -> Any:
+            return distributed.local_batches(make_global_data(**kwargs))
     model = build_model(run["model"], "train", where="config model")
     if run["task"]["name"] in TOY_TASKS:
         check_toy_task_fits(run["task"], models.config_of(model))
@@ -153,7 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Foreign files in the directory (--force overrides), another run holding it, or a
         # path that cannot be a writable directory.
         raise UsageError(one_line(err)) from None
-    if tokenizer is not None:  # next to the checkpoints, for `retrax sample --text`
+    if tokenizer is not None and loop.is_chief:  # next to the checkpoints, for `retrax sample`
         tokenizer.save(output_dir)
     remaining = run["steps"] - loop.step
     if remaining <= 0:

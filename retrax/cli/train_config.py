@@ -7,6 +7,16 @@ is what the run saves (under ``"run"`` in the output directory's
 
 >>> seed_problem(2**32)
 'must be in [0, 2**32 - 1] = [0, 4294967295]'
+
+Several processes (``--coordinator``/``--num-processes``/``--process-id``, or
+``--distributed auto``) are checked by :func:`resolve_distributed`:
+
+>>> resolve_distributed("10.0.0.1:1234", 2, 1, None)
+{'coordinator': '10.0.0.1:1234', 'num_processes': 2, 'process_id': 1}
+>>> resolve_distributed(None, None, None, "auto")
+{}
+>>> resolve_distributed(None, None, None, None) is None
+True
 """
 
 from __future__ import annotations
@@ -17,7 +27,8 @@ from typing import Any
 from retrax.cli.errors import UsageError
 
 __all__ = ["TRAIN_DEFAULTS", "TOY_TASKS", "TEXT_TASKS", "SEED_LIMIT", "seed_problem",
-           "resolve_train_config", "check_toy_task_fits"]
+           "resolve_train_config", "check_toy_task_fits", "resolve_distributed",
+           "check_batch_splits"]
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "model": None,  # {"name": "TransformerLM", "vocab_size": 32, ...}
@@ -148,3 +159,46 @@ def check_toy_task_fits(task: dict, model_config: dict) -> None:
                          f"2 * length + 2 = {2 * length + 2} tokens but the model's max_len is "
                          f"{max_len}; set task.length to {(max_len - 2) // 2} or less, or raise "
                          f"model.max_len.")
+
+
+def resolve_distributed(coordinator: str | None, num_processes: int | None,
+                        process_id: int | None, distributed: str | None) -> dict | None:
+    """The ``jax.distributed.initialize`` arguments of ``retrax train``'s flags.
+
+    None: one process (no flag given). ``{}``: ``--distributed auto`` (JAX finds
+    the cluster: SLURM, Cloud TPU pods, Open MPI). Otherwise the three of
+    ``--coordinator``, ``--num-processes`` and ``--process-id``, all needed.
+    """
+    flags = {"--coordinator": coordinator, "--num-processes": num_processes,
+             "--process-id": process_id}
+    given = [name for name, value in flags.items() if value is not None]
+    if distributed is not None:
+        if given:
+            raise UsageError(f"--distributed {distributed} finds the cluster itself; drop "
+                             f"{', '.join(given)} (or drop --distributed and give all three).")
+        return {}
+    if not given:
+        return None
+    missing = [name for name in flags if name not in given]
+    if missing:
+        raise UsageError(f"{', '.join(given)} also needs {', '.join(missing)}: give "
+                         f"--coordinator HOST:PORT --num-processes N --process-id I together "
+                         f"(or --distributed auto on SLURM / Cloud TPU).")
+    host, sep, port = coordinator.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--coordinator must be HOST:PORT, process 0's address (e.g. "
+                         f"10.0.0.1:1234); got {coordinator!r}.")
+    if not 0 <= process_id < num_processes:
+        raise UsageError(f"--process-id must be in [0, {num_processes - 1}] for "
+                         f"--num-processes {num_processes}; got {process_id}.")
+    return {"coordinator": coordinator, "num_processes": num_processes,
+            "process_id": process_id}
+
+
+def check_batch_splits(task: dict, num_processes: int, default_batch_size: int) -> None:
+    """Refuses a global batch that the processes cannot share equally."""
+    batch_size = task.get("batch_size", default_batch_size)
+    if batch_size % num_processes:
+        raise UsageError(f"config task.batch_size is {batch_size}, the global batch, which "
+                         f"the {num_processes} processes share equally; set it to a multiple "
+                         f"of {num_processes}.")
