@@ -21,27 +21,71 @@ position with its checkpoints. Both together do not skip twice: restoring a
 stream's position sets its counter to the examples it had passed then, and
 the examples a restore re-draws (for pipelines with plain Python functions)
 are not skipped again. A ``Prefetch`` after ``CountAndSkip`` counts the
-examples it reads ahead (as in Trax).
+examples it reads ahead (as in Trax); the Loop's own prefetch does not: it
+draws inside :func:`counting_aside` and adds the counts with
+:func:`add_counts` when training takes the batch, so the counters say how
+many examples training consumed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import pickle
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from retrax import io as rio
 from retrax.data.stream import Node, Stage
 
 __all__ = ["CountAndSkip", "count_and_skip", "data_counters", "save_data_counters",
-           "load_data_counters", "UniformlySeek"]
+           "load_data_counters", "UniformlySeek", "counting_aside", "add_counts"]
 
 logger = logging.getLogger("retrax.data")
 
 data_counters: dict[str, int] = {}
 """``{name: examples counted}`` for every :class:`CountAndSkip`; changed in place only."""
+
+_aside = threading.local()  # .counts: the dict counting_aside() collects into, in this thread
+
+
+@contextlib.contextmanager
+def counting_aside() -> Iterator[dict[str, int]]:
+    """Within the block, in this thread, counts go to the yielded dict, not :data:`data_counters`.
+
+    For a reader that draws ahead of its consumer (the Loop's prefetch): the
+    examples it draws are counted once :func:`add_counts` adds the dict, when
+    the consumer takes them. Skipping still sees both: an example is skipped
+    while ``data_counters[name]`` plus the counts aside exceed what was read.
+
+    >>> from retrax import data
+    >>> from retrax.data import counters
+    >>> counters.data_counters.pop('aside', None)
+    >>> stream = data.Serial(lambda _: iter(range(5)), data.CountAndSkip('aside'))()
+    >>> with counters.counting_aside() as drawn:
+    ...     ahead = next(stream)
+    >>> counters.data_counters.get('aside'), drawn
+    (None, {'aside': 1})
+    >>> counters.add_counts(drawn)  # the consumer took the example
+    >>> counters.data_counters['aside']
+    1
+    """
+    outer = getattr(_aside, "counts", None)
+    counts: dict[str, int] = {}
+    _aside.counts = counts
+    try:
+        yield counts
+    finally:
+        _aside.counts = outer
+
+
+def add_counts(counts: dict[str, int]) -> None:
+    """Adds counts collected by :func:`counting_aside` to :data:`data_counters`."""
+    for key, n in counts.items():
+        data_counters[key] = data_counters.get(key, 0) + n
 
 
 class CountAndSkip(Stage):
@@ -77,13 +121,19 @@ class _CountNode(Node):
         while True:
             example = next(self.upstream)
             self.seen += 1
+            aside = getattr(_aside, "counts", None)
             if self.replaying:  # Re-drawn to restore a position: that is the skip already.
                 data_counters[self.key] = max(data_counters.get(self.key, 0), self.seen)
                 return example
-            done = data_counters.setdefault(self.key, 0)
-            if self.seen > done:
-                data_counters[self.key] = done + 1
-                return example
+            if aside is not None:  # Drawn ahead: counted when the consumer takes it.
+                if self.seen > data_counters.get(self.key, 0) + aside.get(self.key, 0):
+                    aside[self.key] = aside.get(self.key, 0) + 1
+                    return example
+            else:
+                done = data_counters.setdefault(self.key, 0)
+                if self.seen > done:
+                    data_counters[self.key] = done + 1
+                    return example
             self.count("skipped")  # Intended: counted in stats, not warned about.
 
     def _get_state(self) -> dict:

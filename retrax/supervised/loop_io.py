@@ -4,6 +4,10 @@ stdout follows Trax's format (``Step      1: train CrossEntropyLoss |  3.85``);
 ``metrics.jsonl`` in the output directory gets one JSON object per logged
 value; TensorBoard event files go to ``train/`` and ``eval/`` when the
 ``tensorboardX`` package is installed (``pip install retrax[tensorboard]``).
+As in Trax, each ``Loop.run`` writes through its own summary writers, opened
+when the run logs its first value and closed when it ends: one new event file
+per directory per run. ``Loop.open_summary_writer(directory)`` opens them
+(override it to write elsewhere, or return None to write no events).
 :class:`TrainingLog` decides what a Loop logs and when: the train losses kept
 on the device between log steps, the train summaries, the eval results, the
 progress bar.
@@ -11,11 +15,12 @@ progress bar.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -23,7 +28,8 @@ import numpy as np
 
 from retrax.layers import base
 
-__all__ = ["MetricWriter", "TrainingLog", "format_step", "format_metric"]
+__all__ = ["MetricWriter", "TrainingLog", "TensorBoardWriter", "open_tensorboard_writer",
+           "format_step", "format_metric"]
 
 
 def format_step(step: int, message: str) -> str:
@@ -34,15 +40,64 @@ def format_metric(step: int, prefix: str, name: str, value: float, width: int) -
     return format_step(step, f"{prefix.ljust(5)} {name.rjust(width)} | {value: .8f}")
 
 
-class MetricWriter:
-    """Fans logged values out to stdout, ``metrics.jsonl`` and TensorBoard."""
+_file_numbers = itertools.count()  # Distinct event file names for writers opened in one second.
 
-    def __init__(self, output_dir: str | None, stdout: Any = None):
+
+class TensorBoardWriter:
+    """A summary writer on ``tensorboardX`` with Trax's (jaxboard's) methods.
+
+    ``scalar(tag, value, step)``, ``text(tag, text, step)``, ``flush()``,
+    ``close()``: the interface the Loop uses for every summary writer, so a
+    writer of your own (from :meth:`Loop.open_summary_writer`) needs only these.
+    Each writer opens a new event file in ``directory``.
+    """
+
+    def __init__(self, directory: str):
+        from tensorboardX import SummaryWriter
+
+        # tensorboardX names files by the second and the host: a suffix keeps two apart.
+        suffix = f".{os.getpid()}.{next(_file_numbers)}"
+        self._writer = SummaryWriter(directory, filename_suffix=suffix)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._writer.add_scalar(tag, float(value), int(step))
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self._writer.add_text(tag, text, int(step))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def open_tensorboard_writer(directory: str) -> TensorBoardWriter | None:
+    """A :class:`TensorBoardWriter` on ``directory``, or None without ``tensorboardX``."""
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        return None
+    return TensorBoardWriter(directory)
+
+
+class MetricWriter:
+    """Fans logged values out to stdout, ``metrics.jsonl`` and summary writers.
+
+    One summary writer per mode (``train``, ``eval``, ...), on
+    ``output_dir/<mode>``, opened by ``open_writer(directory)`` (default
+    :func:`open_tensorboard_writer`; None from it: no events) when the first
+    value of a run arrives; :meth:`end_run` closes them, so the next run
+    writes new event files (as Trax's Loop does).
+    """
+
+    def __init__(self, output_dir: str | None, stdout: Any = None,
+                 open_writer: Callable[[str], Any] | None = None):
         self._output_dir = output_dir
         self._stdout = stdout or sys.stdout
         self._jsonl = None
-        self._tb: dict[str, Any] = {}
-        self._tb_available: bool | None = None
+        self._open_writer = open_writer or open_tensorboard_writer
+        self._writers: dict[str, Any] = {}
 
     def print(self, line: str = "") -> None:
         print(line, file=self._stdout, flush=True)
@@ -55,51 +110,43 @@ class MetricWriter:
             record = {"step": int(step), "mode": mode, "name": tag, "value": float(value),
                       "time": round(time.time(), 3)}
             self._jsonl.write(json.dumps(record) + "\n")
-        writer = self._tb_writer(mode)
+        writer = self.summary_writer(mode)
         if writer is not None:
-            writer.add_scalar(tag, float(value), int(step))
+            writer.scalar(tag, float(value), int(step))
 
     def text(self, mode: str, tag: str, step: int, text: str) -> None:
-        writer = self._tb_writer(mode)
+        writer = self.summary_writer(mode)
         if writer is not None:
-            writer.add_text(tag, text, int(step))
+            writer.text(tag, text, int(step))
 
-    def _tb_writer(self, mode: str) -> Any:
+    def summary_writer(self, mode: str) -> Any:
+        """This run's summary writer for ``mode`` (opened now if needed), or None."""
         if self._output_dir is None:
             return None
-        if mode in self._tb:
-            return self._tb[mode]
-        if self._tb_available is None:
-            try:
-                import tensorboardX  # noqa: F401
-
-                self._tb_available = True
-            except ImportError:
-                self._tb_available = False
-        if not self._tb_available:
-            self._tb[mode] = None
-            return None
-        from tensorboardX import SummaryWriter
-
-        self._tb[mode] = SummaryWriter(os.path.join(self._output_dir, mode))
-        return self._tb[mode]
+        if mode not in self._writers:
+            self._writers[mode] = self._open_writer(os.path.join(self._output_dir, mode))
+        return self._writers[mode]
 
     def flush(self) -> None:
         if self._jsonl is not None:
             self._jsonl.flush()
-        for w in self._tb.values():
+        for w in self._writers.values():
             if w is not None:
                 w.flush()
 
-    def close(self) -> None:
+    def end_run(self) -> None:
+        """Flushes everything and closes the summary writers (the next run opens new ones)."""
         self.flush()
+        writers, self._writers = self._writers, {}
+        for w in writers.values():
+            if w is not None:
+                w.close()
+
+    def close(self) -> None:
+        self.end_run()
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
-        for w in self._tb.values():
-            if w is not None:
-                w.close()
-        self._tb = {}
 
 
 class TrainingLog:
@@ -116,13 +163,16 @@ class TrainingLog:
       progress_bar: show a bar during a run (None: only when stdout is a terminal).
       loss_names: the loss name of each train task.
       metric_names: the metric names of all eval tasks (to align the lines).
+      open_summary_writer: opens a summary writer on a directory (see
+        :class:`MetricWriter`); default :func:`open_tensorboard_writer`.
     """
 
     def __init__(self, output_dir: str | None, stdout: Any = None,
                  progress_bar: bool | None = None, loss_names: Sequence[str] = (),
-                 metric_names: Sequence[str] = ()):
+                 metric_names: Sequence[str] = (),
+                 open_summary_writer: Callable[[str], Any] | None = None):
         self._stdout = stdout or sys.stdout
-        self.writer = MetricWriter(output_dir, self._stdout)
+        self.writer = MetricWriter(output_dir, self._stdout, open_summary_writer)
         self._progress_bar = progress_bar
         self._bar = None
         self._loss_names = list(loss_names)
@@ -243,6 +293,10 @@ class TrainingLog:
 
     def flush(self) -> None:
         self.writer.flush()
+
+    def end_run(self) -> None:
+        """At the end of ``Loop.run``: flushes and closes this run's summary writers."""
+        self.writer.end_run()
 
     def close(self) -> None:
         self.writer.close()

@@ -6,6 +6,13 @@ skip as many; for an iterator with ``state_dict()``/``load_state_dict(d)`` (a
 ``retrax.data`` pipeline) it knows the position after the last batch handed
 out, so a resumed run restores it instead. With prefetch a :class:`Prefetcher`
 draws the next batch in a background thread while the current step runs.
+
+Counters (``data.CountAndSkip``, ``data.inputs.data_counters``) count the
+batches training took, not those drawn ahead: a stream draws inside
+``counting_aside`` and adds the counts when it hands the batch out (a batch
+drawn ahead and then abandoned, by a restore or the end of the Loop, is
+never counted), so after ``loop.run(1)`` the counter holds the sample batch
+and the one batch trained on, as in Trax.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from retrax.data.counters import add_counts, counting_aside
+
 __all__ = ["Prefetcher", "Stream", "shared_streams"]
 
 
@@ -23,10 +32,13 @@ class Prefetcher:
 
     An exception of ``draw()`` (``StopIteration`` included) is re-raised by the
     ``take()`` that would have returned its result; nothing is drawn ahead then.
+    ``accept(result)``, if given, runs in the caller's thread on each result
+    ``take()`` returns, before the next draw starts.
     """
 
-    def __init__(self, draw: Callable[[], Any]):
+    def __init__(self, draw: Callable[[], Any], accept: Callable[[Any], None] | None = None):
         self._draw = draw
+        self._accept = accept
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self.pending = False
 
@@ -42,14 +54,18 @@ class Prefetcher:
         threading.Thread(target=self._run, name="retrax-prefetch", daemon=True).start()
         self.pending = True
 
-    def take(self) -> Any:
+    def take(self, ahead: bool = True) -> Any:
+        """The next result; with ``ahead`` the draw after it starts now."""
         if not self.pending:
             self.request()
         ok, value = self._results.get()
         self.pending = False
         if not ok:
             raise value
-        self.request()
+        if self._accept is not None:
+            self._accept(value)
+        if ahead:
+            self.request()
         return value
 
     def cancel(self) -> None:
@@ -73,16 +89,31 @@ class Stream:
         self.resumable = (callable(getattr(iterator, "state_dict", None))
                           and callable(getattr(iterator, "load_state_dict", None)))
         self._state: Any = None
-        self._prefetcher = Prefetcher(self._draw) if prefetch else None
+        self._prefetcher = Prefetcher(self._draw, accept=self._accept) if prefetch else None
 
     def _draw(self) -> tuple:
-        batch = tuple(next(self.iterator))
+        with counting_aside() as counts:  # Counted when handed out (see the module doc).
+            batch = tuple(next(self.iterator))
         # With prefetch the iterator runs one batch ahead: snapshot its position now.
         snapshot = self._prefetcher is not None and self.resumable
-        return batch, (self.iterator.state_dict() if snapshot else None)
+        return batch, (self.iterator.state_dict() if snapshot else None), counts
 
-    def next(self) -> tuple:
-        batch, self._state = self._prefetcher.take() if self._prefetcher else self._draw()
+    @staticmethod
+    def _accept(drawn: tuple) -> None:
+        add_counts(drawn[2])
+
+    def next(self, ahead: bool = True) -> tuple:
+        """The next batch; with prefetch and ``ahead``, the one after it is drawn meanwhile.
+
+        The Loop passes ``ahead=False`` for the last step of a ``run``, so
+        between runs the iterator is where training left it.
+        """
+        if self._prefetcher is not None:
+            drawn = self._prefetcher.take(ahead)  # accepted before the next draw starts
+        else:
+            drawn = self._draw()
+            self._accept(drawn)
+        batch, self._state, _ = drawn
         self.consumed += 1
         return batch
 

@@ -42,8 +42,10 @@ Prefetch: by default (``prefetch=True``) each data iterator draws its next
 batch in a background thread while the current step runs. Batches are handed
 out in the iterator's order (tasks sharing an iterator get the same batches as
 without prefetch) and errors, ``StopIteration`` included, surface at the step
-that would have received the batch. The iterator is then one batch ahead of
-the Loop; the saved position is the one after the last batch the Loop used.
+that would have received the batch. During a run the iterator is one batch
+ahead of the Loop (not after a run's last step); the saved position is the one
+after the last batch the Loop used, and ``data.CountAndSkip`` counters count
+only the batches training took.
 
 Randomness: every random key of a run comes from ``random_seed`` (default 0),
 folded with the step number, so the same seed gives the same run.
@@ -194,8 +196,8 @@ class Loop:
     when it differs from the recorded one.
 
     Extension points for subclasses and callbacks (public, documented): ``log_step``,
-    ``log_summary``, ``stop`` (early stopping), ``run_evals``, ``save_checkpoint``,
-    ``checkpoint_at``, ``n_devices``, ``history``, ``step``; callbacks see
+    ``log_summary``, ``open_summary_writer``, ``stop`` (early stopping), ``run_evals``,
+    ``save_checkpoint``, ``checkpoint_at``, ``n_devices``, ``history``, ``step``; callbacks see
     :mod:`retrax.supervised.callbacks`.
 
     Differences from Trax: ``random_seed=None`` means seed 0 (Trax draws a random
@@ -266,7 +268,8 @@ class Loop:
                progress_bar: bool | None) -> None:
         self._log = TrainingLog(self._output_dir if self.is_chief else None, stdout, progress_bar,
                                 loss_names=[t.loss_name for t in tasks],
-                                metric_names=[n for t in eval_tasks for n in t.metric_names])
+                                metric_names=[n for t in eval_tasks for n in t.metric_names],
+                                open_summary_writer=self.open_summary_writer)
         if self._settings_note:
             self._log.print(self._settings_note)
         # Streams: tasks sharing one iterator share one counter.
@@ -356,6 +359,15 @@ class Loop:
         self._log.log_summary(self._step, values, self._history, summary_writer, value_prefix,
                               log_prefix, stdout)
 
+    def open_summary_writer(self, directory: str) -> Any:
+        """Opens the summary writer of one ``run`` for ``directory`` (``output_dir/train``,
+        ``output_dir/eval``); it is closed when the run ends, so each run writes new
+        event files, as in Trax. The default writes TensorBoard events with
+        tensorboardX (None without it: no events). Override it to write elsewhere
+        or return None; a writer needs ``scalar(tag, value, step)``,
+        ``text(tag, text, step)``, ``flush()`` and ``close()``."""
+        return loop_io.open_tensorboard_writer(directory)
+
     def stop(self) -> None:
         """Ends the current ``run`` after this step (its evals and checkpoint still
         happen): early stopping from a callback or an overridden ``run_evals``."""
@@ -382,24 +394,25 @@ class Loop:
         self._log.open_bar(n_steps)
         self._stop_requested = False
         try:
-            for _ in range(n_steps):
-                self._run_one_step()
+            for i in range(n_steps):
+                # The last step draws no batch ahead: between runs the data is where training left it.
+                self._run_one_step(draw_ahead=i < n_steps - 1)
                 if self._stop_requested:
                     self.log_step("Stopped early (Loop.stop() was called).")
                     break
         finally:
             self._log.close_bar()
             self._sync_model_weights()
-            self._log.flush()
+            self._log.end_run()
 
-    def _run_one_step(self) -> None:
+    def _run_one_step(self, draw_ahead: bool = True) -> None:
         step = self._step + 1
         for cb in self._callbacks:
             if cb.call_at(step):
                 cb.on_step_begin(step)
         index = self._which_task(step)
         task = self._tasks[index]
-        batch = self._next_train_batch(index, step)
+        batch = self._next_train_batch(index, step, draw_ahead)
         lr = task.learning_rate(step)
         opt_params = dict(self._opt_params[index])
         opt_params["learning_rate"] = np.float32(lr)
@@ -421,10 +434,10 @@ class Loop:
             if cb.call_at(step):
                 cb.on_step_end(step)
 
-    def _next_train_batch(self, index: int, step: int) -> tuple:
+    def _next_train_batch(self, index: int, step: int, draw_ahead: bool = True) -> tuple:
         stream = self._task_streams[index]
         try:
-            batch = stream.next()
+            batch = stream.next(ahead=draw_ahead)
         except StopIteration:
             saved = ""
             if self._output_dir is not None and self._step > 0:
