@@ -50,8 +50,11 @@ def _kill(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def launch(commands: list[list[str]], *, n_devices: int = 4, timeout: float = 600) -> list[str]:
+def launch(commands: list[list[str]], *, n_devices: int = 4, timeout: float = 600,
+           envs: list[dict[str, str]] | None = None) -> list[str]:
     """Runs ``python <command>`` for each command at once; returns their stdouts.
+
+    ``envs``: more environment variables for each process.
 
     Raises AssertionError (naming the process, its exit code and its stderr's
     end) as soon as one exits non-zero, or when ``timeout`` seconds pass; the
@@ -69,7 +72,8 @@ def launch(commands: list[list[str]], *, n_devices: int = 4, timeout: float = 60
                 with open(out, "w") as fo, open(err, "w") as fe:
                     procs.append(subprocess.Popen(
                         [sys.executable, *[a.replace(COORDINATOR, address) for a in command]],
-                        stdout=fo, stderr=fe, cwd=REPO, env=_env(n_devices),
+                        stdout=fo, stderr=fe, cwd=REPO,
+                        env={**_env(n_devices), **(envs[i] if envs else {})},
                         start_new_session=True))
                 LAST_PIDS.append(procs[-1].pid)
             deadline = time.monotonic() + timeout
