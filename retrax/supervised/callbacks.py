@@ -1,7 +1,8 @@
 """Callbacks run by the training ``Loop`` around its steps (Trax's ``trax.supervised.callbacks``).
 
-Pass callback *classes* (or instances) to ``Loop(..., callbacks=[...])``; the
-Loop builds each class with itself as the only argument. At every step ``n``
+Pass callback *classes*, factories (``functools.partial(cls, option=...)``) or
+instances to ``Loop(..., callbacks=[...])``; the Loop calls each class or
+factory with itself as the only argument. At every step ``n``
 (counting from 1) the Loop calls ``on_step_begin(n)`` before the train step and
 ``on_step_end(n)`` after that step's evals and checkpoint, on each callback
 whose ``call_at(n)`` is true, in the order given.
@@ -24,6 +25,11 @@ whose ``call_at(n)`` is true, in the order given.
 >>> loop.run(4)
 >>> Steps.seen
 [(2, 2), (4, 4)]
+
+``SerializedModelEvaluation`` is Trax's callback that scores a
+``retrax.rl.serialization_utils.SerializedModel`` by decoding observations
+ahead; ``PredictStepper``, what it decodes with, drives a predict-mode model
+from an explicit state.
 """
 
 from __future__ import annotations
