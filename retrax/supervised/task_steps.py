@@ -58,26 +58,29 @@ class TaskSteps:
 
 def build_task_steps(model: base.Layer, eval_model: base.Layer, tasks: Sequence[Any],
                      eval_tasks: Sequence[Any], weights: Any, placement: ts.Placement,
-                     base_key: Any) -> TaskSteps:
+                     base_key: Any, compute_dtype: str = "float32") -> TaskSteps:
     """Initializes every task's end layers and optimizer and compiles (lazily) their steps.
 
-    ``weights`` are the (placed) model weights the optimizers' slots are shaped after.
+    ``weights`` are the (placed) model weights the optimizers' slots are shaped after;
+    slots get the placement's layout. ``compute_dtype``: see ``train_step.make_train_step``.
     """
     steps = TaskSteps([], [], [], [])
     for task in tasks:
         out_sig = model.output_signature(model_signature(model, task.sample_batch))
         lw, ls = init_end(task.loss_layer, out_sig, task.sample_batch, model.n_in)
         steps.train_fns.append(ts.make_train_step(
-            model, task.loss_layer, lw, ls, task.optimizer, base_key))
+            model, task.loss_layer, lw, ls, task.optimizer, base_key, placement=placement,
+            compute_dtype=compute_dtype))
         slots, opt_params = task.optimizer.tree_init(weights)
-        steps.slots.append(placement.replicate(slots))
+        steps.slots.append(placement.place_weights(slots))
         steps.opt_params.append(opt_params)
     eval_key = base.init_rng_split(base_key, 2)[1]
     for task in eval_tasks:
         out_sig = eval_model.output_signature(model_signature(eval_model, task.sample_batch))
         ends = [init_end(m, out_sig, task.sample_batch, model.n_in) for m in task.metrics]
         steps.eval_fns.append(ts.make_eval_step(
-            eval_model, task.metrics, [e[0] for e in ends], [e[1] for e in ends], eval_key))
+            eval_model, task.metrics, [e[0] for e in ends], [e[1] for e in ends], eval_key,
+            compute_dtype=compute_dtype))
     return steps
 
 

@@ -19,6 +19,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
+from retrax.supervised import mixed_precision
+from retrax.supervised import sharding as sharding_rules
 
 __all__ = ["Placement", "make_train_step", "make_eval_step", "apply_model_and_ends"]
 
@@ -27,11 +29,14 @@ class Placement:
     """Data parallelism over the local (or global) devices with ``jax.sharding``.
 
     Batches are split along their first axis over a one-axis ``Mesh`` named
-    ``'data'``; weights, state and optimizer slots are replicated. With one
-    device everything stays on the default device.
+    ``'data'``. Weights and optimizer slots are laid out as ``sharding`` says
+    (see :mod:`retrax.supervised.sharding`): ``'replicated'`` (every device
+    holds them all) or ``'fsdp'`` (large ones split over the same ``'data'``
+    axis); the model state is always replicated. With one device everything
+    stays on the default device.
     """
 
-    def __init__(self, n_devices: int | None = None):
+    def __init__(self, n_devices: int | None = None, sharding: str | None = None):
         devices = jax.devices()
         if n_devices is None:
             n_devices = len(devices)
@@ -41,6 +46,7 @@ class Placement:
                 f"({devices[0].platform}). Pass n_devices between 1 and {len(devices)}."
             )
         self.n_devices = n_devices
+        self.sharding = sharding_rules.check_sharding(sharding)
         self.mesh = Mesh(np.array(devices[:n_devices]), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
@@ -71,19 +77,42 @@ class Placement:
             return jax.device_put(tree)
         return jax.device_put(tree, self.replicated)
 
+    def place_weights(self, tree: Any) -> Any:
+        """Places weights or optimizer slots in this placement's layout (``sharding``)."""
+        if self.n_devices == 1 or self.sharding == "replicated":
+            return self.replicate(tree)
+        return sharding_rules.place(tree, self.mesh, self.sharding)
+
+    def constrain(self, tree: Any) -> Any:
+        """Inside the compiled step: keeps weights or slots in this placement's layout."""
+        return sharding_rules.constrain(tree, self.mesh, self.sharding)
+
+    def to_host(self, tree: Any) -> Any:
+        """``tree`` as whole NumPy arrays (gathers sharded ones; every process must call)."""
+        return sharding_rules.to_host(tree)
+
 
 def apply_model_and_ends(model: base.Layer, ends: Sequence[base.Layer], ends_weights: Sequence[Any],
                          ends_state: Sequence[Any], weights: Any, state: Any, batch: tuple,
-                         rng: Any) -> tuple[list[Any], Any]:
+                         rng: Any, compute_dtype: str = "float32") -> tuple[list[Any], Any]:
     """Runs ``model`` on the first ``n_in`` batch items, then each end layer.
 
     Each end (a loss or metric layer) sees the model's outputs on top of the
-    rest of the batch, as in Trax's ``Serial(model, Branch(*ends))``.
+    rest of the batch, as in Trax's ``Serial(model, Branch(*ends))``. With
+    ``compute_dtype='bfloat16'`` the model runs on bfloat16 copies of its float
+    weights and inputs and its float outputs are cast back to float32 for the
+    ends (see :mod:`retrax.supervised.mixed_precision`).
     """
     n_in = model.n_in
-    inputs = base.pack(list(batch[:n_in]))
-    outputs, new_state = model.pure_fn(inputs, weights, state, rng)
+    model_inputs = list(batch[:n_in])
+    if compute_dtype != "float32":
+        weights = mixed_precision.cast_floats(weights, compute_dtype)
+        model_inputs = mixed_precision.cast_floats(model_inputs, compute_dtype)
+    outputs, new_state = model.pure_fn(base.pack(model_inputs), weights, state, rng)
     stack = base.as_stack(outputs) if model.n_out != 1 else [outputs]
+    if compute_dtype != "float32":
+        stack = mixed_precision.cast_floats(list(stack), "float32")
+        new_state = mixed_precision.like_dtypes(new_state, state)
     stack = stack + list(batch[n_in:])
     results = []
     for end, w, s in zip(ends, ends_weights, ends_state):
@@ -99,12 +128,22 @@ def apply_model_and_ends(model: base.Layer, ends: Sequence[base.Layer], ends_wei
 
 
 def make_train_step(model: base.Layer, loss_layer: base.Layer, loss_weights: Any, loss_state: Any,
-                    optimizer: Any, base_key: Any, donate: bool = True) -> Callable:
-    """``step(weights, state, slots, opt_params, batch, step) -> (w, s, slots, loss, stats)``."""
+                    optimizer: Any, base_key: Any, donate: bool = True, *,
+                    placement: Placement | None = None,
+                    compute_dtype: str = "float32") -> Callable:
+    """``step(weights, state, slots, opt_params, batch, step) -> (w, s, slots, loss, stats)``.
+
+    With a ``placement`` the new weights and slots keep its layout (under
+    ``'fsdp'``, split over the devices; the gradients too, so XLA
+    reduce-scatters them). ``compute_dtype``: see :func:`apply_model_and_ends`.
+    """
+    compute_dtype = mixed_precision.check_compute_dtype(compute_dtype)
+    keep_layout = placement.constrain if placement is not None else (lambda tree: tree)
 
     def loss_fn(weights, state, batch, rng):
         (loss,), new_state = apply_model_and_ends(
-            model, [loss_layer], [loss_weights], [loss_state], weights, state, batch, rng)
+            model, [loss_layer], [loss_weights], [loss_state], weights, state, batch, rng,
+            compute_dtype)
         return loss, new_state
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -112,21 +151,24 @@ def make_train_step(model: base.Layer, loss_layer: base.Layer, loss_weights: Any
     def step(weights, state, slots, opt_params, batch, step_number):
         rng = fastmath_random.hash_fold_in(base_key, step_number)
         (loss, new_state), grads = grad_fn(weights, state, batch, rng)
+        grads = keep_layout(grads)
         new_weights, new_slots, stats = optimizer.tree_update(
             step_number, grads, weights, slots, opt_params)
-        return new_weights, new_state, new_slots, loss, stats
+        return keep_layout(new_weights), new_state, keep_layout(new_slots), loss, stats
 
     return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
 
 
 def make_eval_step(model: base.Layer, metrics: Sequence[base.Layer], metrics_weights: Sequence[Any],
-                   metrics_state: Sequence[Any], base_key: Any) -> Callable:
+                   metrics_state: Sequence[Any], base_key: Any, *,
+                   compute_dtype: str = "float32") -> Callable:
     """``eval_step(weights, state, batch, step) -> stacked metric values``."""
+    compute_dtype = mixed_precision.check_compute_dtype(compute_dtype)
 
     def eval_step(weights, state, batch, step_number):
         rng = fastmath_random.hash_fold_in(base_key, step_number)
         values, _ = apply_model_and_ends(model, metrics, metrics_weights, metrics_state,
-                                         weights, state, batch, rng)
+                                         weights, state, batch, rng, compute_dtype)
         return jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
 
     return jax.jit(eval_step)
