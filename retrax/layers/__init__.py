@@ -34,6 +34,7 @@ from retrax.layers.lsh_attention import *  # noqa: F401,F403
 from retrax.layers.metrics import *  # noqa: F401,F403
 from retrax.layers.normalization import *  # noqa: F401,F403
 from retrax.layers.pooling import *  # noqa: F401,F403
+from retrax.layers.pure_lsh_attention import *  # noqa: F401,F403
 from retrax.layers.random_uniform import *  # noqa: F401,F403
 from retrax.layers.reversible import *  # noqa: F401,F403
 from retrax.layers.rnn import *  # noqa: F401,F403

@@ -106,6 +106,53 @@ def run_heads(one: Any, inputs: tuple, weights: Any, n_heads: int,
     return total
 
 
+def update_predict_memory(owner: str, mem_end: Any, mems: tuple, xs: tuple, mem_len: int,
+                          drop: int, check_prompt: Any) -> tuple:
+    """Trax's 'predict'-mode input memory: ``(seen, q_start, new_mems, new_end)``.
+
+    ``mems``: arrays ``(B, mem_len, ...)`` holding the last inputs, ``mem_end``
+    how many are filled; ``xs``: this call's inputs ``(B, L, ...)``, one per
+    memory. A few new positions (``L <= drop`` and ``L < mem_len``) are
+    appended, after dropping the oldest ``drop`` when they would not fit; the
+    queries are then ``L`` positions from ``q_start`` of the memory (``seen``).
+    A longer call is a prompt: it must start a sequence (refused eagerly, NaN
+    under ``jit``), ``check_prompt(L)`` may refuse it, and the last
+    ``mem_len`` of it are kept; ``seen`` is the prompt itself.
+    """
+    length = xs[0].shape[1]
+    if mems[0].shape[0] != xs[0].shape[0]:
+        raise ValueError(
+            f"{owner}: the memory was initialized for batch size {mems[0].shape[0]} but got "
+            f"{xs[0].shape[0]}; re-run init with the batch size used for decoding.")
+    if length <= drop and length < mem_len:  # a few new tokens: append, dropping old ones
+        full = mem_end + length > mem_len
+        mem_end = jnp.where(full, mem_end - drop, mem_end)
+        new = []
+        for mem, x in zip(mems, xs):
+            rolled = jnp.concatenate([mem[:, drop:], jnp.zeros_like(mem[:, :drop])], axis=1)
+            mem = jnp.where(full, rolled, mem)
+            new.append(lax.dynamic_update_slice_in_dim(mem, x.astype(mem.dtype), mem_end,
+                                                       axis=1))
+        new = tuple(new)
+        return new, mem_end, new, jnp.asarray(mem_end + length, jnp.int32)
+    start = static_int(mem_end)  # a prompt: only at the start of a sequence
+    if start is not None and start != 0:
+        raise ValueError(
+            f"{owner}: a call of {length} positions (more than predict_drop_len={drop}) must "
+            f"start a sequence, but the memory holds {start}; re-init the state first.")
+    check_prompt(length)
+    kept = []
+    for mem, x in zip(mems, xs):
+        pad = jnp.zeros((x.shape[0], max(0, mem_len - length)) + x.shape[2:], x.dtype)
+        kept.append(jnp.concatenate([x[:, -mem_len:], pad], axis=1).astype(mem.dtype))
+    seen = xs
+    if start is None:  # traced: signal a misuse with NaN
+        seen = tuple(jnp.where(mem_end != 0, jnp.nan, x) if jnp.issubdtype(x.dtype,
+                                                                            jnp.floating)
+                     else x for x in xs)
+    return seen, 0, tuple(kept), jnp.asarray(min(length, mem_len), jnp.int32)
+
+
 def _kernel(rng: Any, shape: tuple, n_heads: int) -> Any:
     # Glorot uniform over the heads' total width, one head at a time (Trax's rule).
     lim = np.sqrt(6.0 / (shape[0] + shape[1] * n_heads))
@@ -333,35 +380,12 @@ class SelfAttention(Layer):
         if not (isinstance(self.state, tuple) and len(self.state) == 3):
             raise ValueError(f"{self.name} in 'predict' mode has no input memory in its "
                              f"state; call init(input_signature) before decoding.")
-        mem_end, (mem,), inner = self.state
-        (length, (mem_len, drop)) = x.shape[1], self._predict_memory()
-        if mem.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"{self.name}: the memory was initialized for batch size {mem.shape[0]} but "
-                f"got {x.shape[0]}; re-run init with the batch size used for decoding.")
-        if length <= drop and length < mem_len:  # a few new tokens: append, dropping old ones
-            full = mem_end + length > mem_len
-            rolled = jnp.concatenate([mem[:, drop:], jnp.zeros_like(mem[:, :drop])], axis=1)
-            mem = jnp.where(full, rolled, mem)
-            mem_end = jnp.where(full, mem_end - drop, mem_end)
-            mem = lax.dynamic_update_slice_in_dim(mem, x.astype(mem.dtype), mem_end, axis=1)
-            seen, q_start, new_mem, new_end = mem, mem_end, mem, mem_end + length
-        else:  # a prompt: only at the start of a sequence
-            start = static_int(mem_end)
-            if start is not None and start != 0:
-                raise ValueError(
-                    f"{self.name}: a call of {length} positions (more than "
-                    f"predict_drop_len={drop}) must start a sequence, but the memory holds "
-                    f"{start}; re-init the state first.")
-            self._check_prompt(length)
-            kept = x[:, -mem_len:] if length >= mem_len else jnp.concatenate(
-                [x, jnp.zeros((x.shape[0], mem_len - length) + x.shape[2:], x.dtype)], axis=1)
-            seen, q_start, new_mem, new_end = x, 0, kept.astype(mem.dtype), min(length, mem_len)
-            if start is None:  # traced: signal a misuse with NaN
-                seen = jnp.where(mem_end != 0, jnp.nan, seen)
-
+        mem_end, mems, inner = self.state
+        length = x.shape[1]
+        (seen,), q_start, new_mems, new_end = update_predict_memory(
+            self.name, mem_end, mems, (x,), *self._predict_memory(), self._check_prompt)
         y = self._run_predict_heads(seen, q_start, length, inner)
-        self.state = (jnp.asarray(new_end, jnp.int32), (new_mem,), inner)
+        self.state = (new_end, new_mems, inner)
         return y.astype(x.dtype)
 
     def _check_prompt(self, length: int) -> None:

@@ -1,4 +1,4 @@
-"""Locality-sensitive-hashing attention (Trax's ``LSHSelfAttention``, ``PureLSHSelfAttention``).
+"""Locality-sensitive-hashing attention (Trax's ``LSHSelfAttention``) and its hashing functions.
 
 Queries double as keys (shared query-key). Each of ``n_hashes`` rounds
 hashes the queries into ``n_buckets`` buckets by a random rotation (the
@@ -48,22 +48,19 @@ from jax import lax
 
 from retrax.fastmath import random as fastmath_random
 from retrax.layers.attention_checks import check_positive_int
-from retrax.layers.base import Layer
 from retrax.layers.broadcasted_dropout import apply_broadcasted_dropout
 from retrax.layers.chunked_attention import attend, length_normalized, mask_self_attention
-from retrax.layers.core import check_mode
 from retrax.layers.efficient_attention import (
     SelfAttention,
     check_attention_input,
     check_attention_mask,
-    check_parallel_heads,
     run_heads,
 )
 
-__all__ = ["LSHSelfAttention", "PureLSHSelfAttention"]
+__all__ = ["LSHSelfAttention"]
 
 
-def _check_buckets(owner: str, n_buckets: Any) -> Any:
+def check_buckets(owner: str, n_buckets: Any) -> Any:
     if n_buckets is None:
         return None
     factors = list(n_buckets) if isinstance(n_buckets, (list, tuple)) else [n_buckets]
@@ -154,17 +151,17 @@ def lsh_attend(q: Any, v: Any, rotations: Any, n_buckets: Any, chunk_len: int,
     return jnp.sum(o * weights, axis=0)
 
 
-def lsh_attend_step(x_q: Any, x_kv: Any, q_pos: Any, n_valid: Any, qk_of: Any, v_of: Any,
-                    rotations: Any, n_buckets: Any, window: int) -> Any:
-    """One new query ``x_q`` ``(d,)`` at position ``q_pos`` over the memory ``x_kv``.
+def lsh_attend_query(q: Any, kv_qk: Any, values: Any, q_pos: Any, n_valid: Any,
+                     rotations: Any, n_buckets: Any, window: int) -> Any:
+    """One new query ``q`` ``(d,)`` at memory position ``q_pos`` over the memory's query-keys
+    ``kv_qk`` ``(M, d)``; ``values(idx)`` gives the values ``(len(idx), dv)`` at ``idx``.
 
-    Attends to the ``window`` earlier positions with the highest priority:
-    sharing a bucket with the query in some round first, then the most recent.
+    Attends to the ``window`` positions before ``n_valid`` with the highest
+    priority: sharing a bucket with the query in some round first, then the
+    most recent (Trax's one-token LSH decoding).
     """
-    mem_len = x_kv.shape[0]
-    q = qk_of(x_q[None])
-    q_buckets, _ = hash_vectors(q, rotations, n_buckets)
-    kv_qk = qk_of(x_kv)
+    mem_len = kv_qk.shape[0]
+    q_buckets, _ = hash_vectors(q[None], rotations, n_buckets)
     kv_buckets, _ = hash_vectors(kv_qk, rotations, n_buckets)
     match = jnp.any(kv_buckets == q_buckets, axis=0)
     pos = jnp.arange(mem_len, dtype=jnp.int32)
@@ -172,9 +169,17 @@ def lsh_attend_step(x_q: Any, x_kv: Any, q_pos: Any, n_valid: Any, qk_of: Any, v
     _, idx = lax.top_k(priority, min(window, mem_len))
     k = length_normalized(kv_qk[idx])
     mask_fn = functools.partial(mask_self_attention, causal=True, exclude_self=True)
-    o, _ = attend(q, k, v_of(x_kv[idx]), mask_fn=mask_fn, q_info=(q_pos + 1)[None],
+    o, _ = attend(q[None], k, values(idx), mask_fn=mask_fn, q_info=(q_pos + 1)[None],
                   kv_info=idx + 1)
     return o[0]
+
+
+def lsh_attend_step(x_q: Any, x_kv: Any, q_pos: Any, n_valid: Any, qk_of: Any, v_of: Any,
+                    rotations: Any, n_buckets: Any, window: int) -> Any:
+    """``lsh_attend_query`` of the input ``x_q`` ``(D,)`` over the memory inputs ``x_kv``
+    ``(M, D)``, projected by ``qk_of`` and ``v_of``."""
+    return lsh_attend_query(qk_of(x_q[None])[0], qk_of(x_kv), lambda idx: v_of(x_kv[idx]),
+                            q_pos, n_valid, rotations, n_buckets, window)
 
 
 class LSHSelfAttention(SelfAttention):
@@ -212,7 +217,7 @@ class LSHSelfAttention(SelfAttention):
             raise ValueError(f"{name}: chunk_len must be a positive int (LSH attention sorts "
                              f"and chunks); got None.")
         self._n_hashes = check_positive_int(name, "n_hashes", n_hashes)
-        self._n_buckets = _check_buckets(name, n_buckets)
+        self._n_buckets = check_buckets(name, n_buckets)
         self._max_length_for_buckets = None if max_length_for_buckets is None else \
             check_positive_int(name, "max_length_for_buckets", max_length_for_buckets)
 
@@ -322,80 +327,3 @@ class LSHSelfAttention(SelfAttention):
         return run_heads(one, (seen,), (self.weights, rotations), self._n_heads,
                          self._n_parallel_heads, self._use_python_loop,
                          self._use_reference_code)
-
-
-class PureLSHSelfAttention(Layer):
-    """LSH attention without weights: ``(qk, v) -> o`` or ``(qk, v, mask) -> o``.
-
-    ``qk`` ``(N, L, d_qk)`` and ``v`` ``(N, L, d_v)`` hold the heads already
-    split (``N = batch * n_heads``, example-major, as Trax's
-    ``PureLSHSelfAttentionWrapper`` makes them); ``o`` is ``(N, L, d_v)``.
-    Row ``i`` hashes with the rotations of head ``i % n_heads``. The state is
-    the hash key, as in ``LSHSelfAttention``. ``'predict'`` mode is not
-    implemented (use ``LSHSelfAttention``).
-    """
-
-    def __init__(self, n_heads: int = 2, d_qk: int = 64, d_v: int = 64, share_qk: Any = "unused",
-                 causal: bool = False, masked: bool = False, chunk_len: int = 128,
-                 n_chunks_before: int = 1, n_chunks_after: int = 0, n_hashes: int = 1,
-                 n_buckets: Any = None, mode: str = "train", predict_mem_len: int = 2048,
-                 predict_drop_len: int = 256, attention_dropout: float = 0.0,
-                 output_dropout: float = 0.0, max_length_for_buckets: Any = None,
-                 bias: bool = False, n_parallel_heads: int | None = 1,
-                 use_python_loop: bool = False, use_reference_code: bool = False):
-        del share_qk, predict_mem_len, predict_drop_len, max_length_for_buckets, bias
-        del use_python_loop, use_reference_code
-        name = type(self).__name__
-        super().__init__(n_in=3 if masked else 2, n_out=1)
-        self._mode = check_mode(name, mode)
-        self._n_heads = check_positive_int(name, "n_heads", n_heads)
-        check_parallel_heads(name, self._n_heads, n_parallel_heads)
-        self._d_qk = check_positive_int(name, "d_qk", d_qk)
-        self._causal, self._masked = causal, masked
-        self._chunk_len = check_positive_int(name, "chunk_len", chunk_len)
-        self._n_chunks_before, self._n_chunks_after = int(n_chunks_before), int(n_chunks_after)
-        self._n_hashes = check_positive_int(name, "n_hashes", n_hashes)
-        self._n_buckets = _check_buckets(name, n_buckets)
-        self._attention_dropout, self._output_dropout = attention_dropout, output_dropout
-
-    def init_weights_and_state(self, input_signature):
-        if self._mode == "predict":
-            raise NotImplementedError(
-                f"{self.name}: 'predict' mode is not implemented; use tl.LSHSelfAttention "
-                f"(which has its own projections) for fast decoding.")
-        self.state = jnp.asarray(fastmath_random.hash_fold_in(self.rng, 7), jnp.uint32)
-
-    def forward(self, inputs):
-        qk, v = inputs[0], inputs[1]
-        mask = inputs[2].astype(bool) if self._masked else None
-        n_rows, length = qk.shape[0], qk.shape[1]
-        if n_rows % self._n_heads or (self._n_hashes * length) % self._chunk_len:
-            raise ValueError(
-                f"{self.name}: expected qk (batch * n_heads, length, d_qk) with n_heads="
-                f"{self._n_heads} dividing axis 0 and chunk_len={self._chunk_len} dividing "
-                f"n_hashes x length; got qk of shape {tuple(qk.shape)}.")
-        train = self._mode == "train"
-        key = (fastmath_random.hash_fold_in(self.rng, 7) if train and self.has_rng
-               else self.state)
-        n_buckets = self._n_buckets or buckets_for_length(length, self._chunk_len)
-        keys = jax.random.split(key, self._n_heads)
-        rot = jax.vmap(lambda k: hash_rotations(k, qk.shape[-1], self._n_hashes, n_buckets))(keys)
-        rot = jnp.tile(rot, (n_rows // self._n_heads, 1, 1, 1))
-        attention_rate = self._attention_dropout if train else 0.0
-        output_rate = self._output_dropout if train else 0.0
-        rng = self.rng if (attention_rate or output_rate) else None
-        attend_rng = None if rng is None else fastmath_random.hash_fold_in(rng, 0)
-
-        def one(q_row, v_row, r, m):
-            return lsh_attend(q_row, v_row, r, n_buckets, self._chunk_len,
-                              self._n_chunks_before, self._n_chunks_after, self._causal, m,
-                              attention_rate, attend_rng)
-
-        if mask is None:
-            o = jax.vmap(lambda a, b, r: one(a, b, r, None))(qk, v, rot)
-        else:
-            masks = jnp.repeat(mask, self._n_heads, axis=0) if mask.shape[0] != n_rows else mask
-            o = jax.vmap(one)(qk, v, rot, masks)
-        if output_rate:
-            o = apply_broadcasted_dropout(o, output_rate, fastmath_random.hash_fold_in(rng, 1))
-        return o.astype(qk.dtype)

@@ -1,5 +1,6 @@
 """tl.LSHSelfAttention and tl.PureLSHSelfAttention: closeness to full attention, predict
-mode, determinism, causal and padding masks, bad arguments."""
+mode (token by token and through autoregressive_sample), determinism, causal and padding
+masks, bad arguments."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import pytest
 
 from retrax import layers as tl
 from retrax import shapes
+from retrax.supervised import decoding
 
 
 def _clustered(seed=0, batch=2, length=64, d=16, n_clusters=8):
@@ -192,6 +194,89 @@ def test_bad_arguments_are_refused_with_the_value_to_change():
     pred.init(shapes.signature(x[:, :1]))
     with pytest.raises(ValueError, match="n_buckets given explicitly"):
         pred(x[:, :1])
-    with pytest.raises(NotImplementedError, match="predict"):
-        tl.PureLSHSelfAttention(mode="predict").init(
+    with pytest.raises(ValueError, match="needs causal=True"):
+        tl.PureLSHSelfAttention(mode="predict", n_buckets=4).init(
             (shapes.ShapeDtype((2, 8, 4)), shapes.ShapeDtype((2, 8, 4))))
+    with pytest.raises(ValueError, match="n_buckets given explicitly"):
+        tl.PureLSHSelfAttention(mode="predict", causal=True).init(
+            (shapes.ShapeDtype((2, 8, 4)), shapes.ShapeDtype((2, 8, 4))))
+    # More buckets than positions are accepted when max_length_for_buckets says so (Trax's
+    # decoding test: 32 x 32 buckets, sequences of 32).
+    ok = _lsh(x, chunk_len=4, n_buckets=16, max_length_for_buckets=16)
+    assert ok(x).shape == x.shape
+
+
+def _pure(mode, seed=0, **kw):
+    args = dict(n_heads=2, d_qk=8, d_v=8, causal=True, chunk_len=8, n_hashes=2, n_buckets=4,
+                predict_mem_len=16, predict_drop_len=2, mode=mode)
+    args.update(kw)
+    layer = tl.PureLSHSelfAttention(**args)
+    sig = shapes.ShapeDtype((4, 1 if mode == "predict" else 8, 8))
+    layer.init((sig, sig), rng=jax.random.PRNGKey(seed))
+    return layer
+
+
+def test_pure_lsh_predict_equals_eval_prompt_then_token_by_token():
+    # Rows = 2 examples x 2 heads; n_hashes x L = chunk_len x (1 + n_chunks_before): the
+    # eval window sees everything, the regime where one-token decoding is exact.
+    rs = np.random.RandomState(10)
+    qk, v = (rs.randn(4, 8, 8).astype(np.float32) for _ in range(2))
+    want = _run(_pure("eval"), (qk, v))
+    pred = _pure("predict")
+    step = jax.jit(pred.pure_fn)
+    # A prompt of 5 (padded to 8 inside, as Trax), then one token at a time.
+    y, state = step((qk[:, :5], v[:, :5]), pred.weights, pred.state, None)
+    outs = [np.asarray(y)]
+    for t in range(5, 8):
+        y, state = step((qk[:, t:t + 1], v[:, t:t + 1]), pred.weights, state, None)
+        outs.append(np.asarray(y))
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), want, atol=2e-6)
+    assert int(state[0]) == 8
+    # Token by token from the start: the same numbers; same seed, same result.
+    again = _pure("predict")
+    state, outs = again.state, []
+    for t in range(8):
+        y, state = step((qk[:, t:t + 1], v[:, t:t + 1]), again.weights, state, None)
+        outs.append(np.asarray(y))
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), want, atol=2e-6)
+    np.testing.assert_array_equal(np.asarray(again.state[2]), np.asarray(pred.state[2]))
+    assert not np.array_equal(np.asarray(_pure("predict", seed=1).state[2]),
+                              np.asarray(pred.state[2]))
+
+
+def _split_heads():
+    return tl.Fn("SplitHeads", lambda x: x.reshape(x.shape[0], x.shape[1], 2, 8)
+                 .transpose(0, 2, 1, 3).reshape(-1, x.shape[1], 8))
+
+
+def _pure_lm(mode):
+    merge = tl.Fn("MergeHeads", lambda o: o.reshape(-1, 2, o.shape[1], 8)
+                  .transpose(0, 2, 1, 3).reshape(-1, o.shape[1], 16))
+    return tl.Serial(
+        tl.ShiftRight(mode=mode), tl.Embedding(11, 16),
+        tl.Branch([tl.Dense(16), _split_heads()], [tl.Dense(16), _split_heads()]),
+        tl.PureLSHSelfAttention(n_heads=2, d_qk=8, d_v=8, causal=True, chunk_len=8,
+                                n_hashes=2, n_buckets=4, predict_mem_len=16,
+                                predict_drop_len=16, mode=mode),
+        merge, tl.Dense(11))
+
+
+@pytest.mark.slow  # compiles the decoding program and an eval model
+def test_pure_lsh_model_decodes_in_one_compiled_loop_as_eval_does():
+    ev = _pure_lm("eval")
+    ev.init(shapes.ShapeDtype((1, 8), np.int32), rng=jax.random.PRNGKey(3))
+    pred = _pure_lm("predict")
+    pred.init(shapes.ShapeDtype((1, 1), np.int32), rng=jax.random.PRNGKey(3))
+    pred.weights = ev.weights
+    prompt = np.array([[4, 7]], np.int32)
+    got = np.asarray(decoding.autoregressive_sample(pred, inputs=prompt, eos_id=-1,
+                                                    max_length=5, temperature=0.0))
+    # Greedy decoding with the eval model on the whole (zero-padded) sequence: causal, and
+    # the window sees every position, so later padding changes nothing.
+    fn, seq = jax.jit(ev.pure_fn), [4, 7]
+    for _ in range(5):
+        tokens = np.zeros((1, 8), np.int32)
+        tokens[0, :len(seq)] = seq
+        logits = np.asarray(fn(tokens, ev.weights, ev.state, None)[0])
+        seq.append(int(np.argmax(logits[0, len(seq)])))
+    np.testing.assert_array_equal(got[0], seq[2:])
