@@ -13,11 +13,14 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from retrax.layers.base import EMPTY_WEIGHTS, Layer
 from retrax.layers.core import check_mode
@@ -106,6 +109,62 @@ class RMSNorm(Layer):
         _feature_check(self, x, scale.shape[0])
         ms = jnp.mean(x * x, axis=-1, keepdims=True)
         return x * (1.0 / jnp.sqrt(ms + self._epsilon)) * scale
+
+
+def _stats_dtype(dtype: Any) -> Any:
+    """Statistics of half-precision inputs are computed in float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_normalize(x, gamma, beta, axes, epsilon):
+    """``(gamma * (x - mean) / sqrt(var + epsilon) + beta, mean, var)`` with batch statistics.
+
+    One pass reduces ``x`` and ``x**2``; the output is ``(x - mean) * (inv *
+    gamma) + beta`` with the per-feature ``inv = rsqrt(var + epsilon)``. Its
+    gradient (below) is the closed form, so a train step reads the
+    activations twice on the way back (the two sums, then ``dx``) instead of
+    going through the chain rule of every elementwise step.
+    """
+    return _batch_normalize_fwd(x, gamma, beta, axes, epsilon)[0]
+
+
+def _batch_normalize_fwd(x, gamma, beta, axes, epsilon):
+    xf = x.astype(_stats_dtype(x.dtype))
+    mean = jnp.mean(xf, axes, keepdims=True)
+    var = jnp.maximum(jnp.mean(xf * xf, axes, keepdims=True) - mean * mean, 0.0)
+    inv = lax.rsqrt(var + epsilon)
+    y = ((xf - mean) * (inv * gamma) + beta).astype(x.dtype)
+    return (y, mean, var), (x, mean, inv, gamma, beta)
+
+
+def _batch_normalize_bwd(axes, epsilon, residuals, cotangents):
+    # The statistics' cotangents are ignored: the only caller stops their
+    # gradient (they feed the running statistics, which are state).
+    del epsilon
+    x, mean, inv, gamma, beta = residuals
+    dy = cotangents[0].astype(mean.dtype)
+    count = math.prod(x.shape[a] for a in axes)
+    xhat = (x.astype(mean.dtype) - mean) * inv
+    dbeta = jnp.sum(dy, axes, keepdims=True)
+    dgamma = jnp.sum(dy * xhat, axes, keepdims=True)
+    dx = (gamma * inv * (1.0 / count)) * (count * dy - dbeta - xhat * dgamma)
+    return (dx.astype(x.dtype), _sum_to(dgamma, gamma).astype(gamma.dtype),
+            _sum_to(dbeta, beta).astype(beta.dtype))
+
+
+def _sum_to(g, like):
+    """``g`` summed to ``like``'s shape (the scalar stand-ins of unlearned beta / gamma)."""
+    return g if g.shape == like.shape else jnp.sum(g).reshape(like.shape)
+
+
+_batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
+
+
+def _train_normalize(x, gamma, beta, axes, epsilon):
+    """Batch-normalized ``x`` and the batch ``(mean, var)`` (no gradient flows into those)."""
+    y, mean, var = _batch_normalize(x, gamma, beta, axes, epsilon)
+    return y, lax.stop_gradient(mean), lax.stop_gradient(var)
 
 
 class BatchNorm(Layer):
@@ -236,22 +295,25 @@ class BatchNorm(Layer):
                     f"{tuple(x.shape)}: the variance would be 0 and every output just beta. "
                     f"Train with batches of at least 2, or run in 'eval' mode "
                     f"(tl.with_mode(model, 'eval')) to use the running statistics.")
-            mean = jnp.mean(x, axes, keepdims=True)
-            var = jnp.maximum(jnp.mean(x * x, axes, keepdims=True) - mean * mean, 0.0)
+            beta, gamma = self._affine(x, axes)
+            y, mean, var = _train_normalize(x, gamma, beta, axes, self._epsilon)
             m = self._momentum
             self.state = ((m * running_mean + (1 - m) * mean).astype(running_mean.dtype),
                           (m * running_var + (1 - m) * var).astype(running_var.dtype),
                           n_batches + 1)
-        else:
-            mean, var = running_mean, running_var
-        z = (x - mean.astype(x.dtype)) / jnp.sqrt(var + self._epsilon).astype(x.dtype)
+            return y
+        beta, gamma = self._affine(x, axes)
+        inv = lax.rsqrt(running_var + self._epsilon) * gamma
+        return ((x - running_mean.astype(x.dtype)) * inv.astype(x.dtype)
+                + beta.astype(x.dtype)).astype(x.dtype)
+
+    def _affine(self, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+        """``(beta, gamma)`` broadcastable to ``x`` (zeros / ones when not learned)."""
         beta, gamma = self.weights
         expand = tuple(None if i in axes else slice(None) for i in range(x.ndim))
-        if self._scale:
-            z = z * gamma[expand]
-        if self._center:
-            z = z + beta[expand]
-        return z.astype(x.dtype)
+        beta = beta[expand] if self._center else jnp.zeros((), jnp.float32)
+        gamma = gamma[expand] if self._scale else jnp.ones((), jnp.float32)
+        return beta, gamma
 
 
 class FilterResponseNorm(Layer):
