@@ -70,11 +70,10 @@ from retrax.supervised import (
     distributed,
     loop_checkpoints,
     loop_io,
-    mixed_precision,
+    loop_settings,
     run_dir,
     task_steps,
 )
-from retrax.supervised import sharding as sharding_rules
 from retrax.supervised import train_step as ts
 from retrax.supervised.batch_checks import BatchChecks
 from retrax.supervised.history import History
@@ -124,44 +123,6 @@ def _checked_arguments(model: Any, tasks: Any, eval_tasks: Any, keep_checkpoints
     except (TypeError, ValueError) as err:
         raise TypeError(f"Loop: run_config must hold only JSON values: {err}.") from None
     return tasks, _as_list(eval_tasks), run_config
-
-
-def _run_settings(output_dir: str | None, sharding: str | None,
-                  compute_dtype: str | None) -> tuple[dict, str | None]:
-    """``({'sharding': ..., 'compute_dtype': ...}, note or None)`` for a new Loop.
-
-    A setting left at None takes the value recorded in ``output_dir/config.json``
-    when the directory holds a checkpoint to resume from, else its default. The
-    note says when an explicit value differs from the recorded one.
-    """
-    asked = {"sharding": sharding, "compute_dtype": compute_dtype}
-    recorded: Any = {}
-    if output_dir is not None and (
-            loop_checkpoints.native_checkpoints(output_dir)
-            or os.path.exists(os.path.join(output_dir, "model.pkl.gz"))):
-        try:
-            with open(os.path.join(output_dir, "config.json"), encoding="utf-8") as f:
-                recorded = json.load(f)
-        except (OSError, ValueError):
-            recorded = {}
-    if not isinstance(recorded, dict):
-        recorded = {}
-    choices = {"sharding": sharding_rules.SHARDINGS,
-               "compute_dtype": mixed_precision.COMPUTE_DTYPES}
-    settings, changed = {}, []
-    for key, allowed in choices.items():
-        saved = recorded.get(key) if recorded.get(key) in allowed else None
-        if asked[key] is not None:
-            settings[key] = asked[key]
-            if saved is not None and saved != asked[key]:
-                changed.append(f"{key}={saved!r} -> {asked[key]!r}")
-        else:
-            settings[key] = saved if saved is not None else allowed[0]
-    note = None
-    if changed:
-        note = (f"Note: resuming with {', '.join(changed)} (config.json recorded the first "
-                f"values); checkpoints hold whole float32 arrays, so this one loads either way.")
-    return settings, note
 
 
 class Loop:
@@ -243,10 +204,8 @@ class Loop:
         self._low_metric = checkpoint_low_metric
         self._high_metric = checkpoint_high_metric
         # None: the resumed run's recorded value, else the default (see the class docstring).
-        self._settings, self._settings_note = _run_settings(
-            self._output_dir,
-            None if sharding is None else sharding_rules.check_sharding(sharding),
-            None if compute_dtype is None else mixed_precision.check_compute_dtype(compute_dtype))
+        self._settings, self._settings_note = loop_settings.run_settings(
+            self._output_dir, sharding, compute_dtype)
         self._placement = ts.Placement(n_devices, sharding=self._settings["sharding"])
         self._step = 0
         self._history = History()

@@ -1,0 +1,71 @@
+"""A Loop's layout and precision settings, and how a resumed run gets them back.
+
+``Loop(..., sharding=..., compute_dtype=...)`` (see
+:mod:`retrax.supervised.sharding` and :mod:`retrax.supervised.mixed_precision`)
+are saved in the run's ``config.json``. Left at None, a run resuming from a
+checkpoint in ``output_dir`` takes the recorded values; a fresh run takes the
+defaults (``'replicated'``, ``'float32'``). A value passed explicitly wins, and
+the Loop notes when it differs from the recorded one: the checkpoints hold
+whole float32 arrays, so they load into either layout and precision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from retrax.supervised import mixed_precision
+from retrax.supervised import sharding as sharding_rules
+from retrax.supervised.loop_checkpoints import native_checkpoints
+
+__all__ = ["CHOICES", "run_settings", "recorded_settings"]
+
+# Each setting's allowed values, the default first.
+CHOICES = {"sharding": sharding_rules.SHARDINGS, "compute_dtype": mixed_precision.COMPUTE_DTYPES}
+
+
+def recorded_settings(output_dir: str | None) -> dict[str, str]:
+    """The settings ``output_dir/config.json`` recorded, when it holds a checkpoint to resume."""
+    if output_dir is None or not (native_checkpoints(output_dir) or os.path.exists(
+            os.path.join(output_dir, "model.pkl.gz"))):
+        return {}
+    try:
+        with open(os.path.join(output_dir, "config.json"), encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {key: recorded[key] for key, allowed in CHOICES.items() if recorded.get(key) in allowed}
+
+
+def run_settings(output_dir: str | None, sharding: Any,
+                 compute_dtype: Any) -> tuple[dict[str, str], str | None]:
+    """``({'sharding': ..., 'compute_dtype': ...}, note or None)`` for a new Loop.
+
+    Raises a ValueError listing the choices for a value that is not one.
+
+    >>> run_settings(None, None, 'bfloat16')
+    ({'sharding': 'replicated', 'compute_dtype': 'bfloat16'}, None)
+    """
+    asked = {
+        "sharding": None if sharding is None else sharding_rules.check_sharding(sharding),
+        "compute_dtype": (None if compute_dtype is None
+                          else mixed_precision.check_compute_dtype(compute_dtype)),
+    }
+    recorded = recorded_settings(output_dir)
+    settings, changed = {}, []
+    for key, allowed in CHOICES.items():
+        saved = recorded.get(key)
+        if asked[key] is None:
+            settings[key] = saved if saved is not None else allowed[0]
+        else:
+            settings[key] = asked[key]
+            if saved is not None and saved != asked[key]:
+                changed.append(f"{key}={saved!r} -> {asked[key]!r}")
+    note = None
+    if changed:
+        note = (f"Note: resuming with {', '.join(changed)} (config.json recorded the first "
+                f"values); checkpoints hold whole float32 arrays, so this one loads either way.")
+    return settings, note
