@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as onp
 
+from retrax.fastmath.gin_configurables import configurable
+
 __all__ = ["Backend", "backend", "backend_name", "is_backend", "set_backend", "use_backend",
-           "check_jax_backend"]
+           "check_jax_backend", "backend_dicts"]
 
 
 class Backend(enum.Enum):
@@ -43,6 +45,20 @@ _JAX = {"name": "jax", "np": jnp, "global_device_count": jax.device_count,
 _NUMPY = {"name": "numpy", "np": onp, "global_device_count": lambda: 1,
           "local_device_count": lambda: 1, "jit": lambda f, *args, **kwargs: f}
 _BACKENDS = {Backend.JAX: _JAX, Backend.NUMPY: _NUMPY}
+
+
+class _NeedsTensorFlow(dict):
+    """The 'tensorflow-numpy' entry: its name; any other key says TensorFlow is needed."""
+
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(f"the 'tensorflow-numpy' backend has no {key!r} in retrax: it needs "
+                       f"TensorFlow, which retrax does not use. Use 'jax' or 'numpy'.")
+
+
+def backend_dicts() -> dict[Backend, dict[str, Any]]:
+    """Every backend's dict (``'name'``, ``'np'``, ...) by :class:`Backend`, as Trax's
+    ``fastmath.ops._backend_dict``; ``Backend.TFNP``'s holds only its name."""
+    return {**_BACKENDS, Backend.TFNP: _NeedsTensorFlow(name=Backend.TFNP.value)}
 
 _default: Backend | None = None   # set_backend
 _override: list[Backend] = []     # use_backend blocks, innermost last
@@ -61,10 +77,13 @@ def _as_backend(name: Any, where: str) -> Backend:
     return chosen
 
 
+@configurable("backend", module="retrax.fastmath")
 def backend(name: Any = "jax") -> dict[str, Any]:
     """The backend in use, as Trax's dict: ``backend()['np']`` is its NumPy module.
 
-    ``use_backend`` wins over ``set_backend``, which wins over ``name``.
+    ``use_backend`` wins over ``set_backend``, which wins over ``name``. With
+    ``gin-config`` installed this is gin's configurable ``backend``, as in
+    Trax: ``gin.parse_config("backend.name = 'numpy'")`` changes the default.
     """
     if _override:
         return _BACKENDS[_override[-1]]

@@ -25,7 +25,13 @@ from retrax.layers.core import check_mode
 from retrax.layers.pass_context import Pass, apply_child, init_child, new_pass
 from retrax.layers.stack import as_stack, pack
 from retrax.layers.stack_combinators import Select, Serial, check_sublayer_entries
-from retrax.layers.trees import assign_child_state, child_state
+from retrax.layers.trees import (
+    assign_child_state,
+    check_per_sublayer,
+    child_state,
+    is_weights_marker,
+    tree_mismatch,
+)
 
 __all__ = ["Scan", "Cond", "Cache", "BatchLeadingAxes"]
 
@@ -235,6 +241,37 @@ class Cond(Layer):
             )
         super().__init__(n_in=cond.n_in + true.n_in, n_out=true.n_out, name=name)
         self._sublayers = (cond, true, false)
+
+    @property
+    def weights(self) -> Any:
+        """``(cond's weights, true's weights, false's weights)``."""
+        return Layer.weights.fget(self)
+
+    @weights.setter
+    def weights(self, weights: Any) -> None:
+        # Trax's convention: ``()`` for a one-layer branch (no sublayers) is what a layer
+        # never initialized holds; assigning it empties that branch (a later init
+        # initializes it again; running before that raises, naming the branch).
+        if is_weights_marker(weights) or not self._emptied(weights):
+            Layer.weights.fset(self, weights)
+            return
+        emptied = self._emptied(weights)
+        if self.initialized:
+            for i, (had, given) in enumerate(zip(self.weights, weights)):
+                problem = None if i in emptied else tree_mismatch(had, given, f"[{i}]")
+                if problem:
+                    raise ValueError(
+                        f"{self.name_with_arity}: the weights given do not match the layer's "
+                        f"weights: {problem}. Use weights from init() or from a checkpoint of "
+                        f"the same model configuration.")
+        self._assign_weights(tuple(weights), set())
+
+    def _emptied(self, weights: Any) -> list[int]:
+        """The branches that ``weights`` empties (``()`` for a leaf that has weights)."""
+        check_per_sublayer(self, weights, "weights")
+        return [i for i, (layer, w) in enumerate(zip(self._sublayers, weights))
+                if isinstance(w, tuple) and not w and not layer.sublayers
+                and not (isinstance(layer.weights, tuple) and not layer.weights)]
 
     def _parts(self, xs: Any) -> tuple[Any, Any]:
         items = as_stack(xs)

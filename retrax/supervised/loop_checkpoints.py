@@ -24,6 +24,7 @@ import numpy as np
 
 from retrax import checkpoints, models
 from retrax.compat import trax_pickle
+from retrax.data import counters
 from retrax.io import CheckpointError
 from retrax.layers import base
 from retrax.optimizers.base import flat_slots, unflat_slots
@@ -31,7 +32,19 @@ from retrax.supervised.history import History
 from retrax.supervised.streams import Stream
 from retrax.supervised.train_step import Placement
 
-__all__ = ["LoopCheckpoints", "Resumed", "native_checkpoints", "metric_checkpoint_names"]
+__all__ = ["LoopCheckpoints", "Resumed", "ModelMismatchError", "native_checkpoints",
+           "metric_checkpoint_names"]
+
+
+class ModelMismatchError(CheckpointError, IndexError):
+    """A Loop's checkpoint does not fit the Loop's model (another configuration or shape).
+
+    A :class:`~retrax.io.CheckpointError` (so a ``ValueError``) whose message
+    names the weight that does not fit, the shape the checkpoint holds and the
+    one the model expects, and what to do. It is also an ``IndexError``: that
+    is what Trax's Loop raised for this case, so Trax programs catching it
+    keep working.
+    """
 
 
 @dataclasses.dataclass
@@ -110,6 +123,8 @@ class LoopCheckpoints:
                                 if s.resumable},
             "n_tasks": len(task_streams),
             "seed": self.seed,
+            # data.CountAndSkip's counters as they are now (batches training took).
+            "data_counters": {str(k): int(v) for k, v in counters.data_counters.items()},
         }
         sig = self.input_signature
         if basename == "model":
@@ -121,6 +136,8 @@ class LoopCheckpoints:
                                 extra=extra, arrays=arrays)
         if self.write_trax:
             self.write_trax_layout(basename, step, host_weights, host_state, slots[0], history)
+            if counters.data_counters:  # Trax's file, which Trax's Loop reads back
+                counters.save_data_counters(self.output_dir)
         if basename == "model":
             self.last_good = path
             self.prune()
@@ -273,9 +290,9 @@ class LoopCheckpoints:
             checkpoints.check_model_config(self.model, ckpt["meta"].get("model"), path)
             checkpoints.assign_flat_weights(self.model, ckpt["flat_weights"], source=path)
             grown = False
-        except CheckpointError:
+        except CheckpointError as err:
             if not self._load_prefix(path, ckpt["flat_weights"]):
-                raise
+                raise ModelMismatchError(str(err)) from err
             grown = True
         if ckpt["flat_state"] is not None and not grown:
             checkpoints.assign_flat_state(self.model, ckpt["flat_state"], source=path)
@@ -311,6 +328,9 @@ class LoopCheckpoints:
                     stream.restore(states[i], n)
                 elif stream.consumed < n:
                     stream.skip(n - stream.consumed, f"the data of eval task {i}")
+        # After the streams: skipping batches above already counts them; a position
+        # restored where the stream stands leaves its counter as it was.
+        counters.data_counters.update(extra.get("data_counters", {}))
         return resumed
 
     def _load_prefix(self, path: str, flat: Sequence[Any]) -> bool:
@@ -339,12 +359,14 @@ class LoopCheckpoints:
         try:
             checkpoints.assign_flat_weights(self.model, ckpt.flat_weights, source=path)
             grown = False
-        except CheckpointError:
+        except CheckpointError as err:
             if not self._load_prefix(path, ckpt.flat_weights):
-                raise
+                raise ModelMismatchError(str(err)) from err
             grown = True
         resumed = Resumed(path, int(ckpt.step or 0),
                           weights=self.placement.replicate(self.model.weights))
+        # Trax's Loop resumes the data through data.CountAndSkip and its counters file.
+        counters.load_data_counters(os.path.dirname(path))
         if ckpt.history:
             resumed.history = History.from_dict({"_values": ckpt.history})
         if ckpt.slots and not grown:
