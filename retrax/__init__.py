@@ -7,6 +7,7 @@ Use it as a drop-in for Trax code: ``import retrax as trax``.
 # Layer.save_to_file / init_from_file (see retrax/layers/file_io.py).
 from retrax import (  # noqa: F401
     checkpoints,
+    compilation_cache,
     data,
     fastmath,
     layers,
@@ -17,3 +18,5 @@ from retrax import (  # noqa: F401
 )
 from retrax.supervised import lr_schedules as lr  # noqa: F401
 from retrax.version import __version__  # noqa: F401  (a leaf module: retrax/version.py)
+
+compilation_cache.configure_from_env()  # on unless RETRAX_COMPILATION_CACHE=0 (see the module)
