@@ -47,7 +47,8 @@ from retrax.fastmath import random as fastmath_random
 from retrax.rl import serialization_utils
 from retrax.supervised import sampling
 
-__all__ = ["TrainingStepCallback", "SerializedModelEvaluation", "PredictStepper"]
+__all__ = ["TrainingStepCallback", "SerializedModelEvaluation", "PredictStepper",
+           "consume_sequence"]
 
 
 class TrainingStepCallback:
@@ -275,6 +276,19 @@ class PredictStepper:
             tokens = self._pick(logits, fastmath_random.hash_fold_in(key, i))[:, None]
             out.append(tokens)
         return np.asarray(jnp.concatenate(out, axis=1)), state
+
+
+def consume_sequence(model: Any, start_id: Any, sequence: Any) -> None:
+    """Feeds ``start_id`` ``(B, 1)`` then ``sequence`` ``(B, L)`` to a predict-mode model.
+
+    Trax's helper: the model's stored state advances past those tokens (its
+    weights and state must be set; nothing is sampled). Eager, for a few calls;
+    ``PredictStepper`` is the compiled way.
+    """
+    sequence = np.asarray(sequence, np.int32)
+    start = np.broadcast_to(np.asarray(start_id, np.int32), (sequence.shape[0], 1))
+    stepper = PredictStepper(model, compiled=False)
+    model.state = stepper.feed(model.state, np.concatenate([start, sequence], axis=1))
 
 
 def _step_predicate(eval_at: Any, where: str) -> Callable[[int], bool]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from retrax import layers as tl
-from retrax import optimizers
+from retrax import optimizers, shapes
 from retrax.layers import test_utils
 from retrax.rl import serialization_utils as su
 from retrax.rl import space_serializer, spaces
@@ -134,3 +134,11 @@ def test_in_a_loop_logs_pred_error_to_history_and_output():
     # A one-digit box of 8 bins: predictions are bin lower edges, errors below 1.
     assert all(0.0 <= value < 1.0 for _, value in logged)
     assert "srl_eval pred_error/context_1/horizon_1" in out.getvalue()
+
+
+def test_consume_sequence_advances_the_model_state():
+    lm = test_utils.MockTransformerLM(_sum_of_last(2, 10), mode="predict", vocab_size=10)
+    lm.init(shapes.ShapeDtype((2, 1), np.int32))
+    callbacks.consume_sequence(lm, 0, np.array([[4, 5], [6, 7]]))
+    callbacks.consume_sequence(lm, np.array([[1], [2]]), np.zeros((2, 0), np.int32))
+    lm.assert_prediction_buffers_equal([[0, 4, 5, 1], [0, 6, 7, 2]])
