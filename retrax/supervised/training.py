@@ -423,6 +423,11 @@ class Loop:
             prefix = "eval" if not task.export_prefix else task.export_prefix
             self._log.log_eval(self._step, prefix, task.metric_names, means, self._history)
 
+    def next_eval_batch(self, index: int = 0) -> tuple:
+        """The next batch of eval task ``index`` from the Loop's stream (counted and prefetched
+        like its evals; a callback evaluating on that data must draw it here, not from the task)."""
+        return self._eval_streams[index].next()
+
     def _sync_model_weights(self) -> None:
         self._model.weights = self._weights
         self._model.state = self._state
