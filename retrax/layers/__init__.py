@@ -25,6 +25,7 @@ from retrax.layers.combinators import *  # noqa: F401,F403
 from retrax.layers.convolution import *  # noqa: F401,F403
 from retrax.layers.core import *  # noqa: F401,F403
 from retrax.layers.efficient_attention import *  # noqa: F401,F403
+from retrax.layers.enc_dec_attention import *  # noqa: F401,F403
 from retrax.layers.fixed_base_positional import *  # noqa: F401,F403
 from retrax.layers.gaussian import *  # noqa: F401,F403
 from retrax.layers.initializers import *  # noqa: F401,F403

@@ -1,4 +1,4 @@
-"""Trax's memory-efficient attention layers: ``SelfAttention`` and ``EncDecAttention``.
+"""Trax's memory-efficient ``SelfAttention`` and the helpers its relatives share.
 
 Both keep one set of weights per head, stacked on axis 0 (Trax's layout:
 ``w_q (n_heads, d_model, d_qk)``, ``w_k``, ``w_v (n_heads, d_model, d_v)``,
@@ -12,7 +12,8 @@ one pair at a time in Python (for testing). All give the same numbers.
 Random draws (attention and output dropout, ``'train'`` mode only) use one
 key for all examples and heads, as in Trax: the output dropout mask drops
 whole features of the summed output. LSH attention lives in
-``retrax.layers.lsh_attention``.
+``retrax.layers.lsh_attention``, ``EncDecAttention`` in
+``retrax.layers.enc_dec_attention``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from retrax.layers.chunked_attention import (
 )
 from retrax.layers.core import check_mode
 
-__all__ = ["SelfAttention", "EncDecAttention"]
+__all__ = ["SelfAttention"]
 
 
 def check_parallel_heads(owner: str, n_heads: int, n_parallel_heads: Any) -> int | None:
@@ -153,23 +154,24 @@ def update_predict_memory(owner: str, mem_end: Any, mems: tuple, xs: tuple, mem_
     return seen, 0, tuple(kept), jnp.asarray(min(length, mem_len), jnp.int32)
 
 
-def _kernel(rng: Any, shape: tuple, n_heads: int) -> Any:
+def kernel_init(rng: Any, shape: tuple, n_heads: int) -> Any:
+    """Glorot uniform over the heads' total width, one head at a time (Trax's rule)."""
     # Glorot uniform over the heads' total width, one head at a time (Trax's rule).
     lim = np.sqrt(6.0 / (shape[0] + shape[1] * n_heads))
     return jax.random.uniform(rng, shape, jnp.float32, -lim, lim)
 
 
-def _head_weights(rng: Any, n_heads: int, d_q_in: int, d_kv_in: int, d_qk: int, d_v: int,
+def head_weights(rng: Any, n_heads: int, d_q_in: int, d_kv_in: int, d_qk: int, d_v: int,
                   share_qk: bool) -> tuple:
     """``(w_q, [w_k,] w_v, w_o)`` stacked over heads."""
     per_head = []
     for key in jax.random.split(rng, n_heads):
         k_q, k_k, k_v, k_o = jax.random.split(key, 4)
-        ws = [_kernel(k_q, (d_q_in, d_qk), n_heads)]
+        ws = [kernel_init(k_q, (d_q_in, d_qk), n_heads)]
         if not share_qk:
-            ws.append(_kernel(k_k, (d_kv_in, d_qk), n_heads))
-        ws.append(_kernel(k_v, (d_kv_in, d_v), n_heads))
-        ws.append(_kernel(k_o, (d_q_in, d_v), n_heads).T)
+            ws.append(kernel_init(k_k, (d_kv_in, d_qk), n_heads))
+        ws.append(kernel_init(k_v, (d_kv_in, d_v), n_heads))
+        ws.append(kernel_init(k_o, (d_q_in, d_v), n_heads).T)
         per_head.append(ws)
     return tuple(jnp.stack(ws) for ws in zip(*per_head))
 
@@ -279,7 +281,7 @@ class SelfAttention(Layer):
         x_sig = input_signature[0] if isinstance(input_signature, (tuple, list)) else \
             input_signature
         d_model = int(x_sig.shape[-1])
-        weights = _head_weights(self.rng, self._n_heads, d_model, d_model, self._d_qk,
+        weights = head_weights(self.rng, self._n_heads, d_model, d_model, self._d_qk,
                                 self._d_v, self._share_qk)
         if self._bias:
             zeros = [jnp.zeros((self._n_heads, d), jnp.float32) for d in
@@ -401,97 +403,3 @@ class SelfAttention(Layer):
 
         return run_heads(one, (seen,), self.weights, self._n_heads, self._n_parallel_heads,
                          self._use_python_loop, self._use_reference_code)
-
-
-class EncDecAttention(Layer):
-    """Decoder-to-encoder attention with per-head weights (Trax's efficient one).
-
-    ``(q_antecedent, kv_antecedent, mask) -> y`` with ``masked=True`` (the
-    default; ``mask`` ``(B, L_kv)``, True for real encoder positions), or
-    ``(q_antecedent, kv_antecedent) -> y``. ``q_antecedent``: ``(B, Lq, D)``,
-    ``kv_antecedent``: ``(B, L_kv, D_kv)``; ``y``: ``(B, Lq, D)``. No state
-    in any mode (in ``'predict'`` each call attends over the whole encoder
-    output again).
-
-    With ``masked=True`` this is Trax 1.4.1's arithmetic, kept so that its
-    checkpoints give the same outputs: the mask is applied as position
-    metadata shifted by one, so *every* score has 1e9 subtracted (2e9 at
-    padding). In float32 that rounds the scores of the real positions, and
-    their log-sum-exp, to the same value: each real position gets attention
-    weight 1 (the output is the *sum* of their values), whatever the queries
-    and keys (exactly so while the scores and the log of the number of real
-    positions stay below 32).
-
-    >>> import numpy as np
-    >>> from retrax import shapes
-    >>> attn = EncDecAttention(n_heads=2, d_qk=4, d_v=4, mode='eval')
-    >>> sig = (shapes.ShapeDtype((1, 3, 8)), shapes.ShapeDtype((1, 5, 6)),
-    ...        shapes.ShapeDtype((1, 5), bool))
-    >>> _ = attn.init(sig)
-    >>> attn((np.ones((1, 3, 8), np.float32), np.ones((1, 5, 6), np.float32),
-    ...       np.ones((1, 5), bool))).shape
-    (1, 3, 8)
-    """
-
-    def __init__(self, n_heads: int = 2, d_qk: int = 64, d_v: int = 64, masked: bool = True,
-                 mode: str = "train", attention_dropout: float = 0.0,
-                 output_dropout: float = 0.0, n_parallel_heads: int | None = None,
-                 use_python_loop: bool = False, use_reference_code: bool = False):
-        name = type(self).__name__
-        super().__init__(n_in=3 if masked else 2, n_out=1)
-        self._mode = check_mode(name, mode)
-        self._n_heads = check_positive_int(name, "n_heads", n_heads)
-        self._d_qk = check_positive_int(name, "d_qk", d_qk)
-        self._d_v = check_positive_int(name, "d_v", d_v)
-        self._masked = masked
-        self._attention_dropout = check_dropout(name, attention_dropout)
-        self._output_dropout = check_dropout(name, output_dropout)
-        self._n_parallel_heads = check_parallel_heads(name, self._n_heads, n_parallel_heads)
-        self._use_python_loop = use_python_loop
-        self._use_reference_code = use_reference_code
-
-    def init_weights_and_state(self, input_signature):
-        q_sig, kv_sig = input_signature[0], input_signature[1]
-        self.weights = _head_weights(self.rng, self._n_heads, int(q_sig.shape[-1]),
-                                     int(kv_sig.shape[-1]), self._d_qk, self._d_v, False)
-
-    def forward(self, inputs):
-        name = self.name
-        q_in, kv_in = inputs[0], inputs[1]
-        mask = inputs[2] if self._masked else None
-        check_attention_input(name, q_in, self.weights[0].shape[1])
-        check_attention_input(name, kv_in, self.weights[1].shape[1])
-        if mask is not None:
-            check_attention_mask(name, mask, kv_in)
-        train = self._mode == "train"
-        attention_rate = self._attention_dropout if train else 0.0
-        output_rate = self._output_dropout if train else 0.0
-        rng = self.rng if (attention_rate or output_rate) else None
-        if rng is not None and not self.has_rng:
-            raise ValueError(f"{name}: dropout in 'train' mode needs an rng; pass rng=... "
-                             f"to pure_fn (or build the layer with mode='eval').")
-        attend_rng = None if rng is None else fastmath_random.hash_fold_in(rng, 0)
-
-        def one(ins, w):
-            w_q, w_k, w_v, w_o = w
-            q, k, v = ins[0] @ w_q, ins[1] @ w_k, ins[1] @ w_v
-            if len(ins) > 2:
-                # Trax 1.4.1 shifts the info by one as for positions: real keys lose 1e9
-                # and padding 2e9 (see the class doc).
-                kv_info = (~ins[2]).astype(jnp.int32) + 1
-
-                def mask_fn(dots, q_info, kv_info):
-                    del q_info
-                    return dots - 1e9 * kv_info.astype(jnp.float32)
-            else:
-                kv_info = mask_fn = None
-            o, _ = attend(q, k, v, mask_fn=mask_fn, kv_info=kv_info, dropout=attention_rate,
-                          rng=attend_rng, trax_rounding=True)
-            return o @ w_o
-
-        ins = (q_in, kv_in) if mask is None else (q_in, kv_in, mask.astype(bool))
-        y = run_heads(one, ins, self.weights, self._n_heads, self._n_parallel_heads,
-                      self._use_python_loop, self._use_reference_code)
-        if output_rate:
-            y = apply_broadcasted_dropout(y, output_rate, fastmath_random.hash_fold_in(rng, 1))
-        return y.astype(q_in.dtype)

@@ -222,10 +222,13 @@ def _encoder_block(d_model, d_ff, n_heads, dropout, ff_activation, ff_dropout, f
 
 
 def _encoder_decoder_block(d_model, d_ff, n_heads, dropout, ff_activation, ff_dropout, mode,
-                           ff_use_sru, ff_chunk_size) -> list:
+                           ff_use_sru, ff_chunk_size, max_len) -> list:
     d_head = d_model // n_heads
+    # Unchunked, so in 'predict' mode it keeps all max_len positions (Trax gave it no memory
+    # length and could not decode); no weights depend on it.
     causal = tl.SelfAttention(n_heads=n_heads, d_qk=d_head, d_v=d_head, causal=True,
-                              attention_dropout=dropout, output_dropout=dropout, mode=mode)
+                              attention_dropout=dropout, output_dropout=dropout, mode=mode,
+                              predict_mem_len=max_len, predict_drop_len=max_len)
     enc_dec = tl.EncDecAttention(n_heads=n_heads, d_qk=d_head, d_v=d_head,
                                  attention_dropout=dropout, output_dropout=dropout, mode=mode)
     feed_forward = FeedForwardWithOptions(d_model, d_ff, dropout, [-2], ff_activation,
@@ -259,7 +262,10 @@ def Reformer(input_vocab_size: int, output_vocab_size: int | None = None,  # noq
     feed-forward layers; the shifted target by blocks of causal
     ``SelfAttention``, ``EncDecAttention`` and feed-forward layers. Without
     ``output_vocab_size`` the target shares the source's embedding. In
-    ``'predict'`` mode the encoder runs once per sequence (``tl.Cache``).
+    ``'predict'`` mode the encoder runs once per sequence (``tl.Cache``), the
+    ``EncDecAttention`` layers keep its keys and values, and the decoder's
+    causal attention remembers up to ``max_len`` positions, so
+    ``autoregressive_sample`` decodes it in one compiled loop.
     """
     name = "Reformer"
     _check_int(name, "input_vocab_size", input_vocab_size)
@@ -291,7 +297,8 @@ def Reformer(input_vocab_size: int, output_vocab_size: int | None = None,  # noq
     if mode == "predict":
         encoder = tl.Cache(encoder)
     decoder_blocks = [_encoder_decoder_block(d_model, d_ff, n_heads, dropout, ff_activation,
-                                             ff_dropout, mode, ff_use_sru, ff_chunk_size)
+                                             ff_dropout, mode, ff_use_sru, ff_chunk_size,
+                                             max_len)
                       for _ in range(n_decoder_layers)]
     return tl.Serial(
         tl.Select([0, 1, 1]),                            # tok_e tok_d tok_d

@@ -130,6 +130,36 @@ def test_enc_dec_attention_is_trax_141s_sum_over_real_positions():
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("masked", [True, False])
+def test_enc_dec_predict_caches_the_encoder_keys_and_equals_eval(masked):
+    # masked: Trax 1.4.1's sum over real positions; unmasked: a softmax over the queries.
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(2, 4, 8)).astype(np.float32)
+    kv = rng.normal(size=(2, 5, 6)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    inputs = (lambda a, b, m: (a, b, m)) if masked else (lambda a, b, m: (a, b))
+    sig = tuple(shapes.signature(a) for a in inputs(q[:, :1], kv, mask))
+    ev = tl.EncDecAttention(n_heads=2, d_qk=4, d_v=3, masked=masked, mode="eval")
+    weights, _ = ev.init(sig)
+    want = np.asarray(ev(inputs(q, kv, mask)))
+    pred = tl.EncDecAttention(n_heads=2, d_qk=4, d_v=3, masked=masked, mode="predict")
+    _, state = pred.init(sig)
+    assert state == ()  # filled by the first call, as tl.Cache's
+    step = jax.jit(pred.pure_fn)
+    got = []
+    for t in range(4):
+        # After the first call the encoder output is not read again: zeros give the same.
+        enc = kv if t == 0 else np.zeros_like(kv)
+        y, state = step(inputs(q[:, t:t + 1], enc, mask), weights, state, None)
+        got.append(np.asarray(y))
+    np.testing.assert_allclose(np.concatenate(got, 1), want, atol=1e-5)
+    w_k = np.asarray(weights[1])
+    assert [a.shape for a in state] == [(2, 2, 5, 4), (2, 2, 5, 3)]
+    np.testing.assert_allclose(state[0], np.einsum("bld,hde->bhle", kv, w_k), atol=1e-6)
+    with pytest.raises(ValueError, match="fresh state from init"):
+        pred.pure_fn(inputs(q[:, :1], kv[:, :3], mask[:, :3]), weights, state, None)
+
+
 def test_refusals_name_the_value_to_change():
     attn = tl.SelfAttention(n_heads=2, d_qk=4, d_v=4, chunk_len=3, mode="eval")
     attn.init(shapes.ShapeDtype((1, 8, 4)))

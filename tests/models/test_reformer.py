@@ -93,3 +93,40 @@ def test_lsh_reformerlm_learns_to_copy_and_decodes_it():
         out = decoding.autoregressive_sample(pred, inputs=prompt, eos_id=-1, max_length=N,
                                              temperature=0.0)
         np.testing.assert_array_equal(np.asarray(out)[0], w[0])
+
+
+def _encdec(mode):
+    return models.Reformer(10, d_model=16, d_ff=32, n_encoder_layers=1, n_decoder_layers=2,
+                           n_heads=2, dropout=0.0, max_len=16, mode=mode)
+
+
+@pytest.mark.slow
+def test_reformer_encdec_predict_equals_eval_and_decodes_in_one_loop():
+    # Predict mode: the encoder runs once (tl.Cache), EncDecAttention keeps its keys and
+    # values, the decoder's causal SelfAttention remembers max_len positions.
+    src = np.array([[3, 4, 5, 0], [7, 2, 0, 0]], np.int32)
+    tgt = np.random.RandomState(1).randint(1, 10, (2, 6)).astype(np.int32)
+    ev = _encdec("eval")
+    ev.init((shapes.signature(src), shapes.signature(tgt)), rng=jax.random.PRNGKey(1))
+    want = np.asarray(jax.jit(ev.pure_fn)((src, tgt), ev.weights, ev.state, None)[0][0])
+    pred = _encdec("predict")
+    pred.init((shapes.signature(src), shapes.ShapeDtype((2, 1), np.int32)))
+    weights = list(ev.weights)
+    weights[2] = (weights[2],)  # the encoder sits in a tl.Cache in predict mode
+    pred.weights = tuple(weights)
+    step = jax.jit(pred.pure_fn)
+    state, outs = pred.state, []
+    for t in range(6):
+        prev = np.zeros((2, 1), np.int32) if t == 0 else tgt[:, t - 1:t]
+        (logits, _), state = step((src, prev), pred.weights, state, None)
+        outs.append(np.asarray(logits))
+    np.testing.assert_allclose(np.concatenate(outs, axis=1), want, atol=2e-5)
+    got = np.asarray(decoding.autoregressive_sample(pred, inputs=src[:1], eos_id=-1,
+                                                    max_length=5, temperature=0.0))
+    fn, seq = jax.jit(ev.pure_fn), []
+    for _ in range(5):
+        tokens = np.zeros((1, 6), np.int32)
+        tokens[0, :len(seq)] = seq
+        logits = np.asarray(fn((src[:1], tokens), ev.weights, ev.state, None)[0][0])
+        seq.append(int(np.argmax(logits[0, len(seq)])))
+    np.testing.assert_array_equal(got[0], seq)
