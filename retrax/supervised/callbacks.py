@@ -143,6 +143,11 @@ class SerializedModelEvaluation(TrainingStepCallback):
             eval_task = loop.eval_tasks[0]
         self._eval_at = _step_predicate(eval_at, where)
         self._eval_task = eval_task
+        # One of the Loop's eval tasks is read through the Loop's stream: its
+        # prefetch thread may be drawing from the task's iterator.
+        loop_tasks = [] if loop is None else list(loop.eval_tasks)
+        self._loop_task_index = next(
+            (i for i, task in enumerate(loop_tasks) if task is eval_task), None)
         self._contexts = _positive_ints(context_lengths, "context_lengths", where)
         self._horizons = _positive_ints(horizon_lengths, "horizon_lengths", where)
         self._n_steps = _positive_ints([n_steps], "n_steps", where)[0]
@@ -183,12 +188,17 @@ class SerializedModelEvaluation(TrainingStepCallback):
         key = fastmath_random.hash_fold_in(self._key, step)
         for i in range(self._n_steps):
             batch_key = fastmath_random.hash_fold_in(key, i)
-            for pair, (total, count) in self._evaluate_batch(self._eval_task.next_batch(),
+            for pair, (total, count) in self._evaluate_batch(self._next_batch(),
                                                              batch_key).items():
                 sums[pair] = sums.get(pair, 0.0) + total
                 counts[pair] = counts.get(pair, 0.0) + count
         return {f"pred_error/context_{c}/horizon_{h}": sums[c, h] / max(counts[c, h], 1e-9)
                 for (c, h) in sorted(sums)}
+
+    def _next_batch(self) -> tuple:
+        if self._loop_task_index is not None:
+            return self.loop.next_eval_batch(self._loop_task_index)
+        return self._eval_task.next_batch()
 
     def _evaluate_batch(self, batch: Sequence[Any], key: Any) -> dict:
         """``{(context, horizon): (summed squared error, summed mask)}`` for one batch."""
