@@ -167,3 +167,81 @@ def test_checkpoints_load_across_layouts(eight_devices):
     # steps 1, 3 and 6 from the resumed history, step 9 trained after the resume.
     assert len(from_fsdp["losses"]) == len(from_rep["losses"]) == 4
     np.testing.assert_allclose(from_fsdp["losses"], from_rep["losses"], rtol=1e-5)
+
+
+# -- two processes: sharded arrays are gathered before process 0 writes -------------------
+
+TWO_PROCESSES = textwrap.dedent("""
+    import io, json, sys
+    import numpy as np
+    args = json.loads(sys.argv[1])
+    from retrax.supervised import distributed
+    if args["num_processes"] > 1:
+        distributed.initialize(args["coordinator"], args["num_processes"], args["process_id"])
+    import jax
+    import retrax as trax
+    from retrax import layers as tl
+    from retrax.quickstart import reverse_ints_task
+    from retrax.supervised import training
+
+    assert jax.device_count() == 8, jax.devices()
+    model = tl.Serial(tl.Embedding(32, 64), tl.Dense(128), tl.Relu(), tl.Dense(32),
+                      tl.LogSoftmax())
+    data = distributed.local_batches(reverse_ints_task(16, rng=np.random.RandomState(0)))
+    task = training.TrainTask(data, tl.CrossEntropyLoss(), trax.optimizers.Adam(0.01),
+                              n_steps_per_checkpoint=2)
+    loop = training.Loop(model, task, output_dir=args["output_dir"], eval_at=lambda s: True,
+                         write_trax_checkpoint=False, stdout=io.StringIO(),
+                         sharding=args["sharding"])
+    loop.run(args["steps"] - loop.step)
+    specs = [list(x.sharding.spec) for x in jax.tree_util.tree_leaves(loop.model.weights)]
+    weights = loop._placement.to_host(loop.model.weights)  # a collective: every process
+    np.savez(args["result"], *jax.tree_util.tree_leaves(weights))
+    with open(args["result"] + ".json", "w") as f:
+        json.dump({"losses": [v for _, v in loop.history.get("train",
+                                                            "metrics/CrossEntropyLoss")],
+                   "specs": specs, "step": loop.step}, f)
+""")
+
+
+def _fsdp_run(tmp_path, name, n_processes, sharding, steps, output_dir=None):
+    from multihost_launch import COORDINATOR, launch
+
+    worker = tmp_path / "fsdp_worker.py"
+    worker.write_text(TWO_PROCESSES)
+    out = []
+    commands = []
+    for i in range(n_processes):
+        result = str(tmp_path / f"{name}{i}")
+        args = {"output_dir": str(output_dir or tmp_path / name), "sharding": sharding,
+                "steps": steps, "result": result, "num_processes": n_processes,
+                "coordinator": COORDINATOR, "process_id": i}
+        commands.append([str(worker), json.dumps(args)])
+        out.append(result)
+    launch(commands, n_devices=8 // n_processes, timeout=600)
+    runs = []
+    for result in out:
+        with open(result + ".json") as f:
+            info = json.load(f)
+        with np.load(result + ".npz") as z:
+            info["weights"] = [z[f"arr_{i}"] for i in range(len(z.files))]
+        runs.append(info)
+    return runs
+
+
+@pytest.mark.slow  # three multi-process launches, ~1 minute
+def test_two_process_fsdp_checkpoints_are_whole_and_resume_unsharded(tmp_path):
+    (ref,) = _fsdp_run(tmp_path, "one", 1, "fsdp", 4)
+    two = _fsdp_run(tmp_path, "two", 2, "fsdp", 4)
+    assert two[0]["specs"] == [[None, "data"], [None, "data"], [], ["data"], []]
+    assert two[0]["losses"] == two[1]["losses"]
+    np.testing.assert_allclose(two[0]["losses"], ref["losses"], rtol=1e-5)
+    for a, b, c in zip(two[0]["weights"], two[1]["weights"], ref["weights"]):
+        np.testing.assert_array_equal(a, b)  # the gathered arrays, whole in both processes
+        np.testing.assert_allclose(a, c, rtol=0, atol=1e-5)
+    # Process 0 wrote whole arrays: one replicated process resumes from them exactly.
+    (resumed,) = _fsdp_run(tmp_path, "resumed", 1, "replicated", 4,
+                           output_dir=tmp_path / "two")
+    assert resumed["step"] == 4 and all(spec == [] for spec in resumed["specs"])
+    for a, b in zip(resumed["weights"], two[0]["weights"]):
+        np.testing.assert_array_equal(a, b)
