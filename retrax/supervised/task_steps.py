@@ -87,6 +87,8 @@ def build_task_steps(model: base.Layer, eval_model: base.Layer, tasks: Sequence[
 def evaluate(index: int, task: Any, eval_fn: Any, stream: Any, batch_checks: Any,
              placement: ts.Placement, weights: Any, state: Any, step: int) -> Any:
     """Eval task ``index``'s metric values averaged over its ``n_eval_batches`` next batches."""
+    if not task.metrics:  # A task only holding data (e.g. for a callback): nothing to compute.
+        return []
     totals = None
     for j in range(task.n_eval_batches):
         try:

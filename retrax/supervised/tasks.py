@@ -122,9 +122,7 @@ class EvalTask:
     def __init__(self, labeled_data: Any, metrics: Sequence[base.Layer],
                  metric_names: Sequence[str] | None = None, n_eval_batches: int = 1,
                  sample_batch: Any = None, export_prefix: str | None = None):
-        metrics = list(metrics)
-        if not metrics:
-            raise ValueError("EvalTask: metrics must contain at least one metric layer.")
+        metrics = list(metrics)  # May be empty: a task holding data for a callback (as Trax).
         for i, m in enumerate(metrics):
             if not isinstance(m, base.Layer):
                 raise TypeError(f"EvalTask: metrics[{i}] must be a Layer; got {type(m).__name__}.")
