@@ -8,7 +8,8 @@ and weight order are Trax 1.4.1's, so its checkpoints load.
 
 Not implemented (refused with a message): sparse feed-forward layers
 (``ff_sparsity``), sparse loss layers (``loss_sparsity``) and the positional
-encodings other than the default, ``'fixed-base'``, ``'no'`` and ``'axial'``.
+encodings ``'infinite'``, ``'infinite-affine'`` and ``'time-bin'`` (the
+default, ``'fixed-base'``, ``'sin-cos'``, ``'no'`` and ``'axial'`` work).
 
 >>> import numpy as np
 >>> from retrax import models, shapes
@@ -31,6 +32,8 @@ from retrax import layers as tl
 from retrax.models.record import records_config
 
 __all__ = ["ReformerLM", "Reformer"]
+
+FIXED_BASE_DIGITS = 8  # tl.FixedBasePositionalEncoding's default n_digits, which Trax uses
 
 
 def _check_int(model: str, arg: str, value: Any, low: int = 1) -> int:
@@ -118,18 +121,40 @@ def PositionalEncoder(mode: str, dropout: float | None = None,  # noqa: N802
         return tl.Serial()
     if pos_type == "fixed-base":
         return tl.FixedBasePositionalEncoding(mode=mode)
-    if pos_type in ("sin-cos", "infinite", "infinite-affine", "time-bin"):
+    if pos_type == "sin-cos":
+        return tl.SinCosPositionalEncoding(mode=mode)
+    if pos_type == "time-bin":
+        raise ValueError(
+            "pos_type='time-bin' needs a time_bin_length, which Trax took from a gin binding; "
+            "put tl.TimeBinPositionalEncoding(time_bin_length=..., mode=...) in the model "
+            "yourself, or use pos_type None (learned), 'fixed-base', 'sin-cos', 'no' or "
+            "'axial'.")
+    if pos_type in ("infinite", "infinite-affine"):
         raise NotImplementedError(
-            f"pos_type={pos_type!r} is not implemented in retrax; use None (learned), "
-            f"'fixed-base', 'no' or 'axial'.")
-    axial = getattr(tl, "AxialPositionalEncoding", None)
-    if axial is None or pos_d_axial_embs is None:
-        raise NotImplementedError(
-            f"pos_type={pos_type!r}: axial positional encoding (pos_axial_shape, "
-            f"pos_d_axial_embs) is not available in this retrax.")
-    return axial(shape=tuple(pos_axial_shape), d_embs=tuple(pos_d_axial_embs),
-                 dropout_broadcast_dims=tuple(range(1, len(pos_axial_shape) + 1)),
-                 dropout=dropout, mode=mode)
+            f"pos_type={pos_type!r} (Trax's InfinitePositionalEncoding) is not implemented in "
+            f"retrax; use None (learned), 'fixed-base', 'sin-cos', 'no' or 'axial'.")
+    # Any other value is axial, as in Trax (which names it nowhere).
+    if not pos_axial_shape or pos_d_axial_embs is None:
+        raise ValueError(
+            f"pos_type={pos_type!r} is axial positional encoding and needs pos_axial_shape "
+            f"(a grid whose size is the longest sequence) and pos_d_axial_embs (one width per "
+            f"axis, summing to d_model); got {pos_axial_shape!r} and {pos_d_axial_embs!r}. "
+            f"Or use pos_type None (learned), 'fixed-base' or 'no'.")
+    return tl.AxialPositionalEncoding(
+        shape=tuple(pos_axial_shape), d_embs=tuple(pos_d_axial_embs),
+        dropout_broadcast_dims=tuple(range(1, len(pos_axial_shape) + 1)), dropout=dropout,
+        mode=mode)
+
+
+def _check_positions(model: str, d_model: int, pos_type: Any) -> None:
+    if pos_type == "sin-cos" and d_model % 2:
+        raise ValueError(f"{model}: pos_type='sin-cos' gives half of d_model to sines and half "
+                         f"to cosines; use an even d_model (got {d_model}).")
+    if pos_type == "fixed-base" and d_model % FIXED_BASE_DIGITS:
+        raise ValueError(
+            f"{model}: pos_type='fixed-base' gives each of its {FIXED_BASE_DIGITS} digits "
+            f"d_model / {FIXED_BASE_DIGITS} features; use a d_model that is a multiple of "
+            f"{FIXED_BASE_DIGITS} (got {d_model}).")
 
 
 def _decoder_block(d_model, d_ff, d_attention_key, d_attention_value, n_heads, attention_type,
@@ -175,6 +200,7 @@ def ReformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa: N
     _check_int(name, "n_layers", n_layers, low=0)
     _refuse(name, "ff_sparsity", ff_sparsity, "sparse feed-forward")
     _refuse(name, "loss_sparsity", loss_sparsity, "sparse loss layer")
+    _check_positions(name, d_model, pos_type)
     if loss_sparsity_prob is not None:
         _refuse(name, "loss_sparsity_prob", loss_sparsity_prob, "random sparse loss layer")
     types = list(attention_type) if isinstance(attention_type, (list, tuple)) else \
@@ -274,6 +300,7 @@ def Reformer(input_vocab_size: int, output_vocab_size: int | None = None,  # noq
     if d_model % n_heads:
         raise ValueError(f"{name}: n_heads ({n_heads}) must divide d_model ({d_model}).")
     _refuse(name, "ff_sparsity", ff_sparsity, "sparse feed-forward")
+    _check_positions(name, d_model, pos_type)
     ff_activation = _layer_class(name, "ff_activation", ff_activation)
     encoder_mode = "eval" if mode == "predict" else mode
 

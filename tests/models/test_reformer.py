@@ -130,3 +130,25 @@ def test_reformer_encdec_predict_equals_eval_and_decodes_in_one_loop():
         logits = np.asarray(fn((src[:1], tokens), ev.weights, ev.state, None)[0][0])
         seq.append(int(np.argmax(logits[0, len(seq)])))
     np.testing.assert_array_equal(got[0], seq)
+
+
+def test_positional_choices_and_refusals_name_the_value_to_change():
+    def lm(**kw):
+        return models.ReformerLM(vocab_size=8, d_model=12, d_ff=16, n_layers=1, mode="eval",
+                                 **kw)
+
+    with pytest.raises(ValueError, match="multiple of 8 \\(got 12\\)"):
+        lm(pos_type="fixed-base")
+    with pytest.raises(ValueError, match="needs pos_axial_shape"):
+        lm(pos_type="axial", pos_axial_shape=(4, 8))
+    with pytest.raises(ValueError, match="gin binding"):
+        lm(pos_type="time-bin")
+    with pytest.raises(NotImplementedError, match="InfinitePositionalEncoding"):
+        lm(pos_type="infinite")
+    with pytest.raises(ValueError, match="even d_model"):
+        models.Reformer(8, d_model=9, n_heads=1, pos_type="sin-cos")
+    layers = [type(layer).__name__ for layer in lm(pos_type="sin-cos").sublayers]
+    assert "SinCosPositionalEncoding" in layers
+    layers = [type(layer).__name__ for layer in models.ReformerLM(
+        vocab_size=8, d_model=16, n_layers=1, pos_type="fixed-base").sublayers]
+    assert "FixedBasePositionalEncoding" in layers

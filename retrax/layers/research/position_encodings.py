@@ -1,8 +1,9 @@
 """Trax's ``trax.layers.research.position_encodings`` module path.
 
 The layers live in their own modules (``retrax.layers.axial_positional``,
-``retrax.layers.fixed_base_positional``) and are ``tl.X`` too; this module
-holds them under the path Trax programs import.
+``fixed_base_positional``, ``sincos_positional``, ``time_bin_positional``) and
+are ``tl.X`` too; this module holds them under the path Trax programs
+import. Trax's ``InfinitePositionalEncoding`` is not implemented.
 
 >>> from retrax import layers as tl
 >>> from retrax.layers.research import position_encodings
@@ -12,5 +13,8 @@ True
 
 from retrax.layers.axial_positional import AxialPositionalEncoding
 from retrax.layers.fixed_base_positional import FixedBasePositionalEncoding
+from retrax.layers.sincos_positional import SinCosPositionalEncoding
+from retrax.layers.time_bin_positional import TimeBinPositionalEncoding
 
-__all__ = ["AxialPositionalEncoding", "FixedBasePositionalEncoding"]
+__all__ = ["AxialPositionalEncoding", "FixedBasePositionalEncoding", "SinCosPositionalEncoding",
+           "TimeBinPositionalEncoding"]
