@@ -313,6 +313,11 @@ class LoopCheckpoints:
                 jax.tree_util.tree_unflatten(treedef, restored))
         resumed.history = History.from_dict(extra.get("history", {}))
         self.last_good = path
+        if all(s.resumable for s in [*task_streams, *eval_streams]):
+            # Before the streams, whose restored positions then set their own counters
+            # exactly (a position restored where a stream stands keeps this value). Not
+            # when batches are re-drawn to skip them: re-drawing counts them again.
+            counters.data_counters.update(extra.get("data_counters", {}))
         states = extra.get("data_state", {})
         for i, n in extra.get("consumed", {}).items():
             stream = task_streams[int(i)]
@@ -328,9 +333,6 @@ class LoopCheckpoints:
                     stream.restore(states[i], n)
                 elif stream.consumed < n:
                     stream.skip(n - stream.consumed, f"the data of eval task {i}")
-        # After the streams: skipping batches above already counts them; a position
-        # restored where the stream stands leaves its counter as it was.
-        counters.data_counters.update(extra.get("data_counters", {}))
         return resumed
 
     def _load_prefix(self, path: str, flat: Sequence[Any]) -> bool:
