@@ -120,11 +120,12 @@ def _stats_dtype(dtype: Any) -> Any:
 def _batch_normalize(x, gamma, beta, axes, epsilon):
     """``(gamma * (x - mean) / sqrt(var + epsilon) + beta, mean, var)`` with batch statistics.
 
-    One pass reduces ``x`` and ``x**2``; the output is ``(x - mean) * (inv *
-    gamma) + beta`` with the per-feature ``inv = rsqrt(var + epsilon)``. Its
-    gradient (below) is the closed form, so a train step reads the
-    activations twice on the way back (the two sums, then ``dx``) instead of
-    going through the chain rule of every elementwise step.
+    The statistics are sums of ``x`` and ``x**2``; the output is ``x * s + (beta
+    - mean * s)`` with the per-feature ``s = gamma * rsqrt(var + epsilon)``.
+    Its gradient (below) is the closed form: the sums of ``dy`` and ``dy * (x
+    - mean)``, then ``dx`` as one multiply-add per element, instead of the
+    chain rule through every elementwise step (which keeps more full-size
+    intermediates and reads them more often).
     """
     return _batch_normalize_fwd(x, gamma, beta, axes, epsilon)[0]
 
@@ -134,7 +135,10 @@ def _batch_normalize_fwd(x, gamma, beta, axes, epsilon):
     mean = jnp.mean(xf, axes, keepdims=True)
     var = jnp.maximum(jnp.mean(xf * xf, axes, keepdims=True) - mean * mean, 0.0)
     inv = lax.rsqrt(var + epsilon)
-    y = ((xf - mean) * (inv * gamma) + beta).astype(x.dtype)
+    scale = inv * gamma
+    # One multiply-add per element with per-feature scale and shift (nothing
+    # like x - mean is kept in memory for the backward pass).
+    y = (xf * scale + (beta - mean * scale)).astype(x.dtype)
     return (y, mean, var), (x, mean, inv, gamma, beta)
 
 
@@ -144,11 +148,17 @@ def _batch_normalize_bwd(axes, epsilon, residuals, cotangents):
     del epsilon
     x, mean, inv, gamma, beta = residuals
     dy = cotangents[0].astype(mean.dtype)
+    xf = x.astype(mean.dtype)
     count = math.prod(x.shape[a] for a in axes)
-    xhat = (x.astype(mean.dtype) - mean) * inv
     dbeta = jnp.sum(dy, axes, keepdims=True)
-    dgamma = jnp.sum(dy * xhat, axes, keepdims=True)
-    dx = (gamma * inv * (1.0 / count)) * (count * dy - dbeta - xhat * dgamma)
+    dgamma = jnp.sum(dy * (xf - mean), axes, keepdims=True) * inv
+    # dx = gamma * inv / n * (n * dy - dbeta - xhat * dgamma), xhat = (x - mean) * inv,
+    # regrouped as a * dy + b * x + c with per-feature a, b, c: no normalized copy
+    # of x is shared between the sums and dx (XLA would keep one in memory).
+    a = gamma * inv
+    b = -a * inv * dgamma * (1.0 / count)
+    c = -a * dbeta * (1.0 / count) - b * mean
+    dx = a * dy + b * xf + c
     return (dx.astype(x.dtype), _sum_to(dgamma, gamma).astype(gamma.dtype),
             _sum_to(dbeta, beta).astype(beta.dtype))
 
