@@ -228,10 +228,7 @@ def machine_info() -> dict[str, Any]:
         info["cpu_model"] = models[0] if models else None
     except OSError:
         pass
-    try:
-        info["loadavg_start"] = list(os.getloadavg())
-    except OSError:
-        pass
+    info["loadavg_start"] = loadavg()
     try:
         import jax
 
@@ -288,6 +285,23 @@ def fmt_range(s: dict[str, Any] | None) -> str:
     if not s or s.get("median") is None:
         return "-"
     return f"{fmt_s(s['median'])} ({fmt_s(s['min'])}-{fmt_s(s['max'])})"
+
+
+def fmt_ratio_range(s: dict[str, Any] | None) -> str:
+    """``median (min-max)`` of a :func:`summarize` dict of ratios: ``1.21x (1.05-1.30x)``."""
+    if not s or s.get("median") is None:
+        return "-"
+    if s.get("n", 1) < 2:
+        return fmt_ratio(s["median"])
+    return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f}x)"
+
+
+def loadavg() -> list[float] | None:
+    """``os.getloadavg()`` (1, 5, 15 minutes) rounded to 2 digits; None where unsupported."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def fmt_num(x: float | None, digits: int = 0, suffix: str = "") -> str:

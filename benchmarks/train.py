@@ -3,8 +3,9 @@
 
 Usage (from the repository root, in the venv)::
 
-    python benchmarks/train.py                    # configs S,M + seed quick start (~5 min)
-    python benchmarks/train.py --configs S,M,L    # all of BENCHMARKS.md (~10 min)
+    python benchmarks/train.py                    # configs S,M, 5 rounds + quick start (~20 min)
+    python benchmarks/train.py --configs S,M,L    # all of BENCHMARKS.md (~45 min)
+    python benchmarks/train.py --rounds 1         # one retrax + peer pair per config
     python benchmarks/train.py --quick            # smoke test: fewer steps
     python benchmarks/train.py --no-peer          # retrax only
 
@@ -15,12 +16,15 @@ child process of its own:
 
 * ``first step``: the first ``Loop.run(1)`` until its weights are ready
   (trace + compile + one step), as a user sees it;
-* ``loop step``: ``Loop.run(k)`` blocks (k steps, then block until ready),
-  per step; the real Loop with ``output_dir=None, eval_tasks=None``;
+* ``loop step``: ``Loop.run(k)`` blocks (k steps, then block until the new
+  weights, state and optimizer slots are ready: a Loop that returned before
+  the device finished could not look fast), per step; the real Loop with
+  ``output_dir=None, eval_tasks=None``;
 * ``raw step``: the Loop's own compiled step ``loop._train_fns[0]`` called
-  directly with donated buffers and ``jax.block_until_ready`` after each step
-  (the peer's ``step_s_median`` measures exactly this), plus a pipelined run
-  without per-step blocking;
+  directly with donated buffers and ``jax.block_until_ready`` on the loss and
+  the new weights, state and slots after each step (the peer's
+  ``step_s_median`` measures the same), plus a pipelined run without
+  per-step blocking;
 * the compile breakdown of that step (trace / lower / XLA compile, on a fresh
   ``jax.jit`` of the same function) and XLA's own FLOP count;
 * tokens/s = batch * seq / step time; MFU = BENCHMARKS.md FLOPs / step time /
@@ -28,8 +32,19 @@ child process of its own:
   or ``bench_matmul.py`` with ``--bench-matmul``); peak RSS of the child.
 
 The Flax peer (``bench_flax.py --child train --config X``) runs right after
-retrax for the same configuration. Also timed: the seed quick start, 1000
-reverse-task steps with evals and checkpoints (the notebook's cell).
+retrax for the same configuration, and the pair repeats ``--rounds`` times
+(5 by default: retrax, peer, retrax, peer, ...), each child a fresh process.
+The ratios reported are the median over the rounds of each round's own
+ratio, with their range (min-max); the per-implementation columns are the
+round with the median retrax Loop step. The 1-minute load average is
+recorded at the start and end of the run and before each round (table and
+JSON): a loaded machine spoils a comparison. Also timed: the seed quick
+start, 1000 reverse-task steps with evals and checkpoints (the notebook's
+cell).
+
+The persistent compilation cache (``retrax.compilation_cache``) is turned
+off in the children (``RETRAX_COMPILATION_CACHE=0``) so that ``first step``
+is a cold compile, as the peer's is; ``--compile-cache`` keeps it on.
 """
 
 from __future__ import annotations
@@ -127,7 +142,7 @@ def child_train(name: str, quick: bool) -> dict[str, Any]:
 
     def loop_run(n: int) -> None:
         loop.run(n)
-        jax.block_until_ready(loop._weights)
+        jax.block_until_ready((loop._weights, loop._state, loop._slots))
 
     # First step as a user sees it: trace + compile + one step.
     t0 = time.perf_counter()
@@ -164,22 +179,25 @@ def _raw_and_compile(loop: Any, batches: list, steps: dict, res: dict) -> None:
     losses = []
 
     def raw_step() -> Any:
+        """One step; returns everything it computed (loss, weights, state, slots)."""
         nonlocal weights, state, slots, step
         step += 1
         weights, state, slots, loss, _ = fn(weights, state, slots, opt_params,
                                             dev_batches[step % 4], step)
-        return loss
+        return loss, weights, state, slots
+
+    def blocked_step() -> None:
+        losses.append(jax.block_until_ready(raw_step())[0])
 
     for _ in range(steps["raw_warm"]):
         jax.block_until_ready(raw_step())
-    times = common.time_repeats(lambda: losses.append(jax.block_until_ready(raw_step())),
-                                steps["raw"])
+    times = common.time_repeats(blocked_step, steps["raw"])
     res["raw_step"] = common.summarize(times)
     if steps["pipelined"]:
         t0 = time.perf_counter()
         for _ in range(steps["pipelined"]):
-            loss = raw_step()
-        jax.block_until_ready(loss)
+            out = raw_step()
+        jax.block_until_ready(out)
         res["pipelined_step_s"] = (time.perf_counter() - t0) / steps["pipelined"]
     res["loss_last"] = float(losses[-1]) if losses else None
     res["compiles_of_step"] = _cache_size(fn)
@@ -317,14 +335,47 @@ def summarize_config(name: str, rx: dict | None, fx: dict | None, fx_nnx: dict |
     return out
 
 
+RATIO_KEYS = ("raw_throughput_ratio", "loop_throughput_ratio", "raw_step_time_ratio",
+              "loop_step_time_ratio", "pipelined_throughput_ratio", "first_step_ratio",
+              "peak_rss_ratio")
+
+
+def round_ratios(name: str, rounds: list[dict[str, Any]], peak_gflops: float | None
+                 ) -> dict[str, Any]:
+    """Each ratio's median over the rounds (each round: its retrax run vs its own peer run).
+
+    Returns the ``RATIO_KEYS`` as those medians (replacing the single round's
+    values) and ``ratio_spread``: per key ``{n, median, min, max, values}``.
+    """
+    per_round = [summarize_config(name, rd["retrax"], rd["flax"], None, peak_gflops)
+                 for rd in rounds if rd["retrax"] and rd["flax"]]
+    out: dict[str, Any] = dict(rounds_compared=len(per_round), ratio_spread={})
+    for key in RATIO_KEYS:
+        values = [s[key] for s in per_round if s.get(key) is not None]
+        if not values:
+            continue
+        spread = common.summarize(values)
+        spread["values"] = values
+        out["ratio_spread"][key] = spread
+        out[key] = spread["median"]
+    return out
+
+
 def targets(summary: dict[str, Any], quickstart: dict | None) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met?) for the BENCHMARKS.md targets this run covers."""
     rows = []
+    def measured(s: dict[str, Any], key: str) -> str:
+        return common.fmt_ratio_range((s.get("ratio_spread") or {}).get(key)) \
+            if (s.get("ratio_spread") or {}).get(key) else fmt_ratio(s[key])
+
     for name in ("M", "L"):
         s = summary.get(name)
-        r = None if not s else s.get("raw_throughput_ratio", s.get("loop_throughput_ratio"))
-        if r is not None:
-            rows.append((f"train {name}: >= 1.10x Flax throughput", fmt_ratio(r), r >= 1.10))
+        key = None if not s else next((k for k in ("raw_throughput_ratio",
+                                                   "loop_throughput_ratio")
+                                       if s.get(k) is not None), None)
+        if key:
+            rows.append((f"train {name}: >= 1.10x Flax throughput (median of rounds)",
+                         measured(s, key), s[key] >= 1.10))
     s = summary.get("L")
     if s and (s.get("retrax_raw") or {}).get("mfu") is not None:
         m = s["retrax_raw"]["mfu"]
@@ -336,9 +387,11 @@ def targets(summary: dict[str, Any], quickstart: dict | None) -> list[tuple[str,
                      "2.3 GiB in BENCHMARKS.md)",
                      f"{rx / 1024:.2f} GiB (Flax {fx / 1024:.2f} GiB)", rx <= best))
     s = summary.get("S")
-    r = None if not s else s.get("raw_step_time_ratio", s.get("loop_step_time_ratio"))
-    if r is not None:
-        rows.append(("train S: step time <= 0.8x Flax", fmt_ratio(r), r <= 0.8))
+    key = None if not s else next((k for k in ("raw_step_time_ratio", "loop_step_time_ratio")
+                                   if s.get(k) is not None), None)
+    if key:
+        rows.append(("train S: step time <= 0.8x Flax (median of rounds)", measured(s, key),
+                     s[key] <= 0.8))
     if s and s.get("retrax_loop"):
         fs = s["retrax_loop"]["first_step_s"]
         rows.append(("train S: first step (compile) <= 3 s", fmt_s(fs), fs <= 3.0))
@@ -364,20 +417,45 @@ def print_report(result: dict[str, Any]) -> None:
             e = s.get(key)
             if not e:
                 continue
-            thr = s.get(f"{key.split('_')[1]}_throughput_ratio") if key.startswith("retrax") \
-                else None
-            st = s.get(f"{key.split('_')[1]}_step_time_ratio") if key.startswith("retrax") \
-                else None
+            spread = s.get("ratio_spread") or {}
+            kind = key.split("_")[-1]
+            thr = st = "-"
+            if key.startswith("retrax"):
+                thr = (common.fmt_ratio_range(spread.get(f"{kind}_throughput_ratio"))
+                       if spread.get(f"{kind}_throughput_ratio")
+                       else fmt_ratio(s.get(f"{kind}_throughput_ratio")))
+                st = (common.fmt_ratio_range(spread.get(f"{kind}_step_time_ratio"))
+                      if spread.get(f"{kind}_step_time_ratio")
+                      else fmt_ratio(s.get(f"{kind}_step_time_ratio")))
             rows.append([
                 name, label, fmt_range(e["step_spread"]), fmt_s(e["pipelined_step_s"]),
                 fmt_num(e["tokens_per_s"]),
                 "-" if e["mfu"] is None else f"{e['mfu']:.0%}",
-                fmt_s(e["first_step_s"]), fmt_num(e["peak_rss_mib"], 0, " MiB"),
-                fmt_ratio(thr), fmt_ratio(st)])
+                fmt_s(e["first_step_s"]), fmt_num(e["peak_rss_mib"], 0, " MiB"), thr, st])
     print()
+    print("Steps: the median round's; ratios: median of the rounds' ratios (min-max).")
     print(common.table(["cfg", "implementation", "step median (min-max)", "pipelined",
                         "tokens/s", "MFU", "first step", "peak RSS", "thr. vs Flax",
                         "step vs Flax"], rows))
+    round_rows = []
+    for name, runs in result["configs"].items():
+        for i, rd in enumerate(runs.get("rounds") or []):
+            rx, fx = rd.get("retrax") or {}, rd.get("flax") or {}
+            raw = (rx.get("raw_step") or {}).get("median")
+            loop = (rx.get("loop_step") or {}).get("median")
+            peer = fx.get("step_s_median")
+            round_rows.append([
+                name, i + 1, " ".join(f"{x:.2f}" for x in rd.get("loadavg_start") or []) or "-",
+                " ".join(f"{x:.2f}" for x in rd.get("loadavg_end") or []) or "-",
+                fmt_s(raw), fmt_s(loop), fmt_s(peer), fmt_ratio(ratio(peer, raw)),
+                fmt_ratio(ratio(peer, loop))])
+    if round_rows:
+        print()
+        print("Rounds (alternating, each a fresh retrax and peer process; load average 1/5/15 "
+              "min):")
+        print(common.table(["cfg", "round", "load before", "load after", "retrax raw",
+                            "retrax Loop", "Flax", "raw thr. ratio", "Loop thr. ratio"],
+                           round_rows))
     comp = []
     for name, runs in result["configs"].items():
         rx = runs.get("retrax")
@@ -424,9 +502,12 @@ def main() -> None:
                     help="configs for which the peer's nnx.jit variant also runs ('' for none)")
     ap.add_argument("--bench-matmul", action="store_true",
                     help="matmul peak from bench_matmul.py (slower) instead of a quick jnp.dot")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="repeat retrax+peer per config this many times (alternating); the "
-                         "round with the median retrax Loop step is reported")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="alternating retrax / peer rounds per config (default 5); ratios are "
+                         "the median of the rounds' ratios, with their range")
+    ap.add_argument("--compile-cache", action="store_true",
+                    help="keep retrax's persistent compilation cache on in the children "
+                         "(first step is then a warm compile)")
     ap.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "train.json"))
     ap.add_argument("--timeout", type=float, default=900, help="per child process, seconds")
     ap.add_argument("--child", choices=["train", "quickstart", "matmul"], help=argparse.SUPPRESS)
@@ -448,6 +529,8 @@ def main() -> None:
     if bad:
         ap.error(f"unknown config(s) {bad}; choose from {sorted(CONFIGS)}")
     script = os.path.abspath(__file__)
+    if not args.compile_cache:
+        os.environ["RETRAX_COMPILATION_CACHE"] = "0"     # children compile cold, as the peer
     t_all = time.perf_counter()
     result: dict[str, Any] = dict(benchmark="train", argv=sys.argv[1:],
                                   machine=common.machine_info(), configs={}, summary={},
@@ -464,7 +547,8 @@ def main() -> None:
         rounds = []
         for r in range(max(1, args.rounds)):
             tag = f"{name}" + (f" round {r + 1}" if args.rounds > 1 else "")
-            log(f"retrax train {tag}")
+            load = common.loadavg()
+            log(f"retrax train {tag} (load average {load})")
             extra = ["--quick"] if args.quick else []
             rx, err = common.run_child([script, "--child", "train", "--config", name, *extra],
                                        timeout=args.timeout)
@@ -486,15 +570,17 @@ def main() -> None:
                         timeout=args.timeout)
                     if err:
                         result["errors"][f"flax_{name}_nnx_jit"] = err
-            rounds.append(dict(retrax=rx, flax=fx, flax_nnx_jit=fx_nnx))
+            rounds.append(dict(retrax=rx, flax=fx, flax_nnx_jit=fx_nnx, loadavg_start=load,
+                               loadavg_end=common.loadavg()))
         ok = [rd for rd in rounds if rd["retrax"]]
         chosen = sorted(ok, key=lambda rd: rd["retrax"]["loop_step"]["median"])[len(ok) // 2] \
             if ok else rounds[0]
         nnx = next((rd["flax_nnx_jit"] for rd in rounds if rd["flax_nnx_jit"]), None)
         result["configs"][name] = dict(retrax=chosen["retrax"], flax=chosen["flax"],
-                                       flax_nnx_jit=nnx, rounds=rounds if len(rounds) > 1 else None)
-        result["summary"][name] = summarize_config(name, chosen["retrax"], chosen["flax"], nnx,
-                                                   peak_gflops)
+                                       flax_nnx_jit=nnx, rounds=rounds)
+        summary = summarize_config(name, chosen["retrax"], chosen["flax"], nnx, peak_gflops)
+        summary.update(round_ratios(name, rounds, peak_gflops))
+        result["summary"][name] = summary
 
     if not args.no_quickstart:
         log("seed quick start (1000 steps)")
@@ -502,15 +588,12 @@ def main() -> None:
         result["quickstart"] = qs
         if err:
             result["errors"]["quickstart"] = err
-    try:
-        result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
+    result["loadavg_end"] = common.loadavg()
     result["total_wall_s"] = time.perf_counter() - t_all
     result["targets"] = [dict(target=a, measured=b, met=c)
                          for a, b, c in targets(result["summary"], result.get("quickstart"))]
+    path = common.write_json(args.out, result)      # first: a report bug loses no numbers
     print_report(result)
-    path = common.write_json(args.out, result)
     print(f"\nwrote {path} (total {result['total_wall_s']:.0f} s)")
     if any(k.startswith(("retrax", "quickstart")) for k in result["errors"]):
         sys.exit(1)
