@@ -31,12 +31,14 @@ flax|torch``), run one after the other for a workload, so first-step compile
 times and peak RSS belong to one implementation. retrax: the model and a
 ``TrainTask`` go into a real ``training.Loop`` (``output_dir=None``);
 ``first step`` is the first ``Loop.run(1)`` until the weights are ready (trace
-+ compile + one step); ``Loop.run`` is per-step time of ``run(k)`` blocks;
-``raw step`` is the Loop's compiled step called directly with donated
-buffers, blocking on the loss and new weights after each step: the peers'
-``step`` measures the same thing, so the ratios use it. Flax's step is
-``jax.jit`` of a functional ``nnx.split``/``nnx.merge`` step (its
-``nnx.jit`` variant with ``--peer-nnx-jit``); PyTorch's is eager
++ compile + one step; retrax's persistent compilation cache is off in the
+children unless ``--compile-cache``, so this is a cold compile as the peers'
+is); ``Loop.run`` is per-step time of ``run(k)`` blocks; ``raw step`` is
+the Loop's compiled step called directly with donated buffers, blocking on
+the loss and new weights after each step: the peers' ``step`` measures the
+same thing, so the ratios use it. Flax's step is ``jax.jit`` of a
+functional ``nnx.split``/``nnx.merge`` step (its ``nnx.jit`` variant with
+``--peer-nnx-jit``); PyTorch's is eager
 (``torch.compile`` with ``--torch-compile``). Throughput is tokens/s
 (``lm``) or images/s (``resnet``) = items per batch / median step time.
 
@@ -378,6 +380,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat retrax and its peers this many times per workload "
                          "(alternating); the round with the median retrax step is reported")
+    ap.add_argument("--compile-cache", action="store_true",
+                    help="keep retrax's persistent compilation cache on in the children "
+                         "(first step is then a warm compile)")
     ap.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "rnn.json"))
     ap.add_argument("--timeout", type=float, default=900, help="per child process, seconds")
     ap.add_argument("--child", choices=["retrax"], help=argparse.SUPPRESS)
@@ -393,6 +398,8 @@ def main() -> None:
 
     specs = workload_specs(args, ap)
     script = os.path.abspath(__file__)
+    if not args.compile_cache:
+        os.environ["RETRAX_COMPILATION_CACHE"] = "0"     # children compile cold, as the peers
     peer_script = os.path.join(os.path.dirname(script), "rnn_peers.py")
     peer_steps = json.dumps(dict(warm=steps["warm"], timed=steps["timed"],
                                  pipelined=steps["pipelined"]))
