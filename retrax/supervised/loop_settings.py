@@ -7,6 +7,10 @@ checkpoint in ``output_dir`` takes the recorded values; a fresh run takes the
 defaults (``'replicated'``, ``'float32'``). A value passed explicitly wins, and
 the Loop notes when it differs from the recorded one: the checkpoints hold
 whole float32 arrays, so they load into either layout and precision.
+
+In a multi-process run every process uses process 0's settings (process 0
+writes ``config.json``; the others may not see it), so all compile the same
+program.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+
+import jax
+import numpy as np
 
 from retrax.supervised import mixed_precision
 from retrax.supervised import sharding as sharding_rules
@@ -64,8 +71,20 @@ def run_settings(output_dir: str | None, sharding: Any,
             settings[key] = asked[key]
             if saved is not None and saved != asked[key]:
                 changed.append(f"{key}={saved!r} -> {asked[key]!r}")
+    settings = _agreed(settings)
     note = None
     if changed:
         note = (f"Note: resuming with {', '.join(changed)} (config.json recorded the first "
                 f"values); checkpoints hold whole float32 arrays, so this one loads either way.")
     return settings, note
+
+
+def _agreed(settings: dict[str, str]) -> dict[str, str]:
+    """Process 0's settings in every process (a collective when there are several)."""
+    if jax.process_count() == 1:
+        return settings
+    from jax.experimental import multihost_utils
+
+    codes = np.array([CHOICES[key].index(settings[key]) for key in CHOICES], np.int32)
+    chief = np.asarray(multihost_utils.broadcast_one_to_all(codes))
+    return {key: CHOICES[key][int(code)] for key, code in zip(CHOICES, chief)}

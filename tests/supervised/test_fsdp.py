@@ -200,7 +200,7 @@ TWO_PROCESSES = textwrap.dedent("""
     with open(args["result"] + ".json", "w") as f:
         json.dump({"losses": [v for _, v in loop.history.get("train",
                                                             "metrics/CrossEntropyLoss")],
-                   "specs": specs, "step": loop.step}, f)
+                   "specs": specs, "step": loop.step, "sharding": loop.sharding}, f)
 """)
 
 
@@ -213,7 +213,9 @@ def _fsdp_run(tmp_path, name, n_processes, sharding, steps, output_dir=None):
     commands = []
     for i in range(n_processes):
         result = str(tmp_path / f"{name}{i}")
-        args = {"output_dir": str(output_dir or tmp_path / name), "sharding": sharding,
+        # Process 1 leaves sharding at None: it takes process 0's.
+        args = {"output_dir": str(output_dir or tmp_path / name),
+                "sharding": sharding if i == 0 else None,
                 "steps": steps, "result": result, "num_processes": n_processes,
                 "coordinator": COORDINATOR, "process_id": i}
         commands.append([str(worker), json.dumps(args)])
@@ -234,6 +236,7 @@ def test_two_process_fsdp_checkpoints_are_whole_and_resume_unsharded(tmp_path):
     (ref,) = _fsdp_run(tmp_path, "one", 1, "fsdp", 4)
     two = _fsdp_run(tmp_path, "two", 2, "fsdp", 4)
     assert two[0]["specs"] == [[None, "data"], [None, "data"], [], ["data"], []]
+    assert two[0]["sharding"] == two[1]["sharding"] == "fsdp"  # process 1 took process 0's
     assert two[0]["losses"] == two[1]["losses"]
     np.testing.assert_allclose(two[0]["losses"], ref["losses"], rtol=1e-5)
     for a, b, c in zip(two[0]["weights"], two[1]["weights"], ref["weights"]):
