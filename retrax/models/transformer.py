@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from retrax import layers as tl
+from retrax.layers.remat import RematSerial
 from retrax.models.record import records_config
 
 __all__ = ["TransformerLM", "Transformer", "TransformerEncoder", "TransformerDecoder"]
@@ -59,8 +60,11 @@ def _check_common(
     ff_activation: Any,
     max_len: int,
     max_inference_length: int | None,
+    remat: Any = False,
 ) -> int:
     """Validates shared arguments; returns the predict-mode cache length."""
+    if not isinstance(remat, bool):
+        raise ValueError(f"{model}: remat must be True or False; got {remat!r}.")
     if (
         isinstance(dropout, bool)
         or not isinstance(dropout, numbers.Real)
@@ -105,6 +109,16 @@ def _dropout(dropout: float, shared_axes: Any, mode: str) -> tl.Layer:
     return tl.Dropout(rate=dropout, shared_axes=shared_axes, mode=mode)
 
 
+def _residual(remat: bool, *layers: Any) -> tl.Layer:
+    """``tl.Residual(*layers)``; with ``remat`` its insides are recomputed for the gradient.
+
+    Same weights, state and printout either way (``RematSerial`` of the same two
+    children, named ``Serial``), so checkpoints load with or without remat.
+    """
+    block = tl.Residual(*layers)
+    return RematSerial(*block.sublayers) if remat else block
+
+
 def _feed_forward(
     d_model: int,
     d_ff: int,
@@ -124,24 +138,26 @@ def _feed_forward(
     ]
 
 
-def _encoder_block(d_model, d_ff, n_heads, dropout, shared_axes, mode, activation):
+def _encoder_block(d_model, d_ff, n_heads, dropout, shared_axes, mode, activation, remat):
     """``(x, mask) -> (x, mask)``: padding-masked self-attention, then feed-forward."""
     return [
-        tl.Residual(
+        _residual(
+            remat,
             tl.LayerNorm(),
             tl.Attention(d_model, n_heads=n_heads, dropout=dropout, mode=mode),
             _dropout(dropout, shared_axes, mode),
         ),
-        tl.Residual(_feed_forward(d_model, d_ff, dropout, shared_axes, mode, activation)),
+        _residual(remat, _feed_forward(d_model, d_ff, dropout, shared_axes, mode, activation)),
     ]
 
 
 def _decoder_block(
-    d_model, d_ff, n_heads, dropout, shared_axes, mode, activation, max_inference_length
+    d_model, d_ff, n_heads, dropout, shared_axes, mode, activation, max_inference_length, remat
 ):
     """``x -> x``: causal self-attention, then feed-forward (pre-norm residuals)."""
     return [
-        tl.Residual(
+        _residual(
+            remat,
             tl.LayerNorm(),
             tl.CausalAttention(
                 d_model,
@@ -152,16 +168,17 @@ def _decoder_block(
             ),
             _dropout(dropout, shared_axes, mode),
         ),
-        tl.Residual(_feed_forward(d_model, d_ff, dropout, shared_axes, mode, activation)),
+        _residual(remat, _feed_forward(d_model, d_ff, dropout, shared_axes, mode, activation)),
     ]
 
 
 def _encoder_decoder_block(
-    d_model, d_ff, n_heads, dropout, shared_axes, mode, activation, max_inference_length
+    d_model, d_ff, n_heads, dropout, shared_axes, mode, activation, max_inference_length, remat
 ):
     """``(vec_d, mask, vec_e) -> (vec_d, mask, vec_e)``: causal, then cross attention, then FF."""
     return [
-        tl.Residual(
+        _residual(
+            remat,
             tl.LayerNorm(),
             # As in Trax, the decoder self-attention has no attention dropout.
             tl.CausalAttention(
@@ -169,7 +186,8 @@ def _encoder_decoder_block(
             ),
             _dropout(dropout, shared_axes, mode),
         ),
-        tl.Residual(
+        _residual(
+            remat,
             tl.LayerNorm(),
             tl.Select([0, 2, 2, 1, 2]),  # vec_d vec_e vec_e mask vec_e
             tl.AttentionQKV(
@@ -177,7 +195,7 @@ def _encoder_decoder_block(
             ),  # vec_d mask vec_e
             _dropout(dropout, shared_axes, mode),
         ),
-        tl.Residual(_feed_forward(d_model, d_ff, dropout, shared_axes, mode, activation)),
+        _residual(remat, _feed_forward(d_model, d_ff, dropout, shared_axes, mode, activation)),
     ]
 
 
@@ -195,6 +213,7 @@ def TransformerLM(
     ff_activation: Callable[[], tl.Layer] = FF_ACTIVATION_TYPE,
     *,
     max_inference_length: int | None = None,
+    remat: bool = False,
 ) -> tl.Layer:
     """A decoder-only Transformer language model: tokens ``(B, L)`` -> log-probs ``(B, L, V)``.
 
@@ -222,6 +241,10 @@ def TransformerLM(
       ff_activation: layer constructor called with no arguments (``tl.Relu``).
       max_inference_length: (keyword-only, retrax) length of the predict-mode
         K/V caches; defaults to ``max_len`` (Trax fixed it at 2048).
+      remat: (keyword-only, retrax) recompute each residual block's activations
+        in the backward pass (``jax.checkpoint``, see ``tl.RematSerial``):
+        training keeps only the blocks' inputs, for about one more forward pass
+        per step. Same weights, outputs and gradients as without.
 
     Flat weights: ``2 + 16 * n_layers + 4`` arrays in Trax's order.
     """
@@ -235,6 +258,7 @@ def TransformerLM(
         ff_activation,
         max_len,
         max_inference_length,
+        remat=remat,
     )
     return tl.Serial(
         tl.ShiftRight(mode=mode),
@@ -243,7 +267,9 @@ def TransformerLM(
         tl.PositionalEncoding(max_len=max_len, mode=mode),
         [
             _decoder_block(
-                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, cache_len
+                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation,
+                cache_len,
+                remat,
             )
             for _ in range(n_layers)
         ],
@@ -269,6 +295,7 @@ def Transformer(
     ff_activation: Callable[[], tl.Layer] = FF_ACTIVATION_TYPE,
     *,
     max_inference_length: int | None = None,
+    remat: bool = False,
 ) -> tl.Layer:
     """An encoder-decoder Transformer: ``(source, target) -> (log_probs, target)`` (2 -> 2).
 
@@ -290,7 +317,9 @@ def Transformer(
     """
     _check_vocab("Transformer", "input_vocab_size", input_vocab_size)
     cache_len = _check_common(
-        "Transformer", d_model, n_heads, dropout, mode, ff_activation, max_len, max_inference_length
+        "Transformer", d_model, n_heads, dropout, mode, ff_activation, max_len,
+        max_inference_length,
+        remat=remat,
     )
     encoder_mode = "eval" if mode == "predict" else mode  # the encoder never runs stepwise
     in_embedder = tl.Embedding(input_vocab_size, d_model)
@@ -307,7 +336,7 @@ def Transformer(
         tl.PositionalEncoding(max_len=max_len, mode=encoder_mode),
         [
             _encoder_block(
-                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation
+                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, remat
             )
             for _ in range(n_encoder_layers)
         ],
@@ -328,7 +357,9 @@ def Transformer(
         tl.Branch([], tl.EncoderDecoderMask()),  # vec_d mask vec_e tok_d
         [
             _encoder_decoder_block(
-                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, cache_len
+                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation,
+                cache_len,
+                remat,
             )
             for _ in range(n_decoder_layers)
         ],
@@ -352,6 +383,8 @@ def TransformerEncoder(
     dropout_shared_axes: Any = DROPOUT_SHARED_AXES,
     mode: str = MODE,
     ff_activation: Callable[[], tl.Layer] = FF_ACTIVATION_TYPE,
+    *,
+    remat: bool = False,
 ) -> tl.Layer:
     """A Transformer encoder with a classification head: tokens ``(B, L)`` -> logits ``(B, C)``.
 
@@ -359,12 +392,14 @@ def TransformerEncoder(
     Embedding, Dropout, PositionalEncoding, n_layers x encoder block,
     Select([0], n_in=2), LayerNorm, Mean(axis=1), Dense(n_classes))``. Outputs
     logits, as in Trax 1.4.1 (the mean runs over padding positions too, as in
-    Trax). ``'predict'`` behaves as ``'eval'``.
+    Trax). ``'predict'`` behaves as ``'eval'``. ``remat`` (keyword-only): see
+    ``TransformerLM``.
     """
     _check_vocab("TransformerEncoder", "vocab_size", vocab_size)
     _check_vocab("TransformerEncoder", "n_classes", n_classes)
     _check_common(
-        "TransformerEncoder", d_model, n_heads, dropout, mode, ff_activation, max_len, None
+        "TransformerEncoder", d_model, n_heads, dropout, mode, ff_activation, max_len, None,
+        remat=remat,
     )
     return tl.Serial(
         tl.Branch([], tl.PaddingMask()),  # tokens mask
@@ -373,7 +408,7 @@ def TransformerEncoder(
         tl.PositionalEncoding(max_len=max_len, mode="eval" if mode == "predict" else mode),
         [
             _encoder_block(
-                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation
+                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, remat
             )
             for _ in range(n_layers)
         ],
@@ -398,6 +433,7 @@ def TransformerDecoder(
     ff_activation: Callable[[], tl.Layer] = FF_ACTIVATION_TYPE,
     *,
     max_inference_length: int | None = None,
+    remat: bool = False,
 ) -> tl.Layer:
     """A stack of causal decoder blocks: ``(B, L)`` tokens (or ``(B, L, D)``) -> ``(B, L, D)``.
 
@@ -405,7 +441,8 @@ def TransformerDecoder(
     it is vectors (``Dense(d_model)``). No ``ShiftRight``: output ``t`` sees
     inputs ``<= t``. Unlike Trax, ``mode`` also reaches ``PositionalEncoding``
     so ``'predict'`` mode decodes position by position; ``max_inference_length``
-    (keyword-only) sets the cache length (default ``max_len``).
+    (keyword-only) sets the cache length (default ``max_len``); ``remat``
+    (keyword-only): see ``TransformerLM``.
     """
     if vocab_size is not None:
         _check_vocab("TransformerDecoder", "vocab_size", vocab_size)
@@ -418,6 +455,7 @@ def TransformerDecoder(
         ff_activation,
         max_len,
         max_inference_length,
+        remat=remat,
     )
     return tl.Serial(
         tl.Embedding(vocab_size, d_model) if vocab_size is not None else tl.Dense(d_model),
@@ -425,7 +463,9 @@ def TransformerDecoder(
         tl.PositionalEncoding(max_len=max_len, mode=mode),
         [
             _decoder_block(
-                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation, cache_len
+                d_model, d_ff, n_heads, dropout, dropout_shared_axes, mode, ff_activation,
+                cache_len,
+                remat,
             )
             for _ in range(n_layers)
         ],
