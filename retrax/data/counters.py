@@ -17,10 +17,12 @@ next to a checkpoint, in Trax's file format (``data_counters<host>.pkl``).
 2
 
 ``training.Loop`` does not need this: it saves every retrax pipeline's
-position with its checkpoints. Both together do not skip twice: restoring a
-stream's position sets its counter to the examples it had passed then, and
-the examples a restore re-draws (for pipelines with plain Python functions)
-are not skipped again. A ``Prefetch`` after ``CountAndSkip`` counts the
+position with its checkpoints. It keeps the counters right all the same, as
+Trax's Loop does: each checkpoint holds them (and Trax's counters file is
+written beside Trax's layout), and a resume restores them. Both together do
+not skip twice: restoring a stream's position sets its counter to the
+examples it had passed then, and the examples a restore re-draws (for
+pipelines with plain Python functions) are not skipped again. A ``Prefetch`` after ``CountAndSkip`` counts the
 examples it reads ahead (as in Trax); the Loop's own prefetch does not: it
 draws inside :func:`counting_aside` and adds the counts with
 :func:`add_counts` when training takes the batch, so the counters say how
