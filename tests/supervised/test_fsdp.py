@@ -121,6 +121,12 @@ EIGHT_DEVICES = textwrap.dedent("""
         specs = [list(x.sharding.spec) for x in jax.tree_util.tree_leaves(loop._weights)]
         loop.run(3)  # step 9 is logged
         out['resumed_' + saved] = dict(exact=same, specs=specs, losses=losses(loop))
+    # Both options at once: bfloat16 compute on sharded float32 masters.
+    for mode in ('replicated', 'fsdp'):
+        loop = make_loop(None, model=model(), steps_per_ckpt=3, sharding=mode,
+                         compute_dtype='bfloat16')
+        loop.run(6)
+        out['bf16_' + mode] = losses(loop)
     print(json.dumps(out))
 """)
 
@@ -155,6 +161,14 @@ def test_fsdp_holds_an_eighth_per_device(eight_devices):
     assert 1 / 8 <= fsdp["least_held"] <= fsdp["most_held"] < 0.14
     # Embedding (32, 64), Dense (64, 128) + bias, Dense (128, 32) + bias.
     assert fsdp["specs"] == [[None, "data"], [None, "data"], [], ["data"], []]
+
+
+@pytest.mark.slow  # one 8-device subprocess, ~10 s of CPU
+def test_fsdp_with_bfloat16_compute_matches_replicated(eight_devices):
+    rep, fsdp = eight_devices["bf16_replicated"], eight_devices["bf16_fsdp"]
+    assert len(rep) == 3
+    np.testing.assert_allclose(fsdp, rep, rtol=1e-3)  # bfloat16 sums in another order
+    np.testing.assert_allclose(rep, eight_devices["replicated"]["losses"], rtol=3e-2)
 
 
 @pytest.mark.slow  # one 8-device subprocess, ~10 s of CPU
