@@ -37,11 +37,12 @@ def time_bin_features(positions: Any, time_bin_length: int) -> Any:
 class TimeBinPositionalEncoding(Layer):
     """Replaces the last 3 features by time-bin features (1 -> 1): ``(B, L, D) -> (B, L, D)``.
 
-    ``D >= 3``. ``'train'`` and ``'eval'`` number the positions ``0 ..
-    L-1``; in ``'predict'`` mode the state is each example's next position
-    ``(B,)``; a call of length ``L`` covers the next ``L`` (Trax's took one
-    token per call). ``time_bin_length`` should be
-    the ``bin_length`` of the time-bin attention that reads the features.
+    With ``D < 3`` the output is the last ``D`` features. ``'train'`` and
+    ``'eval'`` number the positions ``0 .. L-1``; in ``'predict'`` mode the
+    state is each example's next position ``(B,)``; a call of length ``L``
+    covers the next ``L`` (Trax's took one token per call).
+    ``time_bin_length`` should be the ``bin_length`` of the time-bin
+    attention that reads the features.
     """
 
     num_features = N_FEATURES
@@ -58,11 +59,9 @@ class TimeBinPositionalEncoding(Layer):
 
     def forward(self, x):
         name = self.name
-        if jnp.ndim(x) != 3 or x.shape[-1] < N_FEATURES:
-            raise ValueError(
-                f"{name}: expected (batch, length, d_model) activations with d_model >= "
-                f"{N_FEATURES} (the last {N_FEATURES} features are replaced); got shape "
-                f"{tuple(jnp.shape(x))}.")
+        if jnp.ndim(x) != 3:
+            raise ValueError(f"{name}: expected (batch, length, d_model) activations; got "
+                             f"shape {tuple(jnp.shape(x))}.")
         if self._mode == "predict":
             if isinstance(self.state, tuple) or jnp.shape(self.state) != (x.shape[0],):
                 raise ValueError(
@@ -74,4 +73,6 @@ class TimeBinPositionalEncoding(Layer):
         else:
             features = time_bin_features(jnp.arange(x.shape[1]), self._time_bin_length)
             features = jnp.broadcast_to(features[None], x.shape[:2] + (N_FEATURES,))
-        return jnp.concatenate([x[..., :-N_FEATURES], features.astype(x.dtype)], axis=-1)
+        # With d_model < 3 only the last d_model features remain (Trax's behaviour).
+        y = jnp.concatenate([x[..., :-N_FEATURES], features.astype(x.dtype)], axis=-1)
+        return y[..., -x.shape[-1]:]

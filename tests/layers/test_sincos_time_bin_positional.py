@@ -62,6 +62,6 @@ def test_time_bin_replaces_the_last_three_features():
         outs.append(np.asarray(out))
     np.testing.assert_allclose(np.concatenate(outs, 1), y, atol=1e-6)
     assert np.asarray(state).tolist() == [7, 7]
-    with pytest.raises(ValueError, match="d_model >= 3"):
-        ev(np.zeros((1, 2, 2), np.float32))
+    # Narrower than the features: the last ones remain (Trax's behaviour).
+    np.testing.assert_allclose(np.asarray(ev(x[..., :2]))[0], want[:, 1:], atol=1e-6)
     assert tl.TimeBinPositionalEncoding.num_features == 3
