@@ -3,7 +3,9 @@
 
 Usage (from the repository root, in the venv)::
 
-    python benchmarks/decode.py              # batch 1 and 8, greedy / top-k / top-p (~3 min)
+    python benchmarks/decode.py              # batch 1 and 8, greedy / top-k / top-p, 5 rounds
+                                             # (~15 min)
+    python benchmarks/decode.py --rounds 1   # one retrax + peer pair (~3 min)
     python benchmarks/decode.py --quick      # smoke test: fewer repeats
     python benchmarks/decode.py --no-peer    # retrax only
 
@@ -21,8 +23,17 @@ the model and JAX are already initialized), then ``--repeats`` timed calls per
 method, round-robin over the methods so that machine noise hits all of them
 alike; tokens/s = batch * 128 / median call time. Each call is the full
 public API: argument checks, a fresh cache state, the compiled generation and
-the copy back to NumPy. ``--rounds N`` repeats everything (retrax and peer)
-N times and reports, per entry, the round with the median tokens/s.
+the copy back to NumPy (so the clock stops only once the tokens exist).
+
+``--rounds N`` (default 5) alternates: retrax (batch 1, batch 8), peer,
+retrax, peer, ..., each a fresh process. "vs Flax KV" is the median over the
+rounds of each round's own ratio (retrax tokens/s / that round's peer
+tokens/s at the same batch), with its range (min-max); the other columns are,
+per entry, the round with the median tokens/s. The 1-minute load average is
+recorded at the start and end of the run and around each round (table and
+JSON). The children run with retrax's persistent compilation cache off
+(``RETRAX_COMPILATION_CACHE=0``), so ``first call`` is a cold compile as the
+peer's is; ``--compile-cache`` keeps it on.
 
 The Flax peer (``bench_flax.py --child decode --config M``) measures its
 greedy ``fori_loop`` over a 128-long KV cache and a no-cache loop, batch 1
@@ -165,9 +176,11 @@ def print_report(result: dict[str, Any]) -> None:
             if not r:
                 continue
             fx = (peer.get(f"kv_cache_b{b}") or {}).get("tokens_per_s")
+            spread = (result.get("ratio_spread") or {}).get(f"{method}_b{b}")
             rows.append([f"retrax {method}", b, fmt_s(r["first_call_s"]),
                          fmt_range(r["call_s"]), fmt_num(r["tokens_per_s"]),
-                         fmt_ratio(ratio(r["tokens_per_s"], fx)),
+                         common.fmt_ratio_range(spread) if spread
+                         else fmt_ratio(ratio(r["tokens_per_s"], fx)),
                          fmt_ratio(r.get("vs_greedy_paired",
                                          ratio(r["tokens_per_s"], greedy)))])
         for kind, label in (("kv_cache", "Flax KV cache (greedy)"),
@@ -183,8 +196,25 @@ def print_report(result: dict[str, Any]) -> None:
     print()
     print(f"config M, {result['new_tokens']} new tokens, prompt of {result['prompt_len']} "
           f"(retrax) / start token only (Flax)")
+    print("vs Flax KV: median of the rounds' ratios (min-max); other columns: the median "
+          "round's.")
     print(common.table(["method", "batch", "first call", "call median (min-max)", "tokens/s",
                         "vs Flax KV", "vs greedy"], rows))
+    round_rows = []
+    for i, rd in enumerate(result.get("rounds") or []):
+        row = [i + 1, " ".join(f"{x:.2f}" for x in rd.get("loadavg_start") or []) or "-",
+               " ".join(f"{x:.2f}" for x in rd.get("loadavg_end") or []) or "-"]
+        for b in BATCHES:
+            g = (rd["retrax"].get(f"greedy_b{b}") or {}).get("tokens_per_s")
+            f = ((rd.get("flax") or {}).get(f"kv_cache_b{b}") or {}).get("tokens_per_s")
+            row += [fmt_num(g), fmt_num(f), fmt_ratio(ratio(g, f))]
+        round_rows.append(row)
+    if round_rows:
+        print()
+        print("Rounds (alternating fresh processes; greedy tokens/s; load average 1/5/15 min):")
+        print(common.table(["round", "load before", "load after"]
+                           + [h for b in BATCHES for h in (f"retrax b{b}", f"Flax KV b{b}",
+                                                           f"ratio b{b}")], round_rows))
     if result["targets"]:
         print()
         print(common.table(["target (BENCHMARKS.md)", "measured", "met"],
@@ -197,15 +227,37 @@ def print_report(result: dict[str, Any]) -> None:
             print(f"ERROR {k}: {v.strip().splitlines()[-1] if v.strip() else v}")
 
 
+def round_ratios(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per ``<method>_b<batch>``: median/min/max/values over the rounds of retrax tokens/s /
+    the same round's peer KV-cache tokens/s at that batch (rounds missing either are skipped).
+    """
+    values: dict[str, list[float]] = {}
+    for rd in rounds:
+        peer = rd.get("flax") or {}
+        for key, r in rd["retrax"].items():
+            f = (peer.get(f"kv_cache_b{key.rsplit('_b', 1)[1]}") or {}).get("tokens_per_s")
+            x = ratio(r.get("tokens_per_s"), f)
+            if x is not None:
+                values.setdefault(key, []).append(x)
+    return {k: dict(common.summarize(v), values=v) for k, v in sorted(values.items())}
+
+
 def compute_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     peer = result.get("flax") or {}
-    g1 = result["retrax"].get("greedy_b1")
-    f1 = peer.get("kv_cache_b1")
-    if g1 and f1:
-        r = g1["tokens_per_s"] / f1["tokens_per_s"]
-        out.append(dict(target="greedy M batch 1: >= 1.2x Flax KV-cache loop",
-                        measured=fmt_ratio(r), met=r >= 1.2))
+    spreads = result.get("ratio_spread") or {}
+    for b in BATCHES:
+        g, f = result["retrax"].get(f"greedy_b{b}"), peer.get(f"kv_cache_b{b}")
+        spread = spreads.get(f"greedy_b{b}")
+        if spread:
+            r, shown = spread["median"], common.fmt_ratio_range(spread)
+        elif g and f:
+            r = g["tokens_per_s"] / f["tokens_per_s"]
+            shown = fmt_ratio(r)
+        else:
+            continue
+        out.append(dict(target=f"greedy M batch {b}: >= 1.2x Flax KV-cache loop "
+                               f"(median of rounds)", measured=shown, met=r >= 1.2))
     for b in BATCHES:
         g = result["retrax"].get(f"greedy_b{b}")
         for method in result["methods"]:
@@ -230,9 +282,12 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed calls after the first (default 10, --quick 3)")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="repeat the retrax children and the peer this many times; each "
-                         "entry reports the round with its median tokens/s")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="alternating retrax / peer rounds (default 5); ratios are the median "
+                         "of the rounds' ratios, with their range")
+    ap.add_argument("--compile-cache", action="store_true",
+                    help="keep retrax's persistent compilation cache on in the children "
+                         "(first call is then a warm compile)")
     ap.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "decode.json"))
     ap.add_argument("--timeout", type=float, default=600, help="per child process, seconds")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -252,6 +307,8 @@ def main() -> None:
         ap.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     script = os.path.abspath(__file__)
+    if not args.compile_cache:
+        os.environ["RETRAX_COMPILATION_CACHE"] = "0"     # children compile cold, as the peer
     t_all = time.perf_counter()
     result: dict[str, Any] = dict(benchmark="decode", argv=sys.argv[1:],
                                   machine=common.machine_info(), config="M",
@@ -261,8 +318,9 @@ def main() -> None:
                                   note="measured values; compare only within a run")
     rounds = []
     for r in range(max(1, args.rounds)):
-        rd: dict[str, Any] = dict(retrax={}, flax=None)
+        rd: dict[str, Any] = dict(retrax={}, flax=None, loadavg_start=common.loadavg())
         tag = f" (round {r + 1})" if args.rounds > 1 else ""
+        log(f"round {r + 1}: load average {rd['loadavg_start']}")
         for b in batches:
             log(f"retrax {','.join(methods)} batch {b}{tag}")
             res, err = common.run_child(
@@ -287,18 +345,16 @@ def main() -> None:
                 result["errors"]["flax_new_tokens"] = (
                     f"the peer generates {res.get('new_tokens')} tokens, retrax "
                     f"{args.new_tokens}; tokens/s stay comparable but cache lengths differ")
+        rd["loadavg_end"] = common.loadavg()
         rounds.append(rd)
     result["retrax"], result["flax"] = _median_round(rounds)
-    if len(rounds) > 1:
-        result["rounds"] = rounds
-    try:
-        result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
+    result["rounds"] = rounds
+    result["ratio_spread"] = round_ratios(rounds)
+    result["loadavg_end"] = common.loadavg()
     result["targets"] = compute_targets(result)
     result["total_wall_s"] = time.perf_counter() - t_all
+    path = common.write_json(args.out, result)      # first: a report bug loses no numbers
     print_report(result)
-    path = common.write_json(args.out, result)
     print(f"\nwrote {path} (total {result['total_wall_s']:.0f} s)")
     if any(k.startswith("retrax") for k in result["errors"]):
         sys.exit(1)
