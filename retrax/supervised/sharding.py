@@ -131,8 +131,14 @@ def to_host(tree: Any) -> Any:
     (a collective: every process must call this together); the rest are
     copied as they are.
     """
+    def split_over_processes(x):
+        return isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated
+
+    if not any(split_over_processes(x) for x in jax.tree_util.tree_leaves(tree)):
+        return jax.device_get(tree)  # one batched transfer
+
     def fetch(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        if split_over_processes(x):
             from jax.experimental import multihost_utils
 
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
