@@ -154,7 +154,8 @@ class Loop:
     Both are saved in ``config.json``. Left at None, a run resuming from a
     checkpoint in ``output_dir`` takes the value its ``config.json`` recorded
     (a fresh run: the default); a value passed explicitly wins, with a note
-    when it differs from the recorded one.
+    when it differs from the recorded one. In a multi-process run every
+    process takes process 0's values.
 
     Extension points for subclasses and callbacks (public, documented): ``log_step``,
     ``log_summary``, ``open_summary_writer``, ``stop`` (early stopping), ``run_evals``,
