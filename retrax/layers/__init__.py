@@ -28,6 +28,7 @@ from retrax.layers.efficient_attention import *  # noqa: F401,F403
 from retrax.layers.enc_dec_attention import *  # noqa: F401,F403
 from retrax.layers.fixed_base_positional import *  # noqa: F401,F403
 from retrax.layers.gaussian import *  # noqa: F401,F403
+from retrax.layers.infinite_positional import *  # noqa: F401,F403
 from retrax.layers.initializers import *  # noqa: F401,F403
 from retrax.layers.inspection import *  # noqa: F401,F403
 from retrax.layers.locally_connected import *  # noqa: F401,F403

@@ -7,9 +7,11 @@ layers (``ff_chunk_size``) and SRU layers (``ff_use_sru``). The layer tree
 and weight order are Trax 1.4.1's, so its checkpoints load.
 
 Not implemented (refused with a message): sparse feed-forward layers
-(``ff_sparsity``), sparse loss layers (``loss_sparsity``) and the positional
-encodings ``'infinite'``, ``'infinite-affine'`` and ``'time-bin'`` (the
-default, ``'fixed-base'``, ``'sin-cos'``, ``'no'`` and ``'axial'`` work).
+(``ff_sparsity``), sparse loss layers (``loss_sparsity``) and
+``pos_type='time-bin'`` (its ``time_bin_length`` came from a gin binding in
+Trax); the other positional encodings (the default, ``'fixed-base'``,
+``'sin-cos'``, ``'infinite'``, ``'infinite-affine'``, ``'no'``, ``'axial'``)
+work.
 
 >>> import numpy as np
 >>> from retrax import models, shapes
@@ -127,19 +129,18 @@ def PositionalEncoder(mode: str, dropout: float | None = None,  # noqa: N802
         raise ValueError(
             "pos_type='time-bin' needs a time_bin_length, which Trax took from a gin binding; "
             "put tl.TimeBinPositionalEncoding(time_bin_length=..., mode=...) in the model "
-            "yourself, or use pos_type None (learned), 'fixed-base', 'sin-cos', 'no' or "
-            "'axial'.")
+            "yourself, or use pos_type None (learned), 'fixed-base', 'sin-cos', 'infinite', "
+            "'no' or 'axial'.")
     if pos_type in ("infinite", "infinite-affine"):
-        raise NotImplementedError(
-            f"pos_type={pos_type!r} (Trax's InfinitePositionalEncoding) is not implemented in "
-            f"retrax; use None (learned), 'fixed-base', 'sin-cos', 'no' or 'axial'.")
+        # Trax built it without its mode (so 'predict' restarted at position 0 every call).
+        return tl.InfinitePositionalEncoding(affine=pos_type == "infinite-affine", mode=mode)
     # Any other value is axial, as in Trax (which names it nowhere).
     if not pos_axial_shape or pos_d_axial_embs is None:
         raise ValueError(
             f"pos_type={pos_type!r} is axial positional encoding and needs pos_axial_shape "
             f"(a grid whose size is the longest sequence) and pos_d_axial_embs (one width per "
             f"axis, summing to d_model); got {pos_axial_shape!r} and {pos_d_axial_embs!r}. "
-            f"Or use pos_type None (learned), 'fixed-base' or 'no'.")
+            f"Or use pos_type None (learned), 'fixed-base', 'sin-cos', 'infinite' or 'no'.")
     return tl.AxialPositionalEncoding(
         shape=tuple(pos_axial_shape), d_embs=tuple(pos_d_axial_embs),
         dropout_broadcast_dims=tuple(range(1, len(pos_axial_shape) + 1)), dropout=dropout,

@@ -143,12 +143,12 @@ def test_positional_choices_and_refusals_name_the_value_to_change():
         lm(pos_type="axial", pos_axial_shape=(4, 8))
     with pytest.raises(ValueError, match="gin binding"):
         lm(pos_type="time-bin")
-    with pytest.raises(NotImplementedError, match="InfinitePositionalEncoding"):
-        lm(pos_type="infinite")
     with pytest.raises(ValueError, match="even d_model"):
         models.Reformer(8, d_model=9, n_heads=1, pos_type="sin-cos")
-    layers = [type(layer).__name__ for layer in lm(pos_type="sin-cos").sublayers]
-    assert "SinCosPositionalEncoding" in layers
+    for pos_type, name in (("sin-cos", "SinCos"), ("infinite", "Infinite"),
+                           ("infinite-affine", "Infinite")):
+        layers = [type(layer).__name__ for layer in lm(pos_type=pos_type).sublayers]
+        assert f"{name}PositionalEncoding" in layers
     layers = [type(layer).__name__ for layer in models.ReformerLM(
         vocab_size=8, d_model=16, n_layers=1, pos_type="fixed-base").sublayers]
     assert "FixedBasePositionalEncoding" in layers
