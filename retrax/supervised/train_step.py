@@ -22,7 +22,7 @@ from retrax.layers import base
 from retrax.supervised import mixed_precision
 from retrax.supervised import sharding as sharding_rules
 
-__all__ = ["Placement", "make_train_step", "make_eval_step", "apply_model_and_ends"]
+__all__ = ["Placement", "check_batch_rows", "make_train_step", "make_eval_step", "apply_model_and_ends"]
 
 
 class Placement:
@@ -51,19 +51,25 @@ class Placement:
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
 
+    @property
+    def local_devices(self) -> int:
+        """How many of this placement's devices belong to this process (all, in one process)."""
+        mine = jax.process_index()
+        return sum(1 for d in self.mesh.devices.flat if d.process_index == mine)
+
     def put_batch(self, batch: Sequence[Any], where: str) -> tuple[Any, ...]:
+        """``batch`` on the devices, split along its first axis.
+
+        In a multi-process run each process passes its own rows (its share of
+        the global batch), split over this process's devices.
+        """
         out = []
+        n_local, n_processes = self.local_devices, jax.process_count()
         for i, x in enumerate(batch):
             x = np.asarray(x)
             if self.n_devices > 1:
-                if x.ndim == 0 or x.shape[0] % self.n_devices:
-                    raise ValueError(
-                        f"{where}: batch item {i} has shape {x.shape}; its first (batch) axis "
-                        f"must be divisible by the {self.n_devices} devices used for data "
-                        f"parallelism. Use a batch size that is a multiple of "
-                        f"{self.n_devices} or pass n_devices=... to Loop."
-                    )
-                if jax.process_count() > 1:
+                check_batch_rows(x.shape, i, n_local, where, n_processes)
+                if n_processes > 1:
                     # Multi-host: each process yields its own slice of the global batch.
                     out.append(jax.make_array_from_process_local_data(self.batch_sharding, x))
                 else:
@@ -90,6 +96,38 @@ class Placement:
     def to_host(self, tree: Any) -> Any:
         """``tree`` as whole NumPy arrays (gathers sharded ones; every process must call)."""
         return sharding_rules.to_host(tree)
+
+
+def check_batch_rows(shape: Sequence[int], index: int, n_local: int, where: str,
+                     n_processes: int = 1) -> None:
+    """Raises unless a batch item of ``shape`` splits evenly over ``n_local`` devices.
+
+    ``n_local``: the devices of this process (in a multi-process run each
+    process feeds only its own rows, so its share, not the global batch, is
+    what must divide).
+
+    >>> check_batch_rows((4, 3), 0, 4, 'train')
+    >>> check_batch_rows((6, 3), 1, 4, 'train')
+    Traceback (most recent call last):
+    ...
+    ValueError: train: batch item 1 has shape (6, 3); its first (batch) axis must be divisible by the 4 devices used for data parallelism. Use a batch size that is a multiple of 4 or pass n_devices=... to Loop.
+    """
+    shape = tuple(shape)
+    if n_local <= 1 or (shape and shape[0] % n_local == 0):
+        return
+    if n_processes > 1:
+        raise ValueError(
+            f"{where}: batch item {index} has shape {shape} (this process's rows of the global "
+            f"batch); its first (batch) axis must be divisible by this process's {n_local} "
+            f"devices used for data parallelism. Each of the {n_processes} processes feeds "
+            f"its own rows: use a global batch size that is a multiple of "
+            f"{n_local * n_processes} ({n_local} devices x {n_processes} processes)."
+        )
+    raise ValueError(
+        f"{where}: batch item {index} has shape {shape}; its first (batch) axis must be "
+        f"divisible by the {n_local} devices used for data parallelism. Use a batch size that "
+        f"is a multiple of {n_local} or pass n_devices=... to Loop."
+    )
 
 
 def apply_model_and_ends(model: base.Layer, ends: Sequence[base.Layer], ends_weights: Sequence[Any],
