@@ -15,14 +15,14 @@ those sharing a bucket with it first, then the most recent. While the memory
 holds no more than that window, decoding token by token gives ``'eval'``'s
 numbers whenever ``'eval'``'s chunk window covers the whole sorted sequence.
 
->>> import numpy as np
 >>> from retrax import shapes
 >>> attn = PureLSHSelfAttention(n_heads=2, d_qk=4, d_v=4, causal=True, chunk_len=4,
-...                             n_hashes=2, n_buckets=4, mode='eval')
->>> sig = (shapes.ShapeDtype((2, 8, 4)), shapes.ShapeDtype((2, 8, 4)))
->>> _ = attn.init(sig)
->>> attn((np.ones((2, 8, 4), np.float32), np.ones((2, 8, 4), np.float32))).shape
-(2, 8, 4)
+...                             n_hashes=2, n_buckets=4, predict_mem_len=16,
+...                             predict_drop_len=4, mode='predict')
+>>> rows = shapes.ShapeDtype((2, 1, 4))  # 1 example x 2 heads, one position
+>>> weights, (mem_end, (qk_mem, v_mem), hash_key) = attn.init((rows, rows))
+>>> weights, qk_mem.shape, hash_key.shape
+((), (2, 16, 4), (2,))
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def test_enc_dec_attention_is_trax_141s_sum_over_real_positions():
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("masked", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_enc_dec_predict_caches_the_encoder_keys_and_equals_eval(masked):
     # masked: Trax 1.4.1's sum over real positions; unmasked: a softmax over the queries.
     rng = np.random.default_rng(5)
@@ -145,7 +145,7 @@ def test_enc_dec_predict_caches_the_encoder_keys_and_equals_eval(masked):
     pred = tl.EncDecAttention(n_heads=2, d_qk=4, d_v=3, masked=masked, mode="predict")
     _, state = pred.init(sig)
     assert state == ()  # filled by the first call, as tl.Cache's
-    step = jax.jit(pred.pure_fn)
+    step = pred.pure_fn  # eager: cheaper than compiling for four tiny calls
     got = []
     for t in range(4):
         # After the first call the encoder output is not read again: zeros give the same.
