@@ -190,8 +190,10 @@ def compile_breakdown(fn: Callable, args: Sequence[Any], donate_argnums: tuple =
     """Times a fresh ``jax.jit`` of ``fn`` on ``args`` in its three stages.
 
     Returns ``({trace_s, lower_s, xla_compile_s, hlo_fusions, xla_flops,
-    xla_bytes_accessed}, traced)``; a cost analysis the backend refuses is
-    recorded as ``cost_analysis_error``.
+    xla_bytes_accessed, temp_bytes, alias_bytes}, traced)`` (``temp_bytes``:
+    XLA's scratch memory; ``alias_bytes``: donated inputs reused as outputs);
+    a cost or memory analysis the backend refuses is recorded as
+    ``cost_analysis_error``.
     """
     import jax
 
@@ -212,6 +214,9 @@ def compile_breakdown(fn: Callable, args: Sequence[Any], donate_argnums: tuple =
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         res["xla_flops"] = float(cost.get("flops", float("nan")))
         res["xla_bytes_accessed"] = float(cost.get("bytes accessed", float("nan")))
+        mem = compiled.memory_analysis()
+        res["temp_bytes"] = int(mem.temp_size_in_bytes)
+        res["alias_bytes"] = int(mem.alias_size_in_bytes)
     except Exception as err:  # noqa: BLE001 (diagnostic only)
         res["cost_analysis_error"] = repr(err)
     return res, traced

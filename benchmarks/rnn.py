@@ -311,17 +311,24 @@ def print_report(result: dict[str, Any]) -> None:
                         "retrax thr. / this", "retrax first / this"], rows))
     comp = []
     for name, runs in result["workloads"].items():
-        rx = runs.get("retrax") or {}
-        if rx.get("trace_s") is not None:
-            comp.append([name, fmt_s(rx.get("setup_s")), fmt_s(rx.get("first_step_s")),
-                         fmt_s(rx.get("trace_s")), fmt_s(rx.get("lower_s")),
-                         fmt_s(rx.get("xla_compile_s")), fmt_num(rx.get("hlo_fusions")),
-                         fmt_num((rx.get("xla_flops") or 0) / 1e9, 1)])
+        for key in ("retrax", "flax"):
+            r = runs.get(key) or {}
+            if r.get("trace_s") is None:
+                continue
+            comp.append([name, LABELS.get(key, key) if key != "retrax" else "retrax",
+                         fmt_s(r.get("first_step_s")), fmt_s(r.get("trace_s")),
+                         fmt_s(r.get("lower_s")), fmt_s(r.get("xla_compile_s")),
+                         fmt_num(r.get("hlo_fusions")),
+                         fmt_num((r.get("xla_flops") or 0) / 1e9, 2),
+                         fmt_num((r.get("xla_bytes_accessed") or 0) / 2**20, 0, " MiB"),
+                         fmt_num((r.get("temp_bytes") or 0) / 2**20, 1, " MiB")])
     if comp:
         print()
-        print("retrax compile breakdown (a fresh jit of the same step):")
-        print(common.table(["workload", "Loop setup", "first step", "trace", "lower",
-                            "XLA compile", "HLO fusions", "XLA GFLOP"], comp))
+        print("Compile breakdown and XLA's profile of the step (a fresh jit of the same "
+              "function; bytes = XLA's bytes accessed, temp = its scratch memory):")
+        print(common.table(["workload", "implementation", "first step", "trace", "lower",
+                            "XLA compile", "HLO fusions", "XLA GFLOP", "bytes", "temp"],
+                           comp))
     ops = {n: (r.get("torch") or {}).get("torch_ops") for n, r in result["workloads"].items()}
     for n, o in ops.items():
         if o:
@@ -437,6 +444,8 @@ def main() -> None:
                 result["errors"][f"retrax_{name}_r{r}_raw_step"] = rx["raw_error"]
             runs: dict[str, Any] = dict(retrax=rx)
             for key, extra in peer_runs(spec, args):
+                if key == "flax" and not (args.quick or args.tiny):
+                    extra = [*extra, "--breakdown"]
                 log(f"{LABELS[key]} {tag}")
                 res, err = common.run_child(
                     [peer_script, *extra, "--spec", spec_json, "--steps", peer_steps],

@@ -240,9 +240,14 @@ def _flax_wide_resnet(spec: dict[str, Any], seed: int = 0) -> Any:
     return WideResnet(nnx.Rngs(seed))
 
 
-def child_flax(spec: dict[str, Any], variant: str, cell: str | None, steps: dict[str, int]
-               ) -> dict[str, Any]:
-    """One Flax NNX measurement: variant ``jit`` (functional) or ``nnx_jit``."""
+def child_flax(spec: dict[str, Any], variant: str, cell: str | None, steps: dict[str, int],
+               breakdown: bool = False) -> dict[str, Any]:
+    """One Flax NNX measurement: variant ``jit`` (functional) or ``nnx_jit``.
+
+    ``breakdown`` (``jit`` only): after the timing, the compile breakdown and
+    XLA's program profile (fusions, FLOPs, bytes accessed, scratch memory) of
+    a fresh jit of the same step, as rnn.py records for retrax.
+    """
     t_import = time.perf_counter()
     import flax
     import jax
@@ -329,6 +334,11 @@ def child_flax(spec: dict[str, Any], variant: str, cell: str | None, steps: dict
     res["loss_last"] = timing.pop("last")
     res.update(timing)
     res["peak_rss_mib"] = common.peak_rss_mib()
+    if breakdown and variant == "jit":
+        x, y, w = batches[0]
+        res.update(common.compile_breakdown(
+            train_step, (params, rest, opt_state, jnp.int32(0), x, y, w),
+            donate_argnums=(0, 1, 2))[0])
     return res
 
 
@@ -458,10 +468,12 @@ def main() -> None:
                     help="torch: torch.set_num_threads (default: PyTorch's choice)")
     ap.add_argument("--steps", default='{"warm": 2, "timed": 10, "pipelined": 5}',
                     help="JSON: warm-up, timed and pipelined step counts")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="flax jit: also the compile breakdown and XLA's program profile")
     args = ap.parse_args()
     spec, steps = json.loads(args.spec), json.loads(args.steps)
     if args.child == "flax":
-        res = child_flax(spec, args.variant or "jit", args.cell, steps)
+        res = child_flax(spec, args.variant or "jit", args.cell, steps, args.breakdown)
     else:
         res = child_torch(spec, args.variant or "eager", steps, args.threads)
     res["spec"] = spec
