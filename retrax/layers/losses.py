@@ -196,7 +196,10 @@ def WeightedCategoryCrossEntropy(label_smoothing: float | None = None,
         return weighted_mean(_category_cross_entropy(model_output, targets, ls, cutoff),
                              weights)
 
-    return Fn(owner, f)
+    layer = Fn(owner, f)
+    # Read by Loop(..., loss_chunk_size=n), which computes the same loss in chunks.
+    layer.label_smoothing, layer.cutoff = ls, cutoff
+    return layer
 
 
 def CategoryCrossEntropy(label_smoothing: float | None = None) -> Layer:

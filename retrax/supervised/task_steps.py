@@ -17,7 +17,9 @@ import numpy as np
 
 from retrax import shapes
 from retrax.layers import base
+from retrax.layers.function_layers import Fn
 from retrax.supervised import train_step as ts
+from retrax.supervised.loss_chunking import LossChunkedModel
 
 __all__ = ["TaskSteps", "build_task_steps", "model_signature", "init_end", "evaluate"]
 
@@ -58,18 +60,27 @@ class TaskSteps:
 
 def build_task_steps(model: base.Layer, eval_model: base.Layer, tasks: Sequence[Any],
                      eval_tasks: Sequence[Any], weights: Any, placement: ts.Placement,
-                     base_key: Any, compute_dtype: str = "float32") -> TaskSteps:
+                     base_key: Any, compute_dtype: str = "float32",
+                     loss_chunk_size: int = 0) -> TaskSteps:
     """Initializes every task's end layers and optimizer and compiles (lazily) their steps.
 
     ``weights`` are the (placed) model weights the optimizers' slots are shaped after;
     slots get the placement's layout. ``compute_dtype``: see ``train_step.make_train_step``.
+    ``loss_chunk_size > 0``: the train steps compute the model's output layer and the
+    loss over chunks of that many positions (``loss_chunking.LossChunkedModel``).
     """
     steps = TaskSteps([], [], [], [])
     for task in tasks:
-        out_sig = model.output_signature(model_signature(model, task.sample_batch))
-        lw, ls = init_end(task.loss_layer, out_sig, task.sample_batch, model.n_in)
+        train_model, loss_layer = model, task.loss_layer
+        if loss_chunk_size:
+            train_model = LossChunkedModel(model, task.loss_layer, loss_chunk_size)
+            loss_layer = Fn("ChunkedLoss", lambda loss: loss)  # the view gives the loss
+            out_sig = shapes.ShapeDtype((), np.float32)
+        else:
+            out_sig = model.output_signature(model_signature(model, task.sample_batch))
+        lw, ls = init_end(loss_layer, out_sig, task.sample_batch, train_model.n_in)
         steps.train_fns.append(ts.make_train_step(
-            model, task.loss_layer, lw, ls, task.optimizer, base_key, placement=placement,
+            train_model, loss_layer, lw, ls, task.optimizer, base_key, placement=placement,
             compute_dtype=compute_dtype))
         slots, opt_params = task.optimizer.tree_init(weights)
         steps.slots.append(placement.place_weights(slots))

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -85,9 +84,7 @@ __all__ = ["TrainTask", "EvalTask", "Loop"]
 
 
 def _every(n: int | None) -> Callable[[int], bool]:
-    if n is None:
-        return lambda step: False
-    return lambda step: step == 1 or step % n == 0
+    return (lambda step: False) if n is None else (lambda step: step == 1 or step % n == 0)
 
 
 def _as_list(tasks: Any) -> list:
@@ -99,16 +96,14 @@ def _as_list(tasks: Any) -> list:
 def _checked_arguments(model: Any, tasks: Any, eval_tasks: Any, keep_checkpoints: int,
                        run_config: Any, unsupported: Any) -> tuple[list, list, dict | None]:
     """The Loop's arguments checked: ``(tasks, eval_tasks, a JSON copy of run_config)``."""
-    adasum, memory_efficient = unsupported
+    adasum, loss_chunk_size = unsupported
     if adasum:
         raise NotImplementedError(
             "Loop: adasum is not supported by retrax (its step is compiled and sharded with "
             "jax.sharding, which averages gradients exactly); leave adasum=False.")
-    if memory_efficient:
-        warnings.warn(
-            "Loop: use_memory_efficient_trainer / loss_chunk_size select Trax's reversible "
-            "trainer, which retrax does not have yet; this Loop trains with its standard "
-            "compiled step: the same updates, without the memory saving.", stacklevel=3)
+    if isinstance(loss_chunk_size, bool) or not isinstance(loss_chunk_size, int) \
+            or loss_chunk_size < 0:
+        raise ValueError(f"Loop: loss_chunk_size must be an int >= 0; got {loss_chunk_size!r}.")
     if not isinstance(model, base.Layer):
         raise TypeError(f"Loop: model must be a Layer; got {type(model).__name__}.")
     tasks = _as_list(tasks)
@@ -151,6 +146,10 @@ class Loop:
     loss and metrics in float32 (see :mod:`retrax.supervised.mixed_precision`).
     Evals use it too; ``model`` itself keeps float32 weights.
 
+    ``loss_chunk_size > 0``: the final ``Dense`` and the loss run over chunks of that many
+    positions (:mod:`retrax.supervised.loss_chunking`). ``use_memory_efficient_trainer``
+    changes nothing: ``ReversibleSerial`` already recomputes activations in every step.
+
     Both are saved in ``config.json``. Left at None, a run resuming from a
     checkpoint in ``output_dir`` takes the value its ``config.json`` recorded
     (a fresh run: the default); a value passed explicitly wins, with a note
@@ -185,8 +184,8 @@ class Loop:
                  overwrite: bool = False, run_config: dict | None = None,
                  sharding: str | None = None, compute_dtype: str | None = None):
         tasks, eval_tasks, self._run_config = _checked_arguments(
-            model, tasks, eval_tasks, keep_checkpoints, run_config,
-            (adasum, bool(use_memory_efficient_trainer or loss_chunk_size)))
+            model, tasks, eval_tasks, keep_checkpoints, run_config, (adasum, loss_chunk_size))
+        self._loss_chunk_size = loss_chunk_size
         self._model = model
         self._tasks = tasks
         self._eval_tasks = eval_tasks
@@ -248,9 +247,9 @@ class Loop:
         self._state = self._placement.replicate(model.state)
         steps = task_steps.build_task_steps(model, self._eval_model, tasks, eval_tasks,
                                             self._weights, self._placement, self._base_key,
-                                            compute_dtype=self._settings["compute_dtype"])
-        self._train_fns, self._slots, self._opt_params = (
-            steps.train_fns, steps.slots, steps.opt_params)
+                                            compute_dtype=self._settings["compute_dtype"],
+                                            loss_chunk_size=self._loss_chunk_size)
+        self._train_fns, self._slots, self._opt_params = steps.train_fns, steps.slots, steps.opt_params
         self._eval_fns = steps.eval_fns
         self._batch_checks = BatchChecks(model, model.output_signature(sig))
         # A class or factory (functools.partial, as Trax's docs use) gets the Loop; an
@@ -283,6 +282,10 @@ class Loop:
     sharding = property(lambda self: self._settings["sharding"])
     compute_dtype = property(lambda self: self._settings["compute_dtype"])
     is_chief = property(lambda self: jax.process_index() == 0)
+
+    def host_weights(self) -> Any:
+        """The current weights as whole NumPy arrays, gathered if sharded (every process must call)."""
+        return self._placement.to_host(self._weights)
 
     def checkpoint_at(self, step: int) -> bool:
         """Whether a checkpoint is written after ``step`` (the ``checkpoint_at`` setting).
