@@ -263,6 +263,34 @@ def summarize_workload(name: str, spec: dict[str, Any], runs: dict[str, Any]) ->
     return out
 
 
+def apply_round_ratios(summary: dict[str, Any], name: str, spec: dict[str, Any],
+                       rounds: list[dict[str, Any]]) -> None:
+    """Each peer's retrax ratios become the median over the rounds of each round's own ratio.
+
+    Adds ``ratio_spread`` (per ratio: ``{n, median, min, max, values}``) to
+    the peer's entry; rounds missing either side are skipped.
+    """
+    per_round = [summarize_workload(name, spec, rd)["entries"] for rd in rounds]
+    for key, e in summary["entries"].items():
+        if key.startswith("retrax"):
+            continue
+        spread = {}
+        for ratio_key in ("retrax_throughput_ratio", "retrax_step_ratio",
+                          "retrax_first_step_ratio"):
+            values = [r[key][ratio_key] for r in per_round
+                      if r.get(key, {}).get(ratio_key) is not None]
+            if values:
+                spread[ratio_key] = dict(common.summarize(values), values=values)
+                e[ratio_key] = spread[ratio_key]["median"]
+        e["ratio_spread"] = spread
+
+
+def _shown(e: dict[str, Any], key: str) -> str:
+    """A ratio with its range over the rounds when there were several."""
+    spread = (e.get("ratio_spread") or {}).get(key)
+    return common.fmt_ratio_range(spread) if spread else fmt_ratio(e.get(key))
+
+
 def _fastest(summary: dict[str, Any], prefix: str) -> tuple[str | None, dict | None]:
     best = [(k, e) for k, e in summary["entries"].items()
             if k.startswith(prefix) and e.get("items_per_s")]
@@ -279,13 +307,15 @@ def targets(summaries: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         if e and e.get("retrax_throughput_ratio") is not None:
             r = e["retrax_throughput_ratio"]
             rows.append((f"{name}: >= {FLAX_TARGET:.2f}x the fastest Flax throughput",
-                         f"{fmt_ratio(r)} (vs {LABELS[key]})", r >= FLAX_TARGET))
+                         f"{_shown(e, 'retrax_throughput_ratio')} (vs {LABELS[key]})",
+                         r >= FLAX_TARGET))
         key, e = _fastest(s, "torch")
         if e and e.get("retrax_step_ratio") is not None:
             r = e["retrax_step_ratio"]
             rows.append((f"{name}: step within {TORCH_TARGET:.1f}x of PyTorch's "
                          f"(retrax step / PyTorch step <= {TORCH_TARGET:.1f})",
-                         f"{fmt_ratio(r)} (vs {LABELS[key]})", r <= TORCH_TARGET))
+                         f"{_shown(e, 'retrax_step_ratio')} (vs {LABELS[key]})",
+                         r <= TORCH_TARGET))
     return rows
 
 
@@ -303,9 +333,11 @@ def print_report(result: dict[str, Any]) -> None:
                          fmt_num(e["items_per_s"], 0, f" {unit}/s"),
                          fmt_num(e["gflops"], 1),
                          fmt_s(e["first_step_s"]), fmt_num(e["peak_rss_mib"], 0, " MiB"),
-                         fmt_ratio(e.get("retrax_throughput_ratio")),
-                         fmt_ratio(e.get("retrax_first_step_ratio"))])
+                         _shown(e, "retrax_throughput_ratio"),
+                         _shown(e, "retrax_first_step_ratio")])
     print()
+    print("Steps: the median round's; ratios: median of the rounds' ratios (min-max) when "
+          "--rounds > 1.")
     print(common.table(["workload", "implementation", "step median (min-max)", "pipelined",
                         "throughput", "GFLOP/s", "first step", "peak RSS",
                         "retrax thr. / this", "retrax first / this"], rows))
@@ -386,7 +418,8 @@ def main() -> None:
     ap.add_argument("--resnet-widen", type=int, default=1, help="WideResnet widen_factor")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat retrax and its peers this many times per workload "
-                         "(alternating); the round with the median retrax step is reported")
+                         "(alternating); steps are the round with the median retrax step, "
+                         "ratios the median of the rounds' ratios (min-max)")
     ap.add_argument("--compile-cache", action="store_true",
                     help="keep retrax's persistent compilation cache on in the children "
                          "(first step is then a warm compile)")
@@ -461,6 +494,8 @@ def main() -> None:
             if ok else rounds[0]
         result["workloads"][name] = dict(chosen, rounds=rounds if len(rounds) > 1 else None)
         result["summary"][name] = summarize_workload(name, spec, chosen)
+        if len(rounds) > 1:
+            apply_round_ratios(result["summary"][name], name, spec, rounds)
 
     try:
         result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

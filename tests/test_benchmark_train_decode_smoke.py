@@ -1,4 +1,4 @@
-"""benchmarks/train.py and decode.py: rounds, median ratios with their range, load average.
+"""benchmarks/train.py, decode.py (and rnn.py's rounds): median ratios with their range, load.
 
 The fast tests exercise the parents' pure functions on made-up child
 results; the ``bench`` ones run the scripts end to end with the Flax peer
@@ -34,6 +34,7 @@ def _load(name):
 train = _load("train")
 decode = _load("decode")
 common = _load("common")
+rnn = _load("rnn")
 
 
 def _retrax(raw, loop, first=2.0, rss=500.0):
@@ -102,6 +103,28 @@ def test_decode_ratios_per_batch_over_rounds_and_the_targets():
     b8 = targets["greedy M batch 8: >= 1.2x Flax KV-cache loop (median of rounds)"]
     assert (b1["measured"], b1["met"]) == ("1.30x (1.00-1.50x)", True)
     assert (b8["measured"], b8["met"]) == ("1.25x (0.80-1.30x)", True)
+
+
+def test_rnn_rounds_give_the_median_of_each_rounds_ratio_against_each_peer():
+    def rx(step):
+        s = dict(n=1, median=step, min=step, max=step)
+        return dict(raw_step=s, loop_step=s, first_step_s=2.0, peak_rss_mib=1.0)
+
+    def fx(step):
+        return dict(step=dict(n=1, median=step, min=step, max=step), first_step_s=3.0,
+                    peak_rss_mib=1.0)
+
+    spec = dict(rnn.WORKLOADS["resnet"])
+    rounds = [dict(retrax=rx(0.1), flax=fx(0.12)), dict(retrax=rx(0.1), flax=fx(0.10)),
+              dict(retrax=rx(0.1), flax=fx(0.13))]
+    summary = rnn.summarize_workload("resnet", spec, rounds[1])     # the single round: 1.0x
+    rnn.apply_round_ratios(summary, "resnet", spec, rounds)
+    flax = summary["entries"]["flax"]
+    assert flax["retrax_throughput_ratio"] == pytest.approx(1.2)
+    assert flax["ratio_spread"]["retrax_throughput_ratio"]["values"] == pytest.approx(
+        [1.2, 1.0, 1.3])
+    ((target, measured, met),) = rnn.targets({"resnet": summary})
+    assert measured == "1.20x (1.00-1.30x) (vs Flax NNX jax.jit)" and met
 
 
 def test_default_rounds_are_five():
