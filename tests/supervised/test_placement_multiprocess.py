@@ -38,3 +38,69 @@ def test_single_process_refusal_unchanged():
 def test_placement_counts_local_devices_in_one_process():
     placement = ts.Placement(1)
     assert placement.local_devices == 1
+
+
+# -- Loop.host_weights ---------------------------------------------------------------
+
+
+def _tiny_loop(**kw):
+    import io
+
+    import retrax as trax
+    from retrax import layers as tl
+    from retrax.data import reverse_ints_task
+    from retrax.supervised import training
+
+    task = training.TrainTask(reverse_ints_task(8, seed=0), tl.CrossEntropyLoss(),
+                              trax.optimizers.Adam(0.01))
+    return training.Loop(tl.Serial(tl.Embedding(32, 64), tl.Dense(32), tl.LogSoftmax()), task,
+                         stdout=io.StringIO(), **kw)
+
+
+def test_host_weights_are_the_loops_weights_as_numpy():
+    import jax
+    import numpy as np
+
+    loop = _tiny_loop(n_devices=1)
+    loop.run(2)
+    got = loop.host_weights()
+    want = jax.tree_util.tree_leaves(loop.model.weights)
+    leaves = jax.tree_util.tree_leaves(got)
+    assert len(leaves) == len(want) == 3
+    for a, b in zip(leaves, want):
+        assert type(a) is np.ndarray
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(loop.model.weights)
+
+
+SHARDED = """
+import sys
+sys.path.insert(0, {tests!r})
+import jax, numpy as np
+from supervised.test_placement_multiprocess import _tiny_loop
+assert jax.device_count() == 4
+loop = _tiny_loop(sharding='fsdp')
+loop.run(2)
+for w in jax.tree_util.tree_leaves(loop.model.weights)[:2]:  # split over the 4 devices
+    assert len(w.sharding.device_set) == 4 and not w.sharding.is_fully_replicated
+got = jax.tree_util.tree_leaves(loop.host_weights())
+want = [np.asarray(w) for w in jax.tree_util.tree_leaves(loop.model.weights)]
+assert all(type(a) is np.ndarray for a in got)
+assert all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(got, want))
+print("OK", [a.shape for a in got])
+"""
+
+
+@pytest.mark.slow
+def test_host_weights_of_an_fsdp_run_on_4_devices(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", SHARDED.format(tests=tests)], capture_output=True,
+                       text=True, env=env, timeout=300, cwd=os.path.dirname(tests))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "OK [(32, 64), (64, 32), (32,)]", r.stdout
