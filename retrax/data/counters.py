@@ -44,7 +44,8 @@ from retrax import io as rio
 from retrax.data.stream import Node, Stage
 
 __all__ = ["CountAndSkip", "count_and_skip", "data_counters", "save_data_counters",
-           "load_data_counters", "UniformlySeek", "counting_aside", "add_counts"]
+           "load_data_counters", "UniformlySeek", "counting_aside", "add_counts",
+           "changes_watched"]
 
 logger = logging.getLogger("retrax.data")
 
@@ -87,7 +88,38 @@ def counting_aside() -> Iterator[dict[str, int]]:
 def add_counts(counts: dict[str, int]) -> None:
     """Adds counts collected by :func:`counting_aside` to :data:`data_counters`."""
     for key, n in counts.items():
-        data_counters[key] = data_counters.get(key, 0) + n
+        _set(key, data_counters.get(key, 0) + n)
+
+
+_watchers: list[set[str]] = []  # one set per changes_watched() block open
+
+
+@contextlib.contextmanager
+def changes_watched() -> Iterator[set[str]]:
+    """Collects the names of the counters that streams set within the block (in any thread).
+
+    The Loop restores data positions inside one, then gives the counters no
+    stream set the values its checkpoint saved.
+
+    >>> from retrax import data
+    >>> from retrax.data import counters
+    >>> with counters.changes_watched() as changed:
+    ...     _ = next(data.Serial(lambda _: iter(range(3)), data.CountAndSkip('watched'))())
+    >>> sorted(changed)
+    ['watched']
+    """
+    changed: set[str] = set()
+    _watchers.append(changed)
+    try:
+        yield changed
+    finally:
+        _watchers.remove(changed)
+
+
+def _set(key: str, value: int) -> None:
+    data_counters[key] = value
+    for changed in _watchers:
+        changed.add(key)
 
 
 class CountAndSkip(Stage):
@@ -125,7 +157,7 @@ class _CountNode(Node):
             self.seen += 1
             aside = getattr(_aside, "counts", None)
             if self.replaying:  # Re-drawn to restore a position: that is the skip already.
-                data_counters[self.key] = max(data_counters.get(self.key, 0), self.seen)
+                _set(self.key, max(data_counters.get(self.key, 0), self.seen))
                 return example
             if aside is not None:  # Drawn ahead: counted when the consumer takes it.
                 if self.seen > data_counters.get(self.key, 0) + aside.get(self.key, 0):
@@ -134,7 +166,7 @@ class _CountNode(Node):
             else:
                 done = data_counters.setdefault(self.key, 0)
                 if self.seen > done:
-                    data_counters[self.key] = done + 1
+                    _set(self.key, done + 1)
                     return example
             self.count("skipped")  # Intended: counted in stats, not warned about.
 
@@ -145,7 +177,7 @@ class _CountNode(Node):
         self.seen = int(state["seen"])
         # The restored position is what has been counted (examples drawn since, e.g. read
         # ahead by a Prefetch, belong to the abandoned run).
-        data_counters[self.key] = self.seen
+        _set(self.key, self.seen)
 
 
 def count_and_skip(generator: Any, name: str) -> Any:

@@ -313,11 +313,17 @@ class LoopCheckpoints:
                 jax.tree_util.tree_unflatten(treedef, restored))
         resumed.history = History.from_dict(extra.get("history", {}))
         self.last_good = path
-        if all(s.resumable for s in [*task_streams, *eval_streams]):
-            # Before the streams, whose restored positions then set their own counters
-            # exactly (a position restored where a stream stands keeps this value). Not
-            # when batches are re-drawn to skip them: re-drawing counts them again.
-            counters.data_counters.update(extra.get("data_counters", {}))
+        with counters.changes_watched() as restored:
+            self._restore_streams(extra, task_streams, eval_streams)
+        # A counter its stream set while restoring (a position loaded, batches re-drawn to
+        # skip them) is exact already; the others get the checkpoint's values.
+        counters.data_counters.update(
+            {k: v for k, v in extra.get("data_counters", {}).items() if k not in restored})
+        return resumed
+
+    @staticmethod
+    def _restore_streams(extra: dict, task_streams: Sequence[Stream],
+                         eval_streams: Sequence[Stream]) -> None:
         states = extra.get("data_state", {})
         for i, n in extra.get("consumed", {}).items():
             stream = task_streams[int(i)]
@@ -333,7 +339,6 @@ class LoopCheckpoints:
                     stream.restore(states[i], n)
                 elif stream.consumed < n:
                     stream.skip(n - stream.consumed, f"the data of eval task {i}")
-        return resumed
 
     def _load_prefix(self, path: str, flat: Sequence[Any]) -> bool:
         """Loads a smaller model's weights into the first arrays of this one (as Trax does).
