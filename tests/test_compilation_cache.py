@@ -76,6 +76,7 @@ def test_a_second_process_reads_the_first_ones_program_from_the_cache(tmp_path):
     assert second["after_enable"] == str(tmp_path / "program.py.other")
 
 
+@pytest.mark.slow  # a fresh process; the suite itself also runs with the switch off
 def test_off_with_the_environment_switch(tmp_path):
     folder = tmp_path / "cache"
     off, _ = run(tmp_path, {"RETRAX_COMPILATION_CACHE": "0",
