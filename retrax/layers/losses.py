@@ -32,6 +32,7 @@ True
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import jax
@@ -64,6 +65,34 @@ __all__ = [
     "L2Loss",
     "SmoothL1Loss",
 ]
+
+
+# The weighted-mean cross-entropy layers made here, with (label_smoothing, cutoff).
+_CROSS_ENTROPY_SETTINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _registered(layer: Layer, label_smoothing: float | None, cutoff: float) -> Layer:
+    _CROSS_ENTROPY_SETTINGS[layer] = (label_smoothing, cutoff)
+    return layer
+
+
+def cross_entropy_settings(layer: Any) -> tuple[float | None, float] | None:
+    """``(label_smoothing, cutoff)`` if ``layer`` is a weighted-mean cross-entropy loss.
+
+    That is, one made by ``CrossEntropyLoss``, ``CrossEntropyLossWithLogSoftmax`` or
+    ``WeightedCategoryCrossEntropy``: ``sum(ce * w) / sum(w)`` with ``ce`` the
+    cross-entropy of ``log_softmax(model_output)``. None for any other layer.
+    ``Loop(..., loss_chunk_size=n)`` uses it to compute the same loss in chunks.
+
+    >>> cross_entropy_settings(WeightedCategoryCrossEntropy(label_smoothing=0.1))
+    (0.1, 0.0)
+    >>> cross_entropy_settings(L2Loss()) is None
+    True
+    """
+    try:
+        return _CROSS_ENTROPY_SETTINGS.get(layer)
+    except TypeError:  # not hashable: not one of ours
+        return None
 
 
 def _check_label_smoothing(owner: str, label_smoothing: Any) -> float | None:
@@ -145,8 +174,9 @@ def CrossEntropyLoss() -> Layer:
     >>> round(float(tl.CrossEntropyLoss()((x, np.array([0]), np.ones(1)))), 4)  # -log 0.5
     0.6931
     """
-    return Serial(_CrossEntropy("CrossEntropyLoss"), WeightedMeanOf("CrossEntropyLoss"),
-                  name="CrossEntropyLoss", sublayers_to_print=[])
+    return _registered(Serial(_CrossEntropy("CrossEntropyLoss"),
+                              WeightedMeanOf("CrossEntropyLoss"),
+                              name="CrossEntropyLoss", sublayers_to_print=[]), None, 0.0)
 
 
 def CrossEntropyLossWithLogSoftmax() -> Layer:
@@ -157,8 +187,8 @@ def CrossEntropyLossWithLogSoftmax() -> Layer:
     idempotent). Zero total weight gives 0.0.
     """
     owner = "CrossEntropyLossWithLogSoftmax"
-    return Serial(LogSoftmax(), _CrossEntropy(owner), WeightedMeanOf(owner),
-                  name=owner, sublayers_to_print=[])
+    return _registered(Serial(LogSoftmax(), _CrossEntropy(owner), WeightedMeanOf(owner),
+                              name=owner, sublayers_to_print=[]), None, 0.0)
 
 
 def WeightedCategoryCrossEntropy(label_smoothing: float | None = None,
@@ -196,10 +226,7 @@ def WeightedCategoryCrossEntropy(label_smoothing: float | None = None,
         return weighted_mean(_category_cross_entropy(model_output, targets, ls, cutoff),
                              weights)
 
-    layer = Fn(owner, f)
-    # Read by Loop(..., loss_chunk_size=n), which computes the same loss in chunks.
-    layer.label_smoothing, layer.cutoff = ls, cutoff
-    return layer
+    return _registered(Fn(owner, f), ls, cutoff)
 
 
 def CategoryCrossEntropy(label_smoothing: float | None = None) -> Layer:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from retrax.layers import base
 from retrax.layers.core import Dense
+from retrax.layers.losses import cross_entropy_settings
 from retrax.layers.pass_context import Pass, new_pass
 from retrax.layers.stack_combinators import Serial
 
@@ -41,11 +42,12 @@ _POSITIONWISE_TAIL = ("LogSoftmax",)
 
 def _loss_settings(loss_layer: base.Layer) -> tuple[float | None, float]:
     """``(label_smoothing, cutoff)`` of a chunkable loss layer, or ValueError."""
-    if loss_layer.name not in CHUNKABLE_LOSSES:
+    settings = cross_entropy_settings(loss_layer)
+    if settings is None:
         raise ValueError(
             f"Loop: loss_chunk_size works with the cross-entropy losses {CHUNKABLE_LOSSES}; "
             f"this task's loss is {loss_layer.name}. Use one of them or loss_chunk_size=0.")
-    return (getattr(loss_layer, "label_smoothing", None), getattr(loss_layer, "cutoff", 0.0))
+    return settings
 
 
 class LossChunkedModel(base.Layer):
