@@ -280,3 +280,18 @@ def test_pure_lsh_model_decodes_in_one_compiled_loop_as_eval_does():
         logits = np.asarray(fn(tokens, ev.weights, ev.state, None)[0])
         seq.append(int(np.argmax(logits[0, len(seq)])))
     np.testing.assert_array_equal(got[0], seq[2:])
+
+
+@pytest.mark.slow
+def test_predict_prompt_not_a_multiple_of_chunk_len_is_padded_as_trax():
+    # Trax pads a prompt to a multiple of chunk_len at the end; the outputs are those of
+    # 'eval' on the zero-padded sequence, cut back to the prompt.
+    x = _clustered(seed=11, length=16, d=12)
+    kw = dict(causal=True, chunk_len=8, n_hashes=2, n_buckets=4)
+    ev = _lsh(x, **kw)
+    pred = _predict_layer(x, ev, predict_mem_len=32, predict_drop_len=4, **kw)
+    padded = x.copy()
+    padded[:, 13:] = 0.0
+    np.testing.assert_allclose(np.asarray(pred(x[:, :13])), _run(ev, padded)[:, :13],
+                               atol=1e-6)
+    assert int(pred.state[0]) == 13
