@@ -104,3 +104,64 @@ def test_host_weights_of_an_fsdp_run_on_4_devices(tmp_path):
                        text=True, env=env, timeout=300, cwd=os.path.dirname(tests))
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "OK [(32, 64), (64, 32), (32,)]", r.stdout
+
+
+# -- two processes x 4 devices, global batch 8 (4 rows per process) -------------------
+
+TWO_PROCESS_WORKER = """
+import json, sys
+import numpy as np
+args = json.loads(sys.argv[1])
+from retrax.supervised import distributed
+if args["num_processes"] > 1:
+    distributed.initialize(args["coordinator"], args["num_processes"], args["process_id"])
+import io
+import jax
+import retrax as trax
+from retrax import layers as tl
+from retrax.data import reverse_ints_task
+from retrax.supervised import training
+
+assert jax.device_count() == 8
+data = distributed.local_batches(reverse_ints_task(8, seed=0))  # 4 rows per process
+task = training.TrainTask(data, tl.CrossEntropyLoss(), trax.optimizers.Adam(0.01))
+model = tl.Serial(tl.Embedding(32, 64), tl.Dense(32), tl.LogSoftmax())
+loop = training.Loop(model, task, sharding="fsdp", eval_at=lambda step: True,
+                     stdout=io.StringIO())
+loop.run(3)
+np.savez(args["result"], *jax.tree_util.tree_leaves(loop.host_weights()))
+with open(args["result"] + ".json", "w") as f:
+    json.dump([v for _, v in loop.history.get("train", "metrics/CrossEntropyLoss")], f)
+"""
+
+
+@pytest.mark.slow
+def test_global_batch_8_on_two_processes_of_4_devices_trains_as_one_process(tmp_path):
+    import json
+
+    import numpy as np
+    from multihost_launch import COORDINATOR, launch, run_one
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(TWO_PROCESS_WORKER)
+
+    def read(result):
+        with open(result + ".json") as f:
+            losses = json.load(f)
+        with np.load(result + ".npz") as z:
+            return losses, [z[f"arr_{i}"] for i in range(len(z.files))]
+
+    ref = str(tmp_path / "ref")
+    run_one([str(worker), json.dumps({"num_processes": 1, "result": ref})], n_devices=8)
+    results = [str(tmp_path / f"p{i}") for i in range(2)]
+    launch([[str(worker), json.dumps({"coordinator": COORDINATOR, "num_processes": 2,
+                                      "process_id": i, "result": results[i]})]
+            for i in range(2)])
+    ref_losses, ref_weights = read(ref)
+    (l0, w0), (l1, w1) = read(results[0]), read(results[1])
+    assert len(ref_losses) == 3 and l0 == l1
+    np.testing.assert_allclose(l0, ref_losses, rtol=1e-5)
+    for a, b, c in zip(w0, w1, ref_weights):  # whole arrays in both processes
+        assert a.shape == c.shape
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=0, atol=1e-5)
