@@ -37,6 +37,7 @@ from retrax.layers.metrics import *  # noqa: F401,F403
 from retrax.layers.normalization import *  # noqa: F401,F403
 from retrax.layers.pooling import *  # noqa: F401,F403
 from retrax.layers.pure_lsh_attention import *  # noqa: F401,F403
+from retrax.layers.pure_lsh_wrapper import *  # noqa: F401,F403
 from retrax.layers.random_uniform import *  # noqa: F401,F403
 from retrax.layers.remat import *  # noqa: F401,F403
 from retrax.layers.reversible import *  # noqa: F401,F403

@@ -295,3 +295,24 @@ def test_predict_prompt_not_a_multiple_of_chunk_len_is_padded_as_trax():
     np.testing.assert_allclose(np.asarray(pred(x[:, :13])), _run(ev, padded)[:, :13],
                                atol=1e-6)
     assert int(pred.state[0]) == 13
+
+
+@pytest.mark.slow
+def test_pure_lsh_wrapper_is_lsh_attention_with_dense_projections():
+    # num_weights=2 without biases: Dense(qk), Dense(v), heads, PureLSH, Dense(out) computes
+    # LSHSelfAttention with the same hash key when the kernels hold its per-head weights.
+    x = _clustered(seed=12, batch=1, length=16, d=8)
+    kw = dict(causal=True, chunk_len=8, n_hashes=2, n_buckets=4)
+    lsh = _lsh(x, d_qk=4, d_v=4, **kw)
+    wrapper = tl.PureLSHSelfAttentionWrapper(n_heads=2, d_qk=4, d_v=4, bias=False,
+                                             num_weights=2, mode="eval", **kw)
+    wrapper.init(shapes.signature(x))
+    w_q, w_v, w_o = (np.asarray(w) for w in lsh.weights)
+    kernels = [w.transpose(1, 0, 2).reshape(8, 8) for w in (w_q, w_v)]
+    treedef = jax.tree_util.tree_structure(wrapper.weights)
+    wrapper.weights = jax.tree_util.tree_unflatten(treedef, kernels + [w_o.reshape(8, 8)])
+    state = list(wrapper.state)
+    state[1] = lsh.state  # the same hash key
+    np.testing.assert_allclose(np.asarray(wrapper.pure_fn(x, wrapper.weights, tuple(state),
+                                                          None)[0]),
+                               _run(lsh, x), atol=2e-5)

@@ -5,9 +5,8 @@ The layers and functions live in their own modules
 ``pure_lsh_attention``, ``enc_dec_attention``, ``chunked_attention``,
 ``broadcasted_dropout``); the layers are ``tl.X`` too. This module holds
 them under the path Trax programs import. Not in retrax: Trax's
-``EfficientAttentionBase``, ``MixedLSHSelfAttention``,
-``PureLSHSelfAttentionWrapper``, ``LSHFF``, ``hash_vecs`` and the
-``permute_via_*`` helpers.
+``EfficientAttentionBase``, ``MixedLSHSelfAttention``, ``LSHFF``,
+``hash_vecs`` and the ``permute_via_*`` helpers.
 
 >>> from retrax import layers as tl
 >>> from retrax.layers.research import efficient_attention
@@ -26,7 +25,8 @@ from retrax.layers.efficient_attention import SelfAttention
 from retrax.layers.enc_dec_attention import EncDecAttention
 from retrax.layers.lsh_attention import LSHSelfAttention
 from retrax.layers.pure_lsh_attention import PureLSHSelfAttention
+from retrax.layers.pure_lsh_wrapper import PureLSHSelfAttentionWrapper
 
 __all__ = ["length_normalized", "look_adjacent", "mask_self_attention", "attend",
            "apply_broadcasted_dropout", "SelfAttention", "LSHSelfAttention",
-           "PureLSHSelfAttention", "EncDecAttention"]
+           "PureLSHSelfAttention", "PureLSHSelfAttentionWrapper", "EncDecAttention"]
