@@ -135,7 +135,9 @@ class FixedBasePositionalEncoding(Layer):
             keys = [fastmath_random.hash_fold_in(rng, i) for i in range(3)]
             nonzero = jnp.minimum(1, random_below(keys[0], self._start_from_zero_one_in,
                                                   (batch,)))
-            start = random_below(keys[1], self._max_pos - length, (batch,)) * nonzero
+            # Positions are int32: starts stay below 2**31 even when the bases allow more.
+            highest = min(self._max_pos, 2 ** 31 - 1)
+            start = random_below(keys[1], highest - length, (batch,)) * nonzero
             positions = positions + start[:, None]
             keep_digits = jnp.minimum(1, random_below(keys[2], self._base_dropout_one_in,
                                                       (batch,))).astype(jnp.float32)
