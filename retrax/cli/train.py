@@ -217,7 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         loop = training.Loop(model, train_task, eval_tasks=eval_tasks, output_dir=output_dir,
                              random_seed=run["random_seed"], callbacks=callbacks,
-                             eval_at=eval_at, overwrite=args.force, run_config=run)
+                             eval_at=eval_at, overwrite=args.force, run_config=run,
+                             sharding=run["sharding"], compute_dtype=run["compute_dtype"])
     except (FileExistsError, NotADirectoryError, PermissionError, OutputDirLockedError) as err:
         # Foreign files in the directory (--force overrides), another run holding it, or a
         # path that cannot be a writable directory.

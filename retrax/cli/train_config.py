@@ -8,6 +8,12 @@ is what the run saves (under ``"run"`` in the output directory's
 >>> seed_problem(2**32)
 'must be in [0, 2**32 - 1] = [0, 4294967295]'
 
+``sharding`` and ``compute_dtype`` go to the Loop as they are (null: its
+default, or the value a resumed run recorded):
+
+>>> loop_choices()
+{'sharding': ('replicated', 'fsdp'), 'compute_dtype': ('float32', 'bfloat16')}
+
 Several processes (``--coordinator``/``--num-processes``/``--process-id``, or
 ``--distributed auto``) are checked by :func:`resolve_distributed`:
 
@@ -28,7 +34,7 @@ from retrax.cli.errors import UsageError
 
 __all__ = ["TRAIN_DEFAULTS", "TOY_TASKS", "TEXT_TASKS", "SEED_LIMIT", "seed_problem",
            "resolve_train_config", "check_toy_task_fits", "resolve_distributed",
-           "check_batch_splits"]
+           "check_batch_splits", "loop_choices"]
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "model": None,  # {"name": "TransformerLM", "vocab_size": 32, ...}
@@ -44,6 +50,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "random_seed": 0,
     "output_dir": None,
     "plot": False,
+    "sharding": None,  # "replicated" | "fsdp"; null: replicated, or what a resumed run recorded
+    "compute_dtype": None,  # "float32" | "bfloat16"; null: float32, or the resumed run's
     "sample": None,  # prompt settings read by examples/train_lm.py only
 }
 # The toy tasks, by config name: the function of retrax.data that makes their batches.
@@ -87,6 +95,27 @@ def _positive_int(section: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise UsageError(f"config {section} must be a positive integer; got {json.dumps(value)}.")
     return value
+
+
+def loop_choices() -> dict[str, tuple[str, ...]]:
+    """The values ``sharding`` and ``compute_dtype`` may take (the Loop's own lists)."""
+    from retrax.supervised import loop_settings
+
+    return dict(loop_settings.CHOICES)
+
+
+def _check_loop_choice(key: str, value: Any) -> None:
+    """Refuses a ``sharding`` / ``compute_dtype`` the Loop does not offer (null is fine)."""
+    choices = loop_choices()[key]
+    if value is None or (isinstance(value, str) and value in choices):
+        return
+    hint = {"sharding": "replicated: every device holds all weights; fsdp: weights and "
+                        "optimizer slots split over the devices",
+            "compute_dtype": "bfloat16: float32 master weights, forward and backward in "
+                             "bfloat16"}[key]
+    raise UsageError(f"config {key} must be one of {json.dumps(list(choices))} or null (the "
+                     f"default, or what a resumed run recorded) ({hint}); got "
+                     f"{json.dumps(value)}. Set it with --set {key}=VALUE.")
 
 
 def resolve_train_config(config: dict) -> dict:
@@ -133,6 +162,8 @@ def resolve_train_config(config: dict) -> dict:
     if not isinstance(run["plot"], (bool, str)) or run["plot"] == "":
         raise UsageError(f"config plot must be true, false or a file name such as "
                          f"\"history.png\"; got {json.dumps(run['plot'])}.")
+    _check_loop_choice("sharding", run["sharding"])
+    _check_loop_choice("compute_dtype", run["compute_dtype"])
     if not run["output_dir"]:
         raise UsageError("no output directory: pass --output-dir DIR or set output_dir in the config.")
     if not isinstance(run["output_dir"], str):
