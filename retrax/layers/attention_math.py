@@ -35,6 +35,11 @@ __all__ = [
 # then attends uniformly instead of producing NaN).
 MASK_VALUE = -1e9
 
+# Logits of these dtypes are scaled, masked and normalized (logsumexp, exp) in float32:
+# bfloat16's 8-bit mantissa would round a logsumexp of ~256 to a multiple of 2, so the
+# probabilities would not sum to one (Loop(compute_dtype='bfloat16') runs models in bfloat16).
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
 
 # --------------------------------------------------------------------------
 # The core computation
@@ -55,7 +60,9 @@ def dot_product_attention(
 
     ``softmax(q @ k^T / sqrt(dh))`` with masked logits set to ``-1e9``, then (in
     ``'train'`` mode with ``dropout > 0``) dropout on the attention
-    probabilities, then ``@ v``. One batched einsum for all heads.
+    probabilities, then ``@ v``. One batched einsum for all heads. With
+    bfloat16 (or float16) inputs the two matmuls run in that dtype but the
+    softmax runs in float32, and the probabilities are cast back for ``@ v``.
 
     Args:
       q: queries ``(..., Lq, dh)``.
@@ -79,7 +86,11 @@ def dot_product_attention(
     """
     if dropout >= 1.0:
         raise ValueError(f"dot_product_attention: dropout rate must be < 1; got {dropout}.")
-    dots = jnp.einsum("...qd,...kd->...qk", q, k) / math.sqrt(q.shape[-1])
+    dots = jnp.einsum("...qd,...kd->...qk", q, k)
+    low_dtype = dots.dtype if dots.dtype in _LOW_PRECISION else None
+    if low_dtype is not None:  # softmax in float32; both matmuls stay in the low precision
+        dots = dots.astype(jnp.float32)
+    dots = dots / math.sqrt(q.shape[-1])
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.dtype != jnp.bool_:
@@ -89,6 +100,8 @@ def dot_product_attention(
     if mode == "train" and dropout > 0.0:
         keep = fastmath_random.hash_bernoulli(rng, 1.0 - dropout, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout), jnp.zeros_like(probs))
+    if low_dtype is not None:
+        probs = probs.astype(low_dtype)
     return jnp.einsum("...qk,...kd->...qd", probs, v)
 
 
