@@ -377,8 +377,7 @@ class Loop:
         task = self._tasks[index]
         batch = self._next_train_batch(index, step, draw_ahead)
         lr = task.learning_rate(step)
-        opt_params = dict(self._opt_params[index])
-        opt_params["learning_rate"] = np.float32(lr)
+        opt_params = dict(self._opt_params[index], learning_rate=np.float32(lr))
         self._weights, self._state, self._slots[index], loss, stats = self._train_fns[index](
             self._weights, self._state, self._slots[index], opt_params, batch, step)
         self._step = step
@@ -414,7 +413,6 @@ class Loop:
         where = f"Loop step {step}, task {index}"
         self._batch_checks.check(batch, self._ref_sigs[index], where)
         return self._placement.put_batch(batch, where)
-
 
     def run_evals(self, summary_writers: Any = None) -> None:
         """Runs every eval task on ``n_eval_batches`` batches and logs the averages."""
