@@ -91,13 +91,17 @@ def test_train_runs_evaluates_checkpoints_and_calls_callbacks(tmp_path):
     again.close()
 
 
-def test_metrics_override_and_no_eval(tmp_path):
-    loop = trainer_lib.train(None, model=tiny_model, inputs=tiny_inputs(), steps=1,
+def test_metrics_override_no_eval_and_nothing_to_train():
+    # steps=0: the Loop is built and returned without a step (as Trax, "already reached").
+    out = io.StringIO()
+    loop = trainer_lib.train(None, model=tiny_model, inputs=tiny_inputs(), steps=0,
                              eval_steps=0, optimizer=trax.optimizers.SGD(0.1),
                              lr_schedule_fn=functools.partial(lr_schedules.constant, 0.1),
-                             stdout=io.StringIO())
-    assert loop.step == 1 and loop.eval_tasks == []
-    loop = trainer_lib.train(None, model=tiny_model, inputs=tiny_inputs(), steps=1,
+                             stdout=out)
+    assert loop.step == 0 and loop.eval_tasks == []
+    assert "already reached the total training steps 0" in out.getvalue()
+    assert isinstance(loop.tasks[0].optimizer, trax.optimizers.SGD)
+    loop = trainer_lib.train(None, model=tiny_model, inputs=tiny_inputs(), steps=0,
                              metrics={"acc": tl.WeightedCategoryAccuracy()},
                              lr_schedule_fn=functools.partial(lr_schedules.constant, 0.1),
                              stdout=io.StringIO())
