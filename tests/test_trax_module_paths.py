@@ -30,6 +30,16 @@ TRAX_1_4_1_NAMES = {
     ],
     "retrax.models.mlp": ["MLP"],
     "retrax.models.atari_cnn": ["AtariCnn", "AtariCnnBody", "FrameStackMLP"],
+    # The Reformer's research modules: their layers (Trax's threefry helpers are private
+    # details; EfficientAttentionBase, MixedLSHSelfAttention and LSHFF are not in retrax).
+    "retrax.layers.research.position_encodings": [
+        "AxialPositionalEncoding", "SinCosPositionalEncoding", "FixedBasePositionalEncoding",
+        "InfinitePositionalEncoding", "TimeBinPositionalEncoding",
+    ],
+    "retrax.layers.research.efficient_attention": [
+        "SelfAttention", "LSHSelfAttention", "PureLSHSelfAttention",
+        "PureLSHSelfAttentionWrapper", "EncDecAttention",
+    ],
 }
 
 # What trax/models/__init__.py 1.4.1 re-exports from those modules.
