@@ -31,7 +31,7 @@ def _assert_same(a, b):
 
 
 def test_lm_with_remat_is_the_same_model_with_the_same_gradients():
-    kw = dict(vocab_size=16, d_model=8, d_ff=16, n_layers=2, n_heads=2, max_len=32,
+    kw = dict(vocab_size=16, d_model=8, d_ff=16, n_layers=1, n_heads=2, max_len=32,
               dropout=0.2)
     plain = models.TransformerLM(**kw)
     remat = models.TransformerLM(remat=True, **kw)
@@ -46,10 +46,6 @@ def test_lm_with_remat_is_the_same_model_with_the_same_gradients():
         return jnp.sum(y[..., 3] * jnp.arange(6.0))
     _assert_same(_grads(remat, weights, state, x, rng, pick),
                  _grads(plain, weights, state, x, rng, pick))
-    # Eval mode: the same outputs.
-    np.testing.assert_allclose(tl.with_mode(remat, "eval").pure_fn(x, weights, state, None)[0],
-                               tl.with_mode(plain, "eval").pure_fn(x, weights, state, None)[0],
-                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -73,6 +69,12 @@ def test_encoder_and_encoder_decoder_with_remat_have_the_same_gradients():
             return jnp.sum(jnp.sin(y))
         _assert_same(_grads(remat, weights, state, inputs, rng, pick),
                      _grads(plain, weights, state, inputs, rng, pick))
+        # Eval mode (nothing to differentiate): the same outputs.
+        for got, want in zip(jax.tree_util.tree_leaves(
+                tl.with_mode(remat, "eval").pure_fn(inputs, weights, state, None)[0]),
+                jax.tree_util.tree_leaves(
+                    tl.with_mode(plain, "eval").pure_fn(inputs, weights, state, None)[0])):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow
