@@ -371,9 +371,11 @@ class ReversibleSerial(ReversibleLayer, Serial):
     def _run(self, xs, weights, state, rng):
         stack = as_stack(xs) if self.n_in != 1 else [xs]
         new_states = []
+        # Ties only matter for training (see _tied); decoding skips their copies.
+        tie = self.mode in (None, "train")
         for i, (layer, key) in enumerate(zip(self.sublayers, _child_keys(rng, len(self.sublayers)))):
             k = layer.n_in
-            w, key = _tied((weights[i], key), _zero_from(stack))
+            w, key = _tied((weights[i], key), _zero_from(stack) if tie else None)
             outputs, s = _apply_alone(self, i, layer, pack(stack[:k]), w, state[i], key)
             stack = _outputs_list(layer, outputs) + stack[k:]
             new_states.append(s)
