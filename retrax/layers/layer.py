@@ -42,7 +42,6 @@ from retrax.layers.trees import (
     is_state_marker,
     is_weights_marker,
     signature_or_none,
-    to_device,
     to_shape_dtype,
     tree_mismatch,
 )
@@ -381,7 +380,7 @@ class Layer:
         else:
             weights, state = _init_alone(self, input_signature, rng)
             # Initializers may return NumPy arrays; hand out device arrays.
-            weights, state = to_device(weights), to_device(state)
+            weights, state = numpy_leaves_to_device((weights, state))
         self._assign_weights(weights, set())
         self.assign_state_tree(state, set())
         return weights, state
@@ -534,7 +533,8 @@ class Layer:
             # this): keep them; a state they lack starts fresh.
             self._initialized = True
             if tree_mismatch(s_sig, self.state) is not None:
-                self.assign_state_tree(to_device(_init_alone(self, sig, self.rng)[1]), set())
+                state = _init_alone(self, sig, self.rng)[1]
+                self.assign_state_tree(numpy_leaves_to_device(state), set())
             return
         if flatten_weights_and_state(w_sig, ())[0]:
             raise LayerError(
@@ -615,3 +615,47 @@ def _init_alone(layer: Layer, input_signature: Any, rng: Any) -> tuple[Any, Any]
     """``layer``'s ``(weights, state)`` from an init pass of its own; nothing is stored."""
     with new_pass() as ctx:
         return ctx.init_layer(layer, input_signature, rng)
+
+
+def numpy_leaves_to_device(tree: Any) -> Any:
+    """``tree`` with its NumPy leaves moved to the device in one ``jax.device_put``.
+
+    Tuples, lists, dicts and every other leaf (device arrays, cache markers)
+    stay as they are. Unlike ``jnp.asarray`` per leaf, which compiles a small
+    program for each new shape, a transfer compiles nothing.
+
+    >>> w, (s,) = numpy_leaves_to_device((np.ones(2, np.float32), (3,)))
+    >>> type(w).__name__, w.tolist(), s
+    ('ArrayImpl', [1.0, 1.0], 3)
+    """
+    found: list[np.ndarray] = []
+
+    def collect(t: Any) -> None:
+        if is_weights_marker(t) or is_state_marker(t):
+            return
+        if isinstance(t, (tuple, list)):
+            for x in t:
+                collect(x)
+        elif isinstance(t, dict):
+            for x in t.values():
+                collect(x)
+        elif isinstance(t, np.ndarray):
+            found.append(t)
+
+    collect(tree)
+    if not found:
+        return tree
+    moved = iter(jax.device_put(found))
+
+    def rebuild(t: Any) -> Any:
+        if is_weights_marker(t) or is_state_marker(t):
+            return t
+        if isinstance(t, tuple):
+            return tuple(rebuild(x) for x in t)
+        if isinstance(t, list):
+            return [rebuild(x) for x in t]
+        if isinstance(t, dict):
+            return {k: rebuild(v) for k, v in t.items()}
+        return next(moved) if isinstance(t, np.ndarray) else t
+
+    return rebuild(tree)
