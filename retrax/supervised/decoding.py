@@ -90,6 +90,24 @@ def _key(rng: Any, seed: int | None) -> Any:
     return jax.random.PRNGKey(0 if seed is None else int(seed))
 
 
+def _seed_or_key(rng: Any, seed: int | None) -> Any:
+    """What a generation program receives for its randomness: ``rng``, or the seed itself.
+
+    An int32 seed becomes ``PRNGKey(seed)`` inside the program (the same key),
+    so a call with the default seed compiles no eager key program first.
+    """
+    if rng is None:
+        value = 0 if seed is None else int(seed)
+        if -2**31 <= value < 2**31:
+            return np.int32(value)
+    return _key(rng, seed)
+
+
+def _is_seed(key: Any) -> bool:
+    """Whether a program's ``key`` argument is a seed (an int scalar), not a key."""
+    return np.ndim(key) == 0 and jnp.issubdtype(key.dtype, jnp.integer)
+
+
 # --------------------------------------------------------------------------
 # Language models and encoder-decoders: one compiled generation
 # --------------------------------------------------------------------------
@@ -111,6 +129,8 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
 
     def generate(weights, enc, first_tokens, key):
         model = model_ref()  # (the program holds the model weakly; see decoding_programs.program)
+        if _is_seed(key):  # the default key is made here, not by an eager program of its own
+            key = jax.random.PRNGKey(key)
         batch = first_tokens.shape[0]
         state = fresh_state(model, signature, cache_len)
         # Prefill: [start] + prompt in one forward pass; its last position
@@ -212,11 +232,14 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
     tokens = np.zeros((batch_size, max_length), np.int32)
     log_probs = np.zeros((batch_size, max_length), np.float32)
     counts = np.zeros((batch_size,), np.int32)
-    key = _key(rng, seed)
-    for gi, (rows, group_prompt) in enumerate(groups):
+    if len(groups) > 1:
+        key = _key(rng, seed)
+        keys = [jax.random.fold_in(key, gi) for gi in range(len(groups))]
+    else:
+        keys = [_seed_or_key(rng, seed) if not eval_mode else _key(rng, seed)]
+    for (rows, group_prompt), group_key in zip(groups, keys):
         t, s, c = generate_group(model, group_prompt, len(rows), temperature, start_id, eos_id,
-                                 max_length, top_k, top_p, jax.random.fold_in(key, gi)
-                                 if len(groups) > 1 else key, where, rows,
+                                 max_length, top_k, top_p, group_key, where, rows,
                                  eval_min_length=eval_min_length)
         tokens[rows], log_probs[rows], counts[rows] = t, s, c
     n = int(counts.max()) if counts.size else 0
@@ -249,7 +272,9 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
                           repr(sig), cache_len),
                   lambda model_ref: _make_generate(model_ref, max_length, float(temperature),
                                                    top_k, top_p, eos, sig, cache_len))
-    tokens, scores, steps, nan_step = fn(model.weights, setup.enc, jnp.asarray(setup.first), key)
+    # NumPy arguments go to the program as they are (jnp.asarray would compile
+    # a small program of its own on a first call).
+    tokens, scores, steps, nan_step = fn(model.weights, setup.enc, setup.first, key)
     return _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows)
 
 

@@ -9,7 +9,8 @@ call. Each check names the function called (``where``) in its message. Used by
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,12 +22,37 @@ __all__ = ["check_model", "embedding_vocabs", "vocab_and_max_len",
 CACHE_BUCKET = 8
 
 
+class _Structure(NamedTuple):
+    modes: frozenset
+    vocabs: tuple
+    encodings: tuple  # the PositionalEncoding layers
+
+
+# What decoding reads from a model's layer tree, per model (held weakly).
+# A built model's tree does not change (sublayers and modes are fixed at
+# construction), so it is walked once instead of on every call; weights (the
+# encodings' length) are read at each call.
+_structures: weakref.WeakKeyDictionary[base.Layer, _Structure] = weakref.WeakKeyDictionary()
+
+
+def _structure(model: base.Layer) -> _Structure:
+    found = _structures.get(model)
+    if found is None:
+        layers = list(base.walk_layers(model))
+        found = _Structure(
+            frozenset(layer.mode for layer in layers) - {None},
+            tuple(layer.vocab_size for layer in layers if isinstance(layer, core.Embedding)),
+            tuple(layer for layer in layers if isinstance(layer, positional.PositionalEncoding)))
+        _structures[model] = found
+    return found
+
+
 def check_model(model: base.Layer, where: str, mode: str = "predict") -> None:
     """``model`` must be an initialized ``Layer`` with 1 or 2 inputs, built in ``mode``
     (``'predict'``, or ``'eval'`` for sampling by recomputing the prefix)."""
     if not isinstance(model, base.Layer):
         raise TypeError(f"{where}: model must be a retrax Layer; got {type(model).__name__}.")
-    modes = {layer.mode for layer in base.walk_layers(model)} - {None}
+    modes = _structure(model).modes
     if mode == "eval":
         if modes - {"eval"}:
             raise ValueError(
@@ -57,8 +83,7 @@ def embedding_vocabs(model: base.Layer) -> list[int]:
     an encoder-decoder); the last embeds the decoded tokens, start_id included
     (an encoder-decoder's target embedding follows its encoder).
     """
-    return [layer.vocab_size for layer in base.walk_layers(model)
-            if isinstance(layer, core.Embedding)]
+    return list(_structure(model).vocabs)
 
 
 def vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
@@ -66,13 +91,12 @@ def vocab_and_max_len(model: base.Layer) -> tuple[int | None, int | None]:
     vocabs = embedding_vocabs(model)
     vocab = vocabs[0] if vocabs else None
     max_len = None
-    for layer in base.walk_layers(model):
-        if isinstance(layer, positional.PositionalEncoding):
-            w = layer.weights
-            table = w[0] if isinstance(w, tuple) and w else w
-            if hasattr(table, "shape"):
-                n = int(table.shape[-2])
-                max_len = n if max_len is None else min(max_len, n)
+    for layer in _structure(model).encodings:
+        w = layer.weights
+        table = w[0] if isinstance(w, tuple) and w else w
+        if hasattr(table, "shape"):
+            n = int(table.shape[-2])
+            max_len = n if max_len is None else min(max_len, n)
     return vocab, max_len
 
 
