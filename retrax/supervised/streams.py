@@ -34,24 +34,46 @@ class Prefetcher:
     ``take()`` that would have returned its result; nothing is drawn ahead then.
     ``accept(result)``, if given, runs in the caller's thread on each result
     ``take()`` returns, before the next draw starts.
+
+    One worker thread serves the draws while they keep coming (starting a
+    thread per batch cost more host time than a small model's step); it ends
+    after ``idle_s`` seconds without a request, so nothing lingers (or holds
+    the data) long after the Loop.
     """
 
-    def __init__(self, draw: Callable[[], Any], accept: Callable[[Any], None] | None = None):
+    def __init__(self, draw: Callable[[], Any], accept: Callable[[Any], None] | None = None,
+                 idle_s: float = 1.0):
         self._draw = draw
         self._accept = accept
+        self._idle_s = idle_s
         self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _worker_alive against a worker timing out
+        self._worker_alive = False
         self.pending = False
 
-    def _run(self) -> None:
-        try:
-            result = (True, self._draw())
-        except BaseException as err:  # Re-raised in the Loop's thread by take().
-            result = (False, err)
-        self._results.put(result)
+    def _serve(self) -> None:
+        while True:
+            try:
+                self._requests.get(timeout=self._idle_s)
+            except queue.Empty:
+                with self._lock:
+                    if self._requests.empty():
+                        self._worker_alive = False
+                        return
+                continue
+            try:
+                result = (True, self._draw())
+            except BaseException as err:  # Re-raised in the Loop's thread by take().
+                result = (False, err)
+            self._results.put(result)
 
     def request(self) -> None:
-        # A short-lived thread per batch: nothing lingers (or holds the data) after the Loop.
-        threading.Thread(target=self._run, name="retrax-prefetch", daemon=True).start()
+        with self._lock:
+            self._requests.put(None)
+            if not self._worker_alive:
+                self._worker_alive = True
+                threading.Thread(target=self._serve, name="retrax-prefetch", daemon=True).start()
         self.pending = True
 
     def take(self, ahead: bool = True) -> Any:

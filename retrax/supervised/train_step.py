@@ -50,33 +50,36 @@ class Placement:
         self.mesh = Mesh(np.array(devices[:n_devices]), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self._local_devices: int | None = None
+        self._n_processes = jax.process_count()
 
     @property
     def local_devices(self) -> int:
         """How many of this placement's devices belong to this process (all, in one process)."""
-        mine = jax.process_index()
-        return sum(1 for d in self.mesh.devices.flat if d.process_index == mine)
+        if self._local_devices is None:  # fixed for the placement's life: counted once
+            mine = jax.process_index()
+            self._local_devices = sum(1 for d in self.mesh.devices.flat if d.process_index == mine)
+        return self._local_devices
 
     def put_batch(self, batch: Sequence[Any], where: str) -> tuple[Any, ...]:
         """``batch`` on the devices, split along its first axis.
 
         In a multi-process run each process passes its own rows (its share of
-        the global batch), split over this process's devices.
+        the global batch), split over this process's devices. One transfer
+        for the whole batch (a per-array ``device_put`` costs host time every
+        step).
         """
-        out = []
-        n_local, n_processes = self.local_devices, jax.process_count()
-        for i, x in enumerate(batch):
-            x = np.asarray(x)
-            if self.n_devices > 1:
-                check_batch_rows(x.shape, i, n_local, where, n_processes)
-                if n_processes > 1:
-                    # Multi-host: each process yields its own slice of the global batch.
-                    out.append(jax.make_array_from_process_local_data(self.batch_sharding, x))
-                else:
-                    out.append(jax.device_put(x, self.batch_sharding))
-            else:
-                out.append(jax.device_put(x))
-        return tuple(out)
+        arrays = [x if isinstance(x, jax.Array) else np.asarray(x) for x in batch]
+        if self.n_devices == 1:
+            return tuple(jax.device_put(arrays))
+        n_local, n_processes = self.local_devices, self._n_processes
+        for i, x in enumerate(arrays):
+            check_batch_rows(x.shape, i, n_local, where, n_processes)
+        if n_processes > 1:
+            # Multi-host: each process yields its own slice of the global batch.
+            return tuple(jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x))
+                         for x in arrays)
+        return tuple(jax.device_put(arrays, self.batch_sharding))
 
     def replicate(self, tree: Any) -> Any:
         if self.n_devices == 1:
