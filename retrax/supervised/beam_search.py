@@ -63,7 +63,7 @@ def beam_search(model: base.Layer, inputs: Any = None, batch_size: int = 1, n_be
 
     fn = program(model, ("beam", batch_size, k, max_length, float(length_penalty), eos,
                           repr(sig), cache_len), make)
-    tokens, scores = fn(model.weights, setup.enc, jnp.asarray(setup.first))
+    tokens, scores = fn(model.weights, setup.enc, setup.first)
     tokens, scores = np.asarray(tokens), np.asarray(scores)
     return [(tokens[:, i, :], scores[:, i]) for i in range(k)]
 

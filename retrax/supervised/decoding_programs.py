@@ -135,7 +135,8 @@ def make_setup(model: base.Layer, prompt: np.ndarray, start_id: int) -> Setup:
     start = np.full((prompt.shape[0], 1), start_id, np.int32)
     if model.n_in == 1:
         return Setup(None, np.concatenate([start, prompt], axis=1))
-    return Setup(jnp.asarray(prompt), start)
+    # NumPy, not jnp.asarray: the programs take it as it is (no eager staging program).
+    return Setup(np.asarray(prompt, np.int32), start)
 
 
 def model_inputs(enc: Any, tokens: Any) -> Any:
