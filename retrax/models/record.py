@@ -2,7 +2,7 @@
 
 Every model function in :mod:`retrax.models` is wrapped in
 :func:`records_config`, so the layer it returns remembers how it was built
-(``mode`` left out, callables such as ``ff_activation`` stored by name, tuples
+(``mode`` left out, and ``remat`` unless True; callables such as ``ff_activation`` stored by name, tuples
 as lists). :func:`config_of` reads that record; checkpoints and the training
 loop write it next to the weights, and :func:`retrax.models.from_config`
 rebuilds the model from it.
@@ -30,6 +30,10 @@ __all__ = ["config_of", "set_config", "records_config"]
 
 # The attribute of a layer that holds its record. Only this module reads or writes it.
 _ATTRIBUTE = "_model_config"
+
+# Arguments that change how a model computes, not what, recorded only when not at these
+# defaults: records written before they existed stay equal to new ones.
+_LEFT_OUT_AT = {"remat": False}
 
 
 def config_of(model: Any) -> dict[str, Any] | None:
@@ -86,7 +90,8 @@ def records_config(fn: Callable[..., Any]) -> Callable[..., Any]:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         config = {name: _json_value(value) for name, value in bound.arguments.items()
-                  if name != "mode"}
+                  if name != "mode" and not (name in _LEFT_OUT_AT
+                                             and value is _LEFT_OUT_AT[name])}
         return set_config(model, {"name": fn.__name__, "kwargs": config})
 
     return build

@@ -40,8 +40,9 @@ def test_every_model_records_its_full_config_and_from_config_rebuilds_it():
         model = models.REGISTRY[name](**ARGS[name], mode="eval")
         config = models.config_of(model)
         assert config["name"] == name and "mode" not in config["kwargs"]
-        # Every argument is recorded, defaults too.
-        params = set(inspect.signature(models.REGISTRY[name]).parameters) - {"mode"}
+        # Every argument is recorded, defaults too (remat only when True: it changes how
+        # the gradient is computed, not the model, and older records lack it).
+        params = set(inspect.signature(models.REGISTRY[name]).parameters) - {"mode", "remat"}
         assert set(config["kwargs"]) == params, name
         for key, value in ARGS[name].items():
             recorded = config["kwargs"][key]
@@ -49,6 +50,13 @@ def test_every_model_records_its_full_config_and_from_config_rebuilds_it():
         again = models.from_config(config, mode="predict")
         assert models.config_of(again) == config
         assert str(again) == str(models.REGISTRY[name](**ARGS[name], mode="predict"))
+
+
+def test_remat_is_recorded_only_when_on():
+    assert "remat" not in models.config_of(models.TransformerLM(**SMALL))["kwargs"]
+    config = models.config_of(models.TransformerLM(**SMALL, remat=True))
+    assert config["kwargs"]["remat"] is True
+    assert models.config_of(models.from_config(config)) == config
 
 
 def test_config_of_is_a_copy_and_none_for_a_hand_built_layer():
