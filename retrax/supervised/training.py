@@ -240,6 +240,7 @@ class Loop:
         if not model.initialized:
             model.init(sig, rng=base.init_rng_split(self._base_key, 1)[0])
         self._eval_model = eval_model if eval_model is not None else base.with_mode(model, "eval")
+        self._own_eval_model, self._eval_model_stale = eval_model is None, False
         if eval_model is not None and not eval_model.initialized:
             eval_model.init(sig)
         self._ref_sigs = [shapes.signature(t.sample_batch) for t in tasks]
@@ -274,7 +275,6 @@ class Loop:
     step = property(lambda self: self._step)
     history = property(lambda self: self._history)
     model = property(lambda self: self._model)
-    eval_model = property(lambda self: self._eval_model)
     tasks = property(lambda self: self._tasks)
     eval_tasks = property(lambda self: self._eval_tasks)
     output_dir = property(lambda self: self._output_dir)
@@ -430,9 +430,23 @@ class Loop:
         like its evals; a callback evaluating on that data must draw it here, not from the task)."""
         return self._eval_streams[index].next()
 
+    @property
+    def eval_model(self) -> base.Layer:
+        if self._eval_model_stale:  # the Loop's own copy: synced when read (see below)
+            self._sync_eval_model()
+        return self._eval_model
+
     def _sync_model_weights(self) -> None:
         self._model.weights = self._weights
         self._model.state = self._state
+        # Storing weights in a layer tree is thousands of Python calls at each run's end;
+        # the Loop's own eval copy is only reachable through eval_model, so it waits.
+        self._eval_model_stale = self._own_eval_model
+        if not self._own_eval_model:
+            self._sync_eval_model()
+
+    def _sync_eval_model(self) -> None:
+        self._eval_model_stale = False
         if self._eval_model is not self._model:
             self._eval_model.weights = self._weights
             # Its old state arrays were donated to the train step (BatchNorm statistics).

@@ -87,3 +87,10 @@ def test_loop_setup_and_first_step_compile_few_programs(compile_counter):
     assert first_step == ["jit(step)"], first_step
     loop.run(3)
     assert compile_counter.programs[len(setup) + 1:] == []  # later steps reuse it
+    # The Loop's eval-mode copy gets the trained weights when it is read (not at every
+    # run's end): the very arrays of the model.
+    trained = jax.tree_util.tree_leaves(loop.model.weights)
+    assert loop.eval_model is not loop.model
+    assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(loop.eval_model.weights),
+                                      trained))
+    assert len(trained) == 7
