@@ -102,7 +102,12 @@ def run_heads(one: Any, inputs: tuple, weights: Any, n_heads: int,
     def body(total, idx):
         return total.at[idx[0]].add(group(idx)), None
 
-    total0 = jnp.zeros((batch,) + one_group.shape[1:], one_group.dtype)
+    # The zero carry is made (for XLA) to depend on the inputs, which it does not in value:
+    # a constant carry would be copied into a buffer of its own at the start of the
+    # program, one per layer of a reversible stack, instead of when the layer runs.
+    first = jnp.ravel(inputs[0])[0].astype(jnp.float32)
+    no = jnp.minimum(lax.bitcast_convert_type(first, jnp.uint32), jnp.uint32(0)) != 0
+    total0 = jnp.where(no, 1, jnp.zeros((batch,) + one_group.shape[1:], one_group.dtype))
     total, _ = lax.scan(body, total0, (examples, heads))
     return total
 

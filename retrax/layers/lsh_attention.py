@@ -117,6 +117,31 @@ def hash_vectors(vecs: Any, rotations: Any, n_buckets: Any) -> tuple[Any, int]:
     return buckets, scale
 
 
+@jax.custom_vjp
+def permute_rows(x: Any, perm: Any, inverse: Any) -> Any:
+    """``x[perm]`` for a permutation ``perm`` whose inverse is ``inverse``.
+
+    Its gradient is the gather ``ct[inverse]``; autodiff of ``x[perm]`` would
+    scatter-add into a zero buffer, which XLA allocates for every layer at once.
+
+    >>> import jax.numpy as jnp
+    >>> permute_rows(jnp.array([10., 20., 30.]), jnp.array([2, 0, 1]), jnp.array([1, 2, 0]))
+    Array([30., 10., 20.], dtype=float32)
+    """
+    return x[perm]
+
+
+def _permute_rows_forward(x: Any, perm: Any, inverse: Any) -> tuple[Any, Any]:
+    return x[perm], inverse
+
+
+def _permute_rows_backward(inverse: Any, ct: Any) -> tuple[Any, None, None]:
+    return ct[inverse], None, None
+
+
+permute_rows.defvjp(_permute_rows_forward, _permute_rows_backward)
+
+
 def lsh_attend(q: Any, v: Any, rotations: Any, n_buckets: Any, chunk_len: int,
                n_chunks_before: int, n_chunks_after: int, causal: bool, mask: Any = None,
                dropout: float = 0.0, rng: Any = None) -> Any:
@@ -141,11 +166,14 @@ def lsh_attend(q: Any, v: Any, rotations: Any, n_buckets: Any, chunk_len: int,
     kv_info = info if mask is None else jnp.where(mask[st], info, -info)
     mask_fn = functools.partial(mask_self_attention, causal=causal, exclude_self=True,
                                 masked=mask is not None)
-    so, slse = attend(q[st], None, v[st], q_chunk_len=chunk_len,
+    # Gathers by the sort permutation of all rounds (the rows tiled once per round).
+    tiled_q, tiled_v = jnp.tile(q, (n_hashes, 1)), jnp.tile(v, (n_hashes, 1))
+    so, slse = attend(permute_rows(tiled_q, sticker, undo), None,
+                      permute_rows(tiled_v, sticker, undo), q_chunk_len=chunk_len,
                       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
                       mask_fn=mask_fn, q_info=info, kv_info=kv_info, dropout=dropout, rng=rng)
-    o = so[undo].reshape(n_hashes, length, -1)
-    lse = slse[undo].reshape(n_hashes, length, 1)
+    o = permute_rows(so, undo, sticker).reshape(n_hashes, length, -1)
+    lse = permute_rows(slse, undo, sticker).reshape(n_hashes, length, 1)
     weights = jnp.exp(lse - jnp.max(lse, axis=0, keepdims=True))  # exact near -1e5
     weights = weights / jnp.sum(weights, axis=0, keepdims=True)
     return jnp.sum(o * weights, axis=0)
