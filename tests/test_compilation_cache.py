@@ -59,6 +59,7 @@ def program_entries(folder):
                   n.endswith("-cache"))
 
 
+@pytest.mark.slow  # two fresh processes
 def test_a_second_process_reads_the_first_ones_program_from_the_cache(tmp_path):
     folder = tmp_path / "cache"
     env = {"RETRAX_COMPILATION_CACHE_DIR": str(folder)}

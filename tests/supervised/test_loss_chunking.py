@@ -58,6 +58,7 @@ def test_chunked_loss_and_gradients_equal_the_unchunked(loss, chunk):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # two Loops train
 def test_loop_with_loss_chunk_size_trains_like_without():
     x, y, w = _batch()
 

@@ -85,6 +85,7 @@ def test_bfloat16_step_computes_in_bfloat16_with_float32_masters(tmp_path):
     assert resumed.step == 1 and resumed.compute_dtype == "bfloat16"
 
 
+@pytest.mark.slow
 def test_bfloat16_gradient_is_float32_and_near_the_float32_one():
     model = small_model()
     batch = next(reverse_ints_task(8, seed=3))
