@@ -242,6 +242,7 @@ def test_sample_and_show_the_shipped_file_by_its_path(capsys):
     assert "Total: 93,088 parameters in 38 arrays" in out
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_sample_agrees_across_checkpoint_formats(trained, tmp_path, capsys):
     out, _ = trained
     args = ["--prompt", "0,4,6,8,10,0", "--temperature", "0.7", "--top-k", "5", "--top-p",
@@ -263,6 +264,7 @@ def test_sample_agrees_across_checkpoint_formats(trained, tmp_path, capsys):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_sample_reads_the_run_config_and_an_old_runs_train_config(trained, tmp_path, capsys):
     # --max-length defaults to the trained task's length: config.json's "run", or, in a run
     # written before the one config file, train_config.json.
@@ -402,6 +404,7 @@ def test_sample_text_with_the_tokenizer_saved_next_to_the_checkpoint(tmp_path):
     assert_usage_error(both, "either --prompt")
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_train_text_lm_then_sample_text(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

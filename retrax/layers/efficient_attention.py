@@ -27,6 +27,7 @@ import numpy as np
 from jax import lax
 
 from retrax.fastmath import random as fastmath_random
+from retrax.fastmath.scheduling import zero_from
 from retrax.layers.attention_checks import check_dropout, check_positive_int, static_int
 from retrax.layers.base import Layer
 from retrax.layers.broadcasted_dropout import apply_broadcasted_dropout
@@ -102,12 +103,13 @@ def run_heads(one: Any, inputs: tuple, weights: Any, n_heads: int,
     def body(total, idx):
         return total.at[idx[0]].add(group(idx)), None
 
-    # The zero carry is made (for XLA) to depend on the inputs, which it does not in value:
-    # a constant carry would be copied into a buffer of its own at the start of the
-    # program, one per layer of a reversible stack, instead of when the layer runs.
-    first = jnp.ravel(inputs[0])[0].astype(jnp.float32)
-    no = jnp.minimum(lax.bitcast_convert_type(first, jnp.uint32), jnp.uint32(0)) != 0
-    total0 = jnp.where(no, 1, jnp.zeros((batch,) + one_group.shape[1:], one_group.dtype))
+    # The zero carry is tied to the inputs (fastmath.scheduling): a constant carry would be
+    # copied into a buffer of its own at the start of the program, one per layer of a
+    # reversible stack, instead of when the layer runs.
+    total0 = jnp.zeros((batch,) + one_group.shape[1:], one_group.dtype)
+    zero = zero_from(inputs)
+    if zero is not None:  # (tied() would give where(keep, 0, 0), which XLA folds to a constant)
+        total0 = jnp.where(zero == 0, total0, 1).astype(total0.dtype)
     total, _ = lax.scan(body, total0, (examples, heads))
     return total
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from retrax.fastmath import random as fastmath_random
+from retrax.fastmath.scheduling import tied, zero_from
 from retrax.layers.base import Layer, LayerError, as_stack, init_child, new_pass, pack
 from retrax.layers.pass_context import DerivedKey
 from retrax.layers.stack_combinators import Serial, check_sublayer_entries
@@ -90,47 +91,6 @@ def _child_keys(rng: Any, n: int) -> list[Any]:
     if rng is None:
         return [None] * n
     return [fastmath_random.hash_fold_in(rng, i) for i in range(n)]
-
-
-def _zero_from(stack: list[Any]) -> Any:
-    """A ``uint32`` zero that XLA can only compute once ``stack`` exists (None if no float).
-
-    Used to tie each layer's key and weights to the activations it runs on, see
-    ``_tied``. ``min(bits, 0)`` of an unsigned number is always 0, but XLA does not
-    fold it away, so the data dependence is real.
-    """
-    for x in stack:
-        if x is not None and jnp.size(x) and jnp.issubdtype(jnp.result_type(x), jnp.floating):
-            first = jnp.ravel(x)[0].astype(jnp.float32)
-            return jnp.minimum(jax.lax.bitcast_convert_type(first, jnp.uint32), jnp.uint32(0))
-    return None
-
-
-def _tied(tree: Any, zero: Any) -> Any:
-    """``tree`` unchanged in value, but made (for XLA) to depend on ``zero``.
-
-    XLA's CPU scheduler starts work as early as its operands allow. What a layer
-    computes from its key and weights alone (dropout masks, biases broadcast to the
-    activations' shape) would then be computed for every layer at the start of
-    the forward or backward pass and held until the layer runs: memory that grows
-    with depth. (``jax.lax.optimization_barrier`` does not prevent it: the CPU
-    pipeline removes barriers before scheduling.) Tied to the layer's inputs, the
-    work starts only when the layer does.
-    """
-    if zero is None:
-        return tree
-    keep = zero == 0
-
-    def one(v):
-        if v is None or not hasattr(v, "dtype") or v.dtype == jax.dtypes.float0:
-            return v
-        if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
-            data = jax.random.key_data(v)
-            return jax.random.wrap_key_data(jnp.where(keep, data, jnp.zeros_like(data)),
-                                            impl=jax.random.key_impl(v))
-        return jnp.where(keep, v, jnp.zeros_like(v))
-
-    return jax.tree_util.tree_map(one, tree)
 
 
 def _apply_alone(owner: Layer, index: int, layer: Layer, x: Any, weights: Any, state: Any,
@@ -371,11 +331,11 @@ class ReversibleSerial(ReversibleLayer, Serial):
     def _run(self, xs, weights, state, rng):
         stack = as_stack(xs) if self.n_in != 1 else [xs]
         new_states = []
-        # Ties only matter for training (see _tied); decoding skips their copies.
+        # Ties only matter for training (see fastmath.scheduling); decoding skips their copies.
         tie = self.mode in (None, "train")
         for i, (layer, key) in enumerate(zip(self.sublayers, _child_keys(rng, len(self.sublayers)))):
             k = layer.n_in
-            w, key = _tied((weights[i], key), _zero_from(stack) if tie else None)
+            w, key = tied((weights[i], key), zero_from(stack) if tie else None)
             outputs, s = _apply_alone(self, i, layer, pack(stack[:k]), w, state[i], key)
             stack = _outputs_list(layer, outputs) + stack[k:]
             new_states.append(s)
@@ -425,8 +385,8 @@ class ReversibleSerial(ReversibleLayer, Serial):
             k = layer.n_out
             # Tied to this layer's outputs, what the layer computes from its key and
             # weights alone (dropout masks) is computed here, not at the start of the
-            # backward pass nor shared with the forward pass (see _tied).
-            w, key = _tied((weights[i], keys[i]), _zero_from(stack))
+            # backward pass nor shared with the forward pass (see fastmath.scheduling).
+            w, key = tied((weights[i], keys[i]), zero_from(stack))
             x, (x_ct, weights_ct[i]) = layer.reverse_and_grad(
                 pack(stack[:k]), pack(stack_ct[:k]), w, state[i], new_state[i], rng=key)
             stack = _inputs_list(layer, x) + stack[k:]

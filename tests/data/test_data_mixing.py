@@ -254,6 +254,7 @@ def test_restoring_into_a_stream_that_read_ahead_resets_its_counter(clean_counte
     stream = make()()
     take(stream, 3)
     saved = stream.state_dict()
+    stream.last.close()  # Its Prefetch thread would go on counting into the shared counters.
     clean_counters.clear()
     fresh = make()()
     next(fresh)  # Its Prefetch reads ahead, counting up to 10 more examples.

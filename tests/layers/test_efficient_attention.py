@@ -130,7 +130,8 @@ def test_enc_dec_attention_is_trax_141s_sum_over_real_positions():
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("masked", [pytest.param(True, marks=pytest.mark.slow), False])
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
+@pytest.mark.parametrize("masked", [True, False])
 def test_enc_dec_predict_caches_the_encoder_keys_and_equals_eval(masked):
     # masked: Trax 1.4.1's sum over real positions; unmasked: a softmax over the queries.
     rng = np.random.default_rng(5)

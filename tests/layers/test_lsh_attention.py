@@ -216,6 +216,7 @@ def _pure(mode, seed=0, **kw):
     return layer
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_pure_lsh_predict_equals_eval_prompt_then_token_by_token():
     # Rows = 2 examples x 2 heads; n_hashes x L = chunk_len x (1 + n_chunks_before): the
     # eval window sees everything, the regime where one-token decoding is exact.

@@ -44,6 +44,7 @@ def _predict_equals_eval(length, **kw):
     np.testing.assert_allclose(np.concatenate(outs, axis=1), ref, atol=2e-5)
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_lsh_reformerlm_predict_equals_eval_token_by_token():
     # n_hashes x length = chunk_len x (1 + n_chunks_before): LSH windows see everything,
     # the regime where one-token decoding is exact.

@@ -438,6 +438,7 @@ def test_transformer_decoder_model_predict_equals_eval():
     np.testing.assert_allclose(np.concatenate(outs, 1), y_eval, atol=1e-5)
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_predict_past_the_cache_raises(lm_eval):
     pr, pw, ps = _predict_copy(
         lambda mode: models.TransformerLM(**SMALL_LM, mode=mode, max_inference_length=3),

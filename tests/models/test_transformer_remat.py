@@ -30,6 +30,7 @@ def _assert_same(a, b):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * scale)
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_lm_with_remat_is_the_same_model_with_the_same_gradients():
     kw = dict(vocab_size=16, d_model=8, d_ff=16, n_layers=1, n_heads=2, max_len=32,
               dropout=0.2)

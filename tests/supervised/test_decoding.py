@@ -267,6 +267,7 @@ def test_stream_matches_sample():
                                                eos_id=None))
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_beam_search_batch_is_at_least_as_likely_as_greedy():
     model = tiny_lm("predict", 8)
     prompt = np.array([[0, 3, 4, 0], [0, 5, 6, 0]], np.int32)
@@ -687,6 +688,7 @@ def test_compiled_programs_go_with_their_model():
         assert decoding.compiled_programs() == n  # its programs went with it
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_a_users_own_step_loop_decodes_with_the_max_len_cache():
     # Trax's way, unchanged: init a predict-mode model for one token, then feed
     # it token by token; the caches hold max_len positions.

@@ -25,6 +25,7 @@ def _pair(factory, sig, tmp_path, **kwargs):
     return ev, pr
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_a_language_model_samples_the_same_tokens_both_ways(tmp_path):
     ev, pr = _pair(models.TransformerLM, shapes.ShapeDtype((1, 8), np.int32), tmp_path, **LM)
     prompt = np.array([[3, 5, 7, 2], [4, 4, 9, 1]], np.int32)

@@ -90,6 +90,7 @@ def _kill_randomly(tmp_path: Path, n_kills: int) -> None:
     assert steps == sorted(steps) and steps[-1] > 0, steps
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_a_few_random_kills(tmp_path):
     _kill_randomly(tmp_path, 3)
 
