@@ -296,7 +296,7 @@ def child_config_l(remat: bool, steps: int) -> dict[str, Any]:
 
 def _child_argv(args: argparse.Namespace, *extra: str) -> list[str]:
     return [os.path.abspath(__file__), "--steps", str(args.steps), "--budget-gib",
-            str(args.budget_gib), *extra]
+            str(args.budget_gib), "--n-layers", str(WORKLOAD["n_layers"]), *extra]
 
 
 def _nice_env() -> dict[str, str]:
@@ -418,6 +418,8 @@ def main() -> None:
                     help="refuse a configuration XLA says needs more than this")
     ap.add_argument("--config-l-memory", action="store_true",
                     help="config L trained by Loop with and without remat instead")
+    ap.add_argument("--n-layers", type=int, default=WORKLOAD["n_layers"],
+                    help="layers of every model (e.g. 2 and 12 to compare reversible depth)")
     ap.add_argument("--timeout", type=float, default=1800, help="per child process, seconds")
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/...)")
     ap.add_argument("--update", action="store_true",
@@ -428,6 +430,7 @@ def main() -> None:
     ap.add_argument("--remat", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     budget = args.budget_gib * GIB
+    WORKLOAD["n_layers"] = args.n_layers  # the depth comparison of reversible layers uses it
 
     if args.child == "train":
         res = (child_flax(args.length, args.steps, budget) if args.model == "flax"
