@@ -7,7 +7,6 @@ The fast tests exercise the parent's pure functions (no child process); the
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,22 +15,8 @@ import types
 
 import numpy as np
 import pytest
-
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _load(name):
-    sys.path.insert(0, BENCH)
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH,
-                                                                                  f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        while BENCH in sys.path:        # the scripts put their folder first on the path
-            sys.path.remove(BENCH)
-
+from benchmark_modules import BENCH
+from benchmark_modules import load as _load
 
 rnn = _load("rnn")
 peers = _load("rnn_peers")

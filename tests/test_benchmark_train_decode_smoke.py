@@ -1,35 +1,22 @@
 """benchmarks/train.py, decode.py (and rnn.py's rounds): median ratios with their range, load.
 
 The fast tests exercise the parents' pure functions on made-up child
-results; the ``bench`` ones run the scripts end to end with the Flax peer
-(``python -m pytest -m bench``; they need flax and ../shared/peer_bench).
+results; the slow ones run the scripts end to end, their peer replaced by a
+recorded one (``RETRAX_PEER_DIR`` pointed at a stand-in ``bench_flax.py`` that
+prints results the real Flax peer printed), so they need nothing outside the
+repository.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _load(name):
-    sys.path.insert(0, BENCH)
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH,
-                                                                                  f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        while BENCH in sys.path:        # the scripts put their folder first on the path
-            sys.path.remove(BENCH)
-
+from benchmark_modules import BENCH
+from benchmark_modules import load as _load
 
 train = _load("train")
 decode = _load("decode")
@@ -134,30 +121,60 @@ def test_default_rounds_are_five():
         assert "(default 5)" in " ".join(out.split())
 
 
-@pytest.mark.bench  # Selected only with -m bench: it needs flax and ../shared/peer_bench.
-def test_train_end_to_end_with_the_peer(tmp_path):
+# What the Flax peer (../shared/peer_bench/bench_flax.py) printed on this machine, trimmed.
+_RECORDED_PEER = {
+    "train": dict(config="S", variant="jit", batch=16, seq=10, params_total=93088,
+                  params_matmul=25600, build_s=1.39, first_step_s=4.2, pipelined_step_s=0.00307,
+                  warmup_steps=5, timed_steps=50, step_s_median=0.00379, step_s_min=0.00325,
+                  step_s_max=0.00525, tokens_per_s=42173.7, loss_first=3.92, loss_last=3.32,
+                  peak_rss_mib=466.0),
+    "decode": dict(config="M", new_tokens=128, cache_len=128, peak_rss_mib=389.3, **{
+        f"{kind}_b{b}": dict(first_call_s=0.8, gen_s_median=med, gen_s_min=med, gen_s_max=med,
+                             tokens_per_s=128 * b / med, reps=3)
+        for kind, b, med in [("kv_cache", 1, 0.0897), ("kv_cache", 8, 0.189),
+                             ("no_cache", 1, 0.806), ("no_cache", 8, 5.08)]},
+        cache_vs_naive_token_match_b1=1.0, cache_vs_naive_token_match_b8=1.0),
+}
+
+
+def _recorded_peer_env(tmp_path):
+    """An environment whose ``RETRAX_PEER_DIR`` holds a stand-in peer replaying ``_RECORDED_PEER``."""
+    peer = tmp_path / "peer"
+    peer.mkdir()
+    (peer / "bench_flax.py").write_text(
+        "import json, sys\n"
+        f"RECORDED = {_RECORDED_PEER!r}\n"
+        "kind = sys.argv[sys.argv.index('--child') + 1]\n"
+        "print(json.dumps(RECORDED[kind]))\n")
+    return dict(os.environ, RETRAX_PEER_DIR=str(peer))
+
+
+@pytest.mark.slow
+def test_train_end_to_end_with_a_recorded_peer(tmp_path):
     out = tmp_path / "train.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, "train.py"), "--configs", "S", "--quick",
          "--rounds", "2", "--no-quickstart", "--peer-nnx-jit", "", "--out", str(out)],
-        capture_output=True, text=True, timeout=1800)
+        capture_output=True, text=True, timeout=1800, env=_recorded_peer_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     rounds = res["configs"]["S"]["rounds"]
     assert len(rounds) == 2 and all(len(rd["loadavg_start"]) == 3 for rd in rounds)
+    assert all(rd["flax"]["step_s_median"] == 0.00379 for rd in rounds)
     spread = res["summary"]["S"]["ratio_spread"]["raw_throughput_ratio"]
     assert spread["n"] == 2 and spread["min"] <= spread["median"] <= spread["max"]
     assert len(res["machine"]["loadavg_start"]) == 3 and len(res["loadavg_end"]) == 3
     assert "Rounds (alternating" in proc.stdout and "load before" in proc.stdout
 
 
-@pytest.mark.bench
-def test_decode_end_to_end_with_the_peer(tmp_path):
+@pytest.mark.slow
+def test_decode_end_to_end_with_a_recorded_peer(tmp_path):
     out = tmp_path / "decode.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, "decode.py"), "--quick", "--rounds", "2",
          "--repeats", "1", "--new-tokens", "16", "--methods", "greedy,top_k",
-         "--out", str(out)], capture_output=True, text=True, timeout=1800)
+         "--out", str(out)], capture_output=True, text=True, timeout=1800,
+        env=_recorded_peer_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert len(res["rounds"]) == 2
