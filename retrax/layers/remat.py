@@ -34,9 +34,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from retrax.fastmath.cotangents import cotangent_like
+from retrax.fastmath.scheduling import tied, zero_from
 from retrax.layers.pass_context import Pass, new_pass
 from retrax.layers.stack_combinators import Serial
 
@@ -45,46 +46,6 @@ __all__ = ["RematSerial"]
 
 def _is_array(leaf: Any) -> bool:
     return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
-
-
-def _is_float(x: Any) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
-
-def _cotangent_like(primal: Any, ct: Any) -> Any:
-    """``ct`` made a valid cotangent for ``primal``: float0 for integers, zeros for None."""
-
-    def one(p, c):
-        if not _is_float(p):
-            return np.zeros(jnp.shape(p), jax.dtypes.float0)
-        if c is None or jnp.result_type(c) == jax.dtypes.float0:
-            return jnp.zeros(jnp.shape(p), jnp.result_type(p))
-        return c
-
-    return jax.tree_util.tree_map(one, primal, ct, is_leaf=lambda v: v is None)
-
-
-def _tied_to(values: list[Any], anchor: Any) -> list[Any]:
-    """``values`` unchanged, but computed (for XLA) after ``anchor``'s first float.
-
-    ``min(bits, 0)`` of an unsigned number is 0, which XLA does not fold away:
-    the recomputation then depends on the gradient and cannot be merged with
-    the forward pass nor scheduled before the gradient exists.
-    """
-    floats = [a for a in jax.tree_util.tree_leaves(anchor) if _is_float(a) and jnp.size(a)]
-    if not floats:
-        return values
-    first = jnp.ravel(floats[0])[0].astype(jnp.float32)
-    keep = jnp.minimum(jax.lax.bitcast_convert_type(first, jnp.uint32), jnp.uint32(0)) == 0
-    out = []
-    for v in values:
-        if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
-            data = jax.random.key_data(v)
-            out.append(jax.random.wrap_key_data(jnp.where(keep, data, jnp.zeros_like(data)),
-                                                impl=jax.random.key_impl(v)))
-        else:
-            out.append(jnp.where(keep, v, jnp.zeros_like(v)))
-    return out
 
 
 class RematSerial(Serial):
@@ -135,8 +96,9 @@ class RematSerial(Serial):
                 with new_pass() as inner:
                     return run(arrays, inner)
 
-            outputs, vjp = jax.vjp(again, *_tied_to(list(arrays), cts))
-            return vjp(_cotangent_like(outputs, cts))
+            anchor = zero_from(jax.tree_util.tree_leaves(cts))
+            outputs, vjp = jax.vjp(again, *tied(list(arrays), anchor))
+            return vjp(cotangent_like(outputs, cts))
 
         remat.defvjp(remat_fwd, remat_bwd)
         out = remat(*[leaves[i] for i in slots])

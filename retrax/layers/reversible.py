@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from retrax.fastmath import random as fastmath_random
+from retrax.fastmath.cotangents import cotangent_like, is_float
 from retrax.fastmath.scheduling import tied, zero_from
 from retrax.layers.base import Layer, LayerError, as_stack, init_child, new_pass, pack
 from retrax.layers.pass_context import DerivedKey
@@ -50,29 +51,12 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 
-def _is_float(x: Any) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
-
 def _zero_cotangent(x: Any) -> Any:
     if x is None:
         return None
-    if _is_float(x):
+    if is_float(x):
         return jnp.zeros(jnp.shape(x), jnp.result_type(x))
     return np.zeros(jnp.shape(x), jax.dtypes.float0)
-
-
-def _cotangent_like(primal: Any, ct: Any) -> Any:
-    """``ct`` made a valid cotangent for ``primal`` (leaf by leaf)."""
-
-    def one(p, c):
-        if not _is_float(p):
-            return np.zeros(jnp.shape(p), jax.dtypes.float0)
-        if c is None or jnp.result_type(c) == jax.dtypes.float0:
-            return jnp.zeros(jnp.shape(p), jnp.result_type(p))
-        return c
-
-    return jax.tree_util.tree_map(one, primal, ct, is_leaf=lambda v: v is None)
 
 
 def _add_cotangents(a: Any, b: Any) -> Any:
@@ -152,7 +136,7 @@ class ReversibleLayer(Layer):
                 return self.forward(x)
 
         y, vjp = jax.vjp(forward, x, weights)
-        x_ct, w_ct = vjp(_cotangent_like(y, grad))
+        x_ct, w_ct = vjp(cotangent_like(y, grad))
         return x, (x_ct, w_ct)
 
     @property
@@ -358,7 +342,7 @@ class ReversibleSerial(ReversibleLayer, Serial):
         def run_bwd(saved, cts):
             ys, weights, state, new_state, rng = saved
             xs, (xs_ct, w_ct) = self.reverse_and_grad(ys, cts[0], weights, state, new_state, rng)
-            return (_cotangent_like(xs, xs_ct), w_ct,
+            return (cotangent_like(xs, xs_ct), w_ct,
                     jax.tree_util.tree_map(_zero_cotangent, state),
                     _zero_cotangent(rng))
 
@@ -484,7 +468,7 @@ class ReversibleHalfResidual(ReversibleLayer):
             return self._residual(context, weights, state, rng)[0]
 
         residual, vjp = jax.vjp(residual_of, tuple(context), weights)
-        f_context_ct, weights_ct = vjp(_cotangent_like(residual, accumulator_ct))
+        f_context_ct, weights_ct = vjp(cotangent_like(residual, accumulator_ct))
         context_ct = [_add_cotangents(a, b) for a, b in zip(context_ct, f_context_ct)]
         return (pack([accumulator - residual, *context]),
                 (pack([accumulator_ct, *context_ct]), weights_ct))
