@@ -157,6 +157,7 @@ def test_init_from_file_reads_all_trax_layouts(folder, n_weights):
     np.testing.assert_array_equal(got[1], np.reshape(raw[1], got[1].shape))  # (1,L,d) -> (L,d)
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_trax_to_native_and_back(tmp_path):
     native = tmp_path / "seed.safetensors"
     checkpoints.trax_to_native(str(SEED / "model.pkl.gz"), str(native))

@@ -95,6 +95,7 @@ def test_predict_token_by_token_equals_eval():
     np.testing.assert_allclose(np.concatenate(outs, axis=1), ref, atol=2e-6)
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_predict_prompt_equals_eval_then_decodes():
     x = _clustered(seed=3, length=32, d=12)
     kw = dict(causal=True, chunk_len=4, n_hashes=2, n_buckets=4)

@@ -39,6 +39,7 @@ def test_configurations_each_pass():
     test_utils.test_eval_equals_predict_configs(tokens, _attention, [{"d_ff": 4}, {"d_ff": 8}])
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_a_model_whose_predict_mode_is_wrong_fails():
     def cumulative(mode):
         del mode  # the same in every mode: a running sum over positions cannot be stepped

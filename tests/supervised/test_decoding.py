@@ -152,6 +152,7 @@ def test_fixture_greedy_outputs():
         np.testing.assert_array_equal(out, expected, err_msg=str(folder))
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_compiles_once_per_shape_and_not_again():
     model = tiny_lm("predict", 3)
     assert decoding.compiled_programs(model) == 0
@@ -245,6 +246,7 @@ def test_return_log_probs():
     np.testing.assert_allclose(log_probs, np.log(0.6), rtol=1e-5)
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_prompts_of_different_lengths():
     model = tiny_lm("predict", 6)
     padded = np.array([[0, 3, 4, 0, 0, 0], [0, 5, 6, 7, 8, 0]], np.int32)
@@ -257,6 +259,7 @@ def test_prompts_of_different_lengths():
     np.testing.assert_array_equal(out, np.concatenate([row0, row1]))
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_stream_matches_sample():
     model = tiny_lm("predict", 7)
     prompt = np.array([[0, 3, 4, 0]], np.int32)
@@ -584,6 +587,7 @@ def test_beam_search_encoder_decoder_scores_match_teacher_forcing():
     np.testing.assert_array_equal(one[0][0], greedy)
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_stream_encoder_decoder_uses_each_calls_source():
     predict, _ = _enc_dec_pair(seed=1)
     src_a = np.array([[3, 4, 5, 6, 0]], np.int32)

@@ -299,6 +299,7 @@ def test_when_nothing_can_be_read_the_loop_refuses_instead_of_starting_over(tmp_
     assert (run / "checkpoint_00000004.safetensors").read_bytes() == b"garbage"  # untouched
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_resuming_into_a_model_of_another_config_with_the_same_shapes_is_refused(tmp_path):
     def lm(n_heads):
         return trax.models.TransformerLM(vocab_size=16, d_model=8, d_ff=16, n_layers=1,

@@ -250,6 +250,7 @@ def _data_parallel_losses(tmp_path, n_devices):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_data_parallel_matches_single_device(tmp_path):
     one = _data_parallel_losses(tmp_path, 1)
     eight = _data_parallel_losses(tmp_path, 8)
@@ -390,6 +391,7 @@ def _hand_grad(model, batch):
 @pytest.mark.parametrize("which_task, order", [(None, [1, 0, 1, 0, 1]),
                                                (lambda n: int(n > 2), [0, 0, 1, 1, 1])],
                          ids=["alternating", "custom"])
+@pytest.mark.slow  # default-suite budget: runs in CI's slow step
 def test_tasks_alternate_and_each_keeps_its_own_optimizer(which_task, order):
     # Task 0: SGD (no slots), task 1: Adam (its moments persist across its own steps
     # only). Each step's new weights are checked against the step computed by hand.
