@@ -26,10 +26,29 @@ from retrax.supervised import mixed_precision
 from retrax.supervised import sharding as sharding_rules
 from retrax.supervised.loop_checkpoints import native_checkpoints
 
-__all__ = ["CHOICES", "run_settings", "recorded_settings"]
+__all__ = ["CHOICES", "check_setting", "run_settings", "recorded_settings"]
 
-# Each setting's allowed values, the default first.
-CHOICES = {"sharding": sharding_rules.SHARDINGS, "compute_dtype": mixed_precision.COMPUTE_DTYPES}
+# Each setting's allowed values, the default first ('tensor:K': K a positive integer).
+CHOICES = {"sharding": (*sharding_rules.SHARDINGS, "tensor:K"),
+           "compute_dtype": mixed_precision.COMPUTE_DTYPES}
+_CHECKS = {"sharding": sharding_rules.check_sharding,
+           "compute_dtype": mixed_precision.check_compute_dtype}
+
+
+def check_setting(key: str, value: Any) -> str:
+    """``value`` checked as setting ``key`` (a ValueError naming the choices if it is not one).
+
+    >>> check_setting('sharding', 'tensor:4')
+    'tensor:4'
+    """
+    return _CHECKS[key](value)
+
+
+def _valid(key: str, value: Any) -> bool:
+    try:
+        return value is not None and check_setting(key, value) == value
+    except ValueError:
+        return False
 
 
 def recorded_settings(output_dir: str | None) -> dict[str, str]:
@@ -44,7 +63,7 @@ def recorded_settings(output_dir: str | None) -> dict[str, str]:
         return {}
     if not isinstance(recorded, dict):
         return {}
-    return {key: recorded[key] for key, allowed in CHOICES.items() if recorded.get(key) in allowed}
+    return {key: recorded[key] for key in CHOICES if _valid(key, recorded.get(key))}
 
 
 def run_settings(output_dir: str | None, sharding: Any,
@@ -56,11 +75,8 @@ def run_settings(output_dir: str | None, sharding: Any,
     >>> run_settings(None, None, 'bfloat16')
     ({'sharding': 'replicated', 'compute_dtype': 'bfloat16'}, None)
     """
-    asked = {
-        "sharding": None if sharding is None else sharding_rules.check_sharding(sharding),
-        "compute_dtype": (None if compute_dtype is None
-                          else mixed_precision.check_compute_dtype(compute_dtype)),
-    }
+    asked = {key: None if value is None else check_setting(key, value)
+             for key, value in (("sharding", sharding), ("compute_dtype", compute_dtype))}
     recorded = recorded_settings(output_dir)
     settings, changed = {}, []
     for key, allowed in CHOICES.items():
@@ -79,12 +95,23 @@ def run_settings(output_dir: str | None, sharding: Any,
     return settings, note
 
 
+def _code(key: str, value: str) -> int:
+    """A setting as an int for broadcasting: its index in CHOICES, or -K for 'tensor:K'."""
+    if value in CHOICES[key]:
+        return CHOICES[key].index(value)
+    return -sharding_rules.model_axis_size(value)
+
+
+def _decode(key: str, code: int) -> str:
+    return CHOICES[key][code] if code >= 0 else f"tensor:{-code}"
+
+
 def _agreed(settings: dict[str, str]) -> dict[str, str]:
     """Process 0's settings in every process (a collective when there are several)."""
     if jax.process_count() == 1:
         return settings
     from jax.experimental import multihost_utils
 
-    codes = np.array([CHOICES[key].index(settings[key]) for key in CHOICES], np.int32)
+    codes = np.array([_code(key, settings[key]) for key in CHOICES], np.int32)
     chief = np.asarray(multihost_utils.broadcast_one_to_all(codes))
-    return {key: CHOICES[key][int(code)] for key, code in zip(CHOICES, chief)}
+    return {key: _decode(key, int(code)) for key, code in zip(CHOICES, chief)}

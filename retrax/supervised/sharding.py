@@ -1,6 +1,6 @@
 """How a Loop lays out weights and optimizer slots over its devices.
 
-Two layouts, chosen with ``Loop(..., sharding=...)``:
+Three layouts, chosen with ``Loop(..., sharding=...)``:
 
 * ``'replicated'`` (the default): every device holds all weights and slots;
   only the batch is split (data parallelism).
@@ -11,6 +11,11 @@ Two layouts, chosen with ``Loop(..., sharding=...)``:
   elements, or with no axis the device count divides) stay replicated. XLA
   inserts the all-gathers before a weight is used and reduce-scatters its
   gradient; the result is the replicated run's, up to float summation order.
+* ``'tensor:K'`` (tensor parallelism): a ``'data'`` x ``'model'`` mesh with
+  ``K`` devices on ``'model'``; attention, feed-forward, embedding and output
+  weights are split Megatron-style over ``'model'`` by rules read from the
+  model's layers (:mod:`retrax.supervised.tensor_parallel`), batches over
+  ``'data'``. ``K`` must divide the device count.
 
 The layout is a function of an array's shape only (:func:`fsdp_spec`), so the
 same rule places concrete arrays (:func:`place`) and constrains traced ones
@@ -33,7 +38,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["SHARDINGS", "MIN_SHARDED_SIZE", "check_sharding", "fsdp_spec", "place",
+__all__ = ["SHARDINGS", "MIN_SHARDED_SIZE", "check_sharding", "model_axis_size", "fsdp_spec",
+           "place",
            "constrain", "bytes_per_device", "to_host"]
 
 SHARDINGS = ("replicated", "fsdp")
@@ -44,24 +50,40 @@ MIN_SHARDED_SIZE = 1024
 
 
 def check_sharding(value: Any) -> str:
-    """``value`` as one of :data:`SHARDINGS` (None means ``'replicated'``), or a clear error.
+    """``value`` as one of :data:`SHARDINGS` or ``'tensor:K'`` (None means ``'replicated'``).
 
-    >>> check_sharding(None), check_sharding('fsdp')
-    ('replicated', 'fsdp')
+    >>> check_sharding(None), check_sharding('fsdp'), check_sharding('tensor:2')
+    ('replicated', 'fsdp', 'tensor:2')
     >>> check_sharding('tp')
     Traceback (most recent call last):
     ...
-    ValueError: Loop: sharding='tp' is not supported; choose one of 'replicated' (weights on every device, the default) or 'fsdp' (weights and optimizer slots split over the devices). Tensor parallelism ('tp') is not implemented yet.
+    ValueError: Loop: sharding='tp' is not supported; choose one of 'replicated' (weights on every device, the default), 'fsdp' (weights and optimizer slots split over the devices) or 'tensor:K' with K a positive integer, e.g. 'tensor:2' (attention and feed-forward weights split Megatron-style over K devices, batches over the rest; K must divide the device count).
     """
     if value is None:
         return "replicated"
     if isinstance(value, str) and value in SHARDINGS:
         return value
+    if isinstance(value, str) and value.startswith("tensor:"):
+        k = value[len("tensor:"):]
+        if k.isdigit() and k.isascii() and int(k) >= 1:
+            return f"tensor:{int(k)}"
     raise ValueError(
         f"Loop: sharding={value!r} is not supported; choose one of 'replicated' (weights on "
-        f"every device, the default) or 'fsdp' (weights and optimizer slots split over the "
-        f"devices). Tensor parallelism ('tp') is not implemented yet."
+        f"every device, the default), 'fsdp' (weights and optimizer slots split over the "
+        f"devices) or 'tensor:K' with K a positive integer, e.g. 'tensor:2' (attention and "
+        f"feed-forward weights split Megatron-style over K devices, batches over the rest; "
+        f"K must divide the device count)."
     )
+
+
+def model_axis_size(sharding: str) -> int:
+    """The devices on the ``'model'`` mesh axis: ``K`` for ``'tensor:K'``, else 1.
+
+    >>> model_axis_size('tensor:4'), model_axis_size('fsdp')
+    (4, 1)
+    """
+    sharding = check_sharding(sharding)
+    return int(sharding[len("tensor:"):]) if sharding.startswith("tensor:") else 1
 
 
 def fsdp_spec(shape: Sequence[int], n_devices: int,

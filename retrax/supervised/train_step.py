@@ -19,24 +19,28 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
-from retrax.supervised import mixed_precision
+from retrax.supervised import mixed_precision, tensor_parallel
 from retrax.supervised import sharding as sharding_rules
 
 __all__ = ["Placement", "check_batch_rows", "make_train_step", "make_eval_step", "apply_model_and_ends"]
 
 
 class Placement:
-    """Data parallelism over the local (or global) devices with ``jax.sharding``.
+    """Data (and tensor) parallelism over the local (or global) devices with ``jax.sharding``.
 
-    Batches are split along their first axis over a one-axis ``Mesh`` named
-    ``'data'``. Weights and optimizer slots are laid out as ``sharding`` says
-    (see :mod:`retrax.supervised.sharding`): ``'replicated'`` (every device
-    holds them all) or ``'fsdp'`` (large ones split over the same ``'data'``
-    axis); the model state is always replicated. With one device everything
-    stays on the default device.
+    Batches are split along their first axis over the mesh axis ``'data'``.
+    Weights and optimizer slots are laid out as ``sharding`` says (see
+    :mod:`retrax.supervised.sharding`): ``'replicated'`` (every device holds
+    them all), ``'fsdp'`` (large ones split over the same ``'data'`` axis) or
+    ``'tensor:K'`` (a ``'data'`` x ``'model'`` mesh, ``K`` devices on
+    ``'model'``; ``model``'s attention, feed-forward, embedding and output
+    weights split over ``'model'`` as :mod:`retrax.supervised.tensor_parallel`
+    plans from its layers, once they are initialized). The model state is
+    always replicated. With one device everything stays on the default device.
     """
 
-    def __init__(self, n_devices: int | None = None, sharding: str | None = None):
+    def __init__(self, n_devices: int | None = None, sharding: str | None = None,
+                 model: base.Layer | None = None):
         devices = jax.devices()
         if n_devices is None:
             n_devices = len(devices)
@@ -47,11 +51,67 @@ class Placement:
             )
         self.n_devices = n_devices
         self.sharding = sharding_rules.check_sharding(sharding)
-        self.mesh = Mesh(np.array(devices[:n_devices]), ("data",))
+        self.model_axis = sharding_rules.model_axis_size(self.sharding)
+        self._model = model
+        self._plan: Any = None
+        if self.model_axis > 1:
+            self._check_model_axis(devices[:n_devices])
+            grid = np.array(devices[:n_devices]).reshape(n_devices // self.model_axis,
+                                                        self.model_axis)
+            self.mesh = Mesh(grid, ("data", "model"))
+        else:
+            self.mesh = Mesh(np.array(devices[:n_devices]), ("data",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         self._local_devices: int | None = None
         self._n_processes = jax.process_count()
+
+    def _check_model_axis(self, devices: list) -> None:
+        k, n = self.model_axis, len(devices)
+        if self._model is None:
+            raise ValueError(f"Placement: sharding='{self.sharding}' needs the model "
+                             f"(Placement(..., model=model)) to plan its weights' layout.")
+        if n % k:
+            divisors = ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+            raise ValueError(
+                f"Loop: sharding='{self.sharding}' puts {k} devices on the 'model' mesh axis, "
+                f"which must divide the {n} devices in use (n_devices={n}); choose "
+                f"'tensor:K' with K in {divisors}, or pass another n_devices.")
+        mine = sum(1 for d in devices if d.process_index == jax.process_index())
+        if mine % k:
+            raise ValueError(
+                f"Loop: sharding='{self.sharding}' puts {k} devices on the 'model' mesh axis, "
+                f"but this process has {mine} of the devices; each process must hold whole "
+                f"groups of {k}. Choose a K that divides {mine}.")
+
+    @property
+    def plan(self) -> Any:
+        """The tensor-parallel plan (``'tensor:K'`` only, else None), made on first use."""
+        if self._plan is None and self.model_axis > 1:
+            self._plan = tensor_parallel.plan_model(self._model, self.model_axis)
+            if not self._plan.splits_anything:  # plain data parallelism over every device
+                self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "model")))
+        return self._plan
+
+    @property
+    def note(self) -> str | None:
+        """A line for the log about the tensor-parallel layout, or None."""
+        plan = self.plan
+        if plan is None:
+            return None
+        skipped = (f"; left replicated: {'; '.join(plan.skipped)}" if plan.skipped else "")
+        if not plan.splits_anything:
+            return (f"Note: sharding='{self.sharding}' found no attention block, feed-forward "
+                    f"pair, Embedding or output Dense it could split in this model{skipped}; "
+                    f"training data parallel over all {self.n_devices} devices (weights "
+                    f"replicated).")
+        return f"Tensor parallel ({self.sharding}): {plan.summary}{skipped}."
+
+    @property
+    def data_devices(self) -> int:
+        """How many of this process's devices the batch rows are split over."""
+        split = self.plan is not None and self.plan.splits_anything
+        return self.local_devices // self.model_axis if split else self.local_devices
 
     @property
     def local_devices(self) -> int:
@@ -74,7 +134,7 @@ class Placement:
         arrays = [x if isinstance(x, jax.Array) else np.asarray(x) for x in batch]
         if self.n_devices == 1:
             return tuple(arrays)
-        n_local, n_processes = self.local_devices, self._n_processes
+        n_local, n_processes = self.data_devices, self._n_processes
         for i, x in enumerate(arrays):
             check_batch_rows(x.shape, i, n_local, where, n_processes)
         if n_processes > 1:
@@ -92,10 +152,20 @@ class Placement:
         """Places weights or optimizer slots in this placement's layout (``sharding``)."""
         if self.n_devices == 1 or self.sharding == "replicated":
             return self.replicate(tree)
+        if self.plan is not None:
+            return self.plan.map(
+                lambda x, spec: jax.device_put(x, NamedSharding(self.mesh, spec)), tree)
         return sharding_rules.place(tree, self.mesh, self.sharding)
 
     def constrain(self, tree: Any) -> Any:
         """Inside the compiled step: keeps weights or slots in this placement's layout."""
+        if self.plan is not None and self.plan.splits_anything:
+            def pin(x, spec):
+                if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+                    return x
+                return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+            return self.plan.map(pin, tree)
         return sharding_rules.constrain(tree, self.mesh, self.sharding)
 
     def to_host(self, tree: Any) -> Any:
