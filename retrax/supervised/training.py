@@ -140,6 +140,10 @@ class Loop:
     :mod:`retrax.supervised.sharding`). The losses are the replicated run's up
     to float summation order; checkpoints hold whole arrays either way, so a
     sharded run's checkpoint resumes unsharded and the other way round.
+    ``'tensor:K'``: tensor parallelism on a ``'data'`` x ``'model'`` mesh with
+    ``K`` devices on ``'model'`` (``K`` divides the device count): attention,
+    feed-forward, embedding and output weights split Megatron-style, found
+    from the model's layers (:mod:`retrax.supervised.tensor_parallel`).
 
     ``compute_dtype``: ``'float32'`` (default) or ``'bfloat16'``: float32 master
     weights and optimizer slots, the model's forward and backward in bfloat16,
@@ -206,7 +210,7 @@ class Loop:
         # None: the resumed run's recorded value, else the default (see the class docstring).
         self._settings, self._settings_note = loop_settings.run_settings(
             self._output_dir, sharding, compute_dtype)
-        self._placement = ts.Placement(n_devices, sharding=self._settings["sharding"])
+        self._placement = ts.Placement(n_devices, sharding=self._settings["sharding"], model=model)
         self._step = 0
         self._history = History()
         self._prefetch = bool(prefetch)
@@ -245,6 +249,8 @@ class Loop:
             eval_model.init(sig)
         self._ref_sigs = [shapes.signature(t.sample_batch) for t in tasks]
         self._weights = self._placement.place_weights(model.weights)
+        if self._placement.note:  # 'tensor:K': what it split (or that it could not)
+            self._log.print(self._placement.note)
         self._state = self._placement.replicate(model.state)
         steps = task_steps.build_task_steps(model, self._eval_model, tasks, eval_tasks,
                                             self._weights, self._placement, self._base_key,
