@@ -35,9 +35,9 @@ def test_defaults_are_null_and_resolve_to_the_loops_defaults(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("key,value,choices", [
-    ("sharding", '"tp"', r'\["replicated", "fsdp"\]'),
+    ("sharding", '"tp"', r'\["replicated", "fsdp", "tensor:K"\]'),
     ("compute_dtype", '"float16"', r'\["float32", "bfloat16"\]'),
-    ("sharding", "3", r'\["replicated", "fsdp"\]'),
+    ("sharding", "3", r'\["replicated", "fsdp", "tensor:K"\]'),
 ])
 def test_bad_values_are_usage_errors_naming_the_key_and_choices(tmp_path, capsys, key, value,
                                                                 choices):

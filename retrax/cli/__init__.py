@@ -122,6 +122,7 @@ config sections (defaults in brackets):
   output_dir      where checkpoints go (or --output-dir)
   plot            true (or a file name) writes history.png at each checkpoint [false]
   sharding        "replicated" | "fsdp" (weights and optimizer slots split over devices)
+                  | "tensor:K" (Megatron-style over K devices, e.g. "tensor:2")
   compute_dtype   "float32" | "bfloat16" (float32 master weights)
                   [both null: the default, or what a resumed run recorded]
 """

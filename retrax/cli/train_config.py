@@ -12,7 +12,7 @@ is what the run saves (under ``"run"`` in the output directory's
 default, or the value a resumed run recorded):
 
 >>> loop_choices()
-{'sharding': ('replicated', 'fsdp'), 'compute_dtype': ('float32', 'bfloat16')}
+{'sharding': ('replicated', 'fsdp', 'tensor:K'), 'compute_dtype': ('float32', 'bfloat16')}
 
 Several processes (``--coordinator``/``--num-processes``/``--process-id``, or
 ``--distributed auto``) are checked by :func:`resolve_distributed`:
@@ -50,7 +50,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "random_seed": 0,
     "output_dir": None,
     "plot": False,
-    "sharding": None,  # "replicated" | "fsdp"; null: replicated, or what a resumed run recorded
+    "sharding": None,  # "replicated" | "fsdp" | "tensor:K"; null: replicated, or what a resumed run recorded
     "compute_dtype": None,  # "float32" | "bfloat16"; null: float32, or the resumed run's
     "sample": None,  # prompt settings read by examples/train_lm.py only
 }
@@ -106,11 +106,20 @@ def loop_choices() -> dict[str, tuple[str, ...]]:
 
 def _check_loop_choice(key: str, value: Any) -> None:
     """Refuses a ``sharding`` / ``compute_dtype`` the Loop does not offer (null is fine)."""
+    from retrax.supervised import loop_settings
+
     choices = loop_choices()[key]
-    if value is None or (isinstance(value, str) and value in choices):
+    if value is None:
         return
+    try:
+        if loop_settings.check_setting(key, value) == value:
+            return
+    except ValueError:
+        pass
     hint = {"sharding": "replicated: every device holds all weights; fsdp: weights and "
-                        "optimizer slots split over the devices",
+                        "optimizer slots split over the devices; tensor:K (K a positive "
+                        "integer dividing the device count, e.g. tensor:2): attention and "
+                        "feed-forward weights split over K devices",
             "compute_dtype": "bfloat16: float32 master weights, forward and backward in "
                              "bfloat16"}[key]
     raise UsageError(f"config {key} must be one of {json.dumps(list(choices))} or null (the "
