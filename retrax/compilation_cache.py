@@ -24,15 +24,16 @@ file beside every entry and, on every write, lists and reads the whole folder
 missing (a process killed between its two writes) made every later write fail
 with a warning, so the cache silently stopped growing. Without it a write is
 one file and costs the same at any folder size. Instead, at most once a day
-per folder (the modification time of the stamp file ``.retrax-pruned`` in it
-says when), :func:`enable` starts a background thread that removes the least
-recently used entries (by the later of a file's modification and access
-times; the access time counts where the file system records it, e.g. Linux's
-``relatime``, to about a day) until the entries fit, so ``import retrax``
-only pays one ``stat`` of the stamp. It only ever deletes JAX cache entries
-(``<name>-<64 hex digits>-cache``) and the ``-atime`` files JAX's eviction
-left (stale without it), tolerates files another process removes meanwhile,
-and never raises. :func:`prune` does the same at once.
+per folder (the stamp file ``.retrax-pruned``, touched when a prune
+completes, says when), :func:`enable` starts a background (daemon) thread
+that removes the least recently used entries (by the later of a file's
+modification and access times; the access time counts where the file system
+records it, e.g. Linux's ``relatime``, to about a day) until the entries
+fit, so ``import retrax`` only pays one ``stat`` of the stamp; a prune cut
+short by the program's exit is done again by the next one. It only ever
+deletes JAX cache entries (``<name>-<64 hex digits>-cache``) and the
+``-atime`` files JAX's eviction left (stale without it), tolerates files
+another process removes meanwhile, and never raises. :func:`prune` does the same at once.
 
 A folder that cannot be created or written gives one warning and no cache;
 nothing else changes. The cache only holds compiled programs (keyed by the
@@ -179,7 +180,7 @@ def prune(path: str | None = None, max_bytes: int = MAX_BYTES) -> PruneResult:
     """Removes the least recently used entries until the rest fit in ``max_bytes``; now.
 
     Also removes every ``-atime`` file (written only by JAX's own eviction,
-    which retrax leaves off), and stamps the folder (see :func:`prune_due`).
+    which retrax leaves off), then stamps the folder (see :func:`prune_due`).
     Anything that is not a JAX cache file is left alone; files that vanish
     meanwhile (another process pruning or clearing) are skipped.
 
@@ -197,7 +198,6 @@ def prune(path: str | None = None, max_bytes: int = MAX_BYTES) -> PruneResult:
     >>> import shutil; shutil.rmtree(folder)
     """
     path = os.path.abspath(os.path.expanduser(path or default_dir()))
-    _touch(os.path.join(path, STAMP))     # first, so a process starting meanwhile skips it
     entries, atime_files = _scan(path)
     entries.sort()                        # least recently used first
     total = sum(size for _, size, _ in entries)
@@ -210,6 +210,9 @@ def prune(path: str | None = None, max_bytes: int = MAX_BYTES) -> PruneResult:
         if _remove(os.path.join(path, name)):
             removed, removed_bytes = removed + 1, removed_bytes + size
     removed_atime = sum(_remove(os.path.join(path, name)) for name in atime_files)
+    # Last: a prune cut short (a daemon thread dies with its program) is due again.
+    # Two processes pruning at once cost a second scan, nothing else.
+    _touch(os.path.join(path, STAMP))
     return PruneResult(kept=len(entries) - gone, kept_bytes=total, removed=removed,
                        removed_bytes=removed_bytes, removed_atime_files=removed_atime)
 
