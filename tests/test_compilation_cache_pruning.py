@@ -148,6 +148,22 @@ def test_the_stamp_allows_one_scan_a_day(tmp_path):
     assert cc.prune_due(str(tmp_path), every_s=3 * DAY) is False
 
 
+def test_a_prune_cut_short_is_due_again(tmp_path, monkeypatch):
+    for i in range(3):
+        entry(tmp_path, f"jit_c{i}", 100, i)
+
+    def exits(path):                    # the program ends while the thread prunes
+        raise SystemExit
+
+    monkeypatch.setattr(os, "unlink", exits)
+    with pytest.raises(SystemExit):
+        cc.prune(str(tmp_path), max_bytes=0)
+    monkeypatch.undo()
+    assert cc.prune_due(str(tmp_path)) and len(entries(tmp_path)) == 3
+    assert cc.prune(str(tmp_path), max_bytes=0).removed == 3
+    assert not cc.prune_due(str(tmp_path))
+
+
 def test_a_failing_background_prune_stays_quiet(tmp_path, monkeypatch):
     errors = []
     monkeypatch.setattr(threading, "excepthook", errors.append)
