@@ -1,0 +1,295 @@
+"""Loop(..., sharding='tensor:K'): Megatron-style tensor parallelism.
+
+The layout rules are checked in this process (one device is enough to plan);
+training runs in one subprocess with 8 host devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``, set before JAX starts).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+import retrax as trax
+from retrax import cli, shapes
+from retrax import layers as tl
+from retrax.supervised import sharding, tensor_parallel, training
+from retrax.supervised.train_step import Placement
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REP, COL_W, COL_B, ROW_W = (PartitionSpec(), PartitionSpec(None, "model"),
+                            PartitionSpec("model"), PartitionSpec("model", None))
+
+
+def lm(n_heads=4, d_ff=64, vocab=32, n_layers=1):
+    model = trax.models.TransformerLM(vocab, d_model=32, d_ff=d_ff, n_layers=n_layers,
+                                      n_heads=n_heads, max_len=16)
+    model.init(shapes.ShapeDtype((2, 8), np.int32))
+    return model
+
+
+def named_specs(model, k):
+    """``[(shape, spec)]`` of the plan, in the weights' leaf order."""
+    plan = tensor_parallel.plan_model(model, k)
+    return plan, list(zip(plan.shapes, plan.specs))
+
+
+# -- the rules, read from the layers ---------------------------------------------------
+
+
+def test_transformer_lm_is_split_megatron_style():
+    plan, specs = named_specs(lm(), 2)
+    # Trax's order: Embedding, PositionalEncoding, LayerNorm, Wq bq Wk bk Wv bv Wo bo,
+    # LayerNorm, Dense(d_ff), Dense(d_model), final LayerNorm, Dense(vocab).
+    assert specs == [
+        ((32, 32), ROW_W),  # embedding: the vocabulary axis
+        ((16, 32), REP), ((32,), REP), ((32,), REP),  # positions, LayerNorm
+        ((32, 32), COL_W), ((32,), COL_B), ((32, 32), COL_W), ((32,), COL_B),  # Q, K
+        ((32, 32), COL_W), ((32,), COL_B),  # V
+        ((32, 32), ROW_W), ((32,), REP),  # output projection: rows, its bias replicated
+        ((32,), REP), ((32,), REP),  # LayerNorm
+        ((32, 64), COL_W), ((64,), COL_B), ((64, 32), ROW_W), ((32,), REP),  # feed-forward
+        ((32,), REP), ((32,), REP),  # final LayerNorm
+        ((32, 32), COL_W), ((32,), COL_B),  # vocabulary projection
+    ]
+    assert plan.summary == ("1 attention block, 1 feed-forward pair, 1 embedding, "
+                            "1 output Dense split over 2 devices")
+    assert plan.skipped == []
+
+
+def test_heads_decide_not_shapes():
+    # 2 heads over 4 devices: the 32-wide Q/K/V would divide, but heads would be cut,
+    # so the block stays replicated while the feed-forward pair is split.
+    plan, specs = named_specs(lm(n_heads=2), 4)
+    assert all(spec == REP for _, spec in specs[4:12])
+    assert specs[14][1] == COL_W and specs[16][1] == ROW_W
+    assert plan.skipped == ["attention with 2 heads (4 does not divide the head count)"]
+
+
+def test_indivisible_widths_fall_back_to_replicated():
+    # K = 3: neither the 4 heads, the 64-wide hidden layer nor 32 divide; the vocabulary
+    # of 33 does, on both the embedding and the output Dense.
+    plan, specs = named_specs(lm(vocab=33), 3)
+    assert [spec for _, spec in specs] == [ROW_W] + [REP] * 19 + [COL_W, COL_B]
+    assert plan.skipped == ["attention with 4 heads (3 does not divide the head count)",
+                            "feed-forward pair of width 64 (3 does not divide it)"]
+
+
+def test_padding_mask_attention_and_encoder_decoder_are_recognised():
+    model = trax.models.Transformer(32, d_model=32, d_ff=64, n_encoder_layers=1,
+                                    n_decoder_layers=1, n_heads=4, max_len=16)
+    model.init((shapes.ShapeDtype((2, 8), np.int32), shapes.ShapeDtype((2, 8), np.int32)))
+    plan = tensor_parallel.plan_model(model, 2)
+    # Encoder self-attention (PureAttention: its heads probed), decoder causal attention,
+    # encoder-decoder attention (AttentionQKV), two feed-forward pairs.
+    # The embedding is shared by encoder and decoder (its weights appear once).
+    assert plan.summary == ("3 attention blocks, 2 feed-forward pairs, 1 embedding, "
+                            "1 output Dense split over 2 devices")
+    assert sum(spec != REP for spec in plan.specs) == 3 * 7 + 2 * 3 + 1 + 2
+
+
+def test_a_model_without_recognised_layers_splits_nothing():
+    model = tl.Serial(tl.Embedding(31, 7), tl.LayerNorm(), tl.Dense(31), tl.LogSoftmax())
+    model.init(shapes.ShapeDtype((2, 3), np.int32))
+    plan = tensor_parallel.plan_model(model, 2)
+    assert not plan.splits_anything and plan.summary == "nothing split"
+    assert plan.skipped == ["embedding of shape (31, 7) (2 divides no axis)",
+                            "output Dense of shape (7, 31) (2 divides no axis)"]
+
+
+def test_adam_moments_take_their_weights_layout():
+    model = lm()
+    plan = tensor_parallel.plan_model(model, 2)
+    slots, _ = trax.optimizers.Adam(0.01).tree_init(model.weights)
+    seen = []
+    plan.map(lambda x, spec: seen.append((np.shape(x), spec)), slots)
+    split = [(shape, spec) for shape, spec in seen if spec != REP]
+    expected = [(shape, spec) for shape, spec in zip(plan.shapes, plan.specs) if spec != REP]
+    assert split == expected * 2  # first and second moments; the counters replicated
+    assert len(seen) > 2 * len(plan.specs)
+
+
+# -- the setting ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["tensor", "tensor:0", "tensor:-2", "tensor:two", "Tensor:2",
+                                 "tensor:2.0", 2])
+def test_bad_tensor_values_are_refused(bad):
+    with pytest.raises(ValueError, match=rf"sharding={bad!r} is not supported.*'tensor:K' with "
+                                         r"K a positive integer, e.g. 'tensor:2'"):
+        sharding.check_sharding(bad)
+
+
+def test_values_are_normalised_and_give_the_model_axis():
+    assert sharding.check_sharding("tensor:02") == "tensor:2"
+    assert [sharding.model_axis_size(v) for v in ("tensor:8", "tensor:1", "fsdp")] == [8, 1, 1]
+
+
+def test_a_model_axis_that_does_not_divide_the_devices_is_refused():
+    with pytest.raises(ValueError, match=r"sharding='tensor:2' puts 2 devices on the 'model' "
+                                         r"mesh axis, which must divide the 1 devices in use "
+                                         r"\(n_devices=1\); choose 'tensor:K' with K in 1"):
+        Placement(1, sharding="tensor:2", model=lm())
+
+
+def test_tensor_one_trains_records_and_resumes(tmp_path):
+    def make(**kw):
+        task = training.TrainTask(trax.data.reverse_ints_task(8, seed=0), tl.CrossEntropyLoss(),
+                                  trax.optimizers.Adam(0.01), n_steps_per_checkpoint=2)
+        return training.Loop(tl.Serial(tl.Embedding(32, 8), tl.Dense(32), tl.LogSoftmax()),
+                             task, output_dir=str(tmp_path), stdout=io.StringIO(), **kw)
+
+    loop = make(sharding="tensor:1")
+    loop.run(2)
+    loop.close()
+    assert json.loads((tmp_path / "config.json").read_text())["sharding"] == "tensor:1"
+    resumed = make()
+    assert resumed.step == 2 and resumed.sharding == "tensor:1"
+    resumed.close()
+
+
+def test_cli_accepts_tensor_values():
+    base = {"model": {"name": "TransformerLM", "vocab_size": 32}, "task": {"name": "reverse"},
+            "output_dir": "unused"}
+    assert cli.resolve_train_config({**base, "sharding": "tensor:2"})["sharding"] == "tensor:2"
+    with pytest.raises(cli.UsageError, match=r'config sharding must be one of \["replicated", '
+                                             r'"fsdp", "tensor:K"\].*got "tensor:0"'):
+        cli.resolve_train_config({**base, "sharding": "tensor:0"})
+
+
+# -- eight host devices -------------------------------------------------------------------
+
+EIGHT_DEVICES = textwrap.dedent("""
+    import io, json, sys
+    sys.path.insert(0, {tests!r})
+    import jax
+    import numpy as np
+    import retrax as trax
+    from retrax import layers as tl
+    from retrax.supervised import sharding
+    from supervised.test_training import make_loop
+
+    def lm():
+        return trax.models.TransformerLM(32, d_model=32, d_ff=64, n_layers=2, n_heads=4,
+                                         max_len=16, dropout=0.1)
+
+    def losses(loop):
+        return [v for _, v in loop.history.get('train', 'metrics/CrossEntropyLoss')]
+
+    def leaves(tree):
+        return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+    out = {{}}
+    runs = {{}}
+    for mode in ('replicated', 'tensor:2', 'tensor:4'):
+        log = io.StringIO()
+        loop = make_loop(sys.argv[1] + '/' + mode.replace(':', ''), model=lm(),
+                         steps_per_ckpt=3, sharding=mode, stdout=log)
+        loop.run(6)
+        w = jax.tree_util.tree_leaves(loop._weights)
+        per_leaf = [[list(x.shape), list(x.sharding.spec), x.nbytes,
+                     max(s.data.nbytes for s in x.addressable_shards)] for x in w]
+        held = sharding.bytes_per_device(loop._weights)
+        slots = sharding.bytes_per_device(loop._slots)
+        out[mode] = dict(losses=losses(loop), per_leaf=per_leaf,
+                         eval=[v for _, v in loop.history.get('eval', 'metrics/Accuracy')],
+                         held=max(held.values()), total=sum(x.nbytes for x in w),
+                         slots_held=max(slots.values()), n_held=len(held),
+                         note=log.getvalue().splitlines()[0])
+        runs[mode] = leaves(loop.model.weights)
+        loop.close()
+    # Each run's step-6 checkpoint loads into the other layout, whole and exact.
+    for saved, other in (('tensor:2', 'replicated'), ('replicated', 'tensor:2')):
+        loop = make_loop(sys.argv[1] + '/' + saved.replace(':', ''), model=lm(),
+                         steps_per_ckpt=3, sharding=other)
+        assert loop.step == 6 and loop.sharding == other
+        same = all(np.array_equal(a, b) for a, b in zip(leaves(loop._weights), runs[saved]))
+        specs = [list(x.sharding.spec) for x in jax.tree_util.tree_leaves(loop._weights)]
+        loop.run(3)
+        out['resumed_' + saved] = dict(exact=same, specs=specs, losses=losses(loop))
+        loop.close()
+    # Nothing to split: data parallel over all 8 devices, with a note.
+    small = lambda: tl.Serial(tl.Embedding(31, 7), tl.Dense(31), tl.LogSoftmax())
+    for mode in ('replicated', 'tensor:2'):
+        log = io.StringIO()
+        loop = make_loop(None, model=small(), steps_per_ckpt=3, sharding=mode, stdout=log)
+        loop.run(3)
+        out['small_' + mode] = dict(losses=losses(loop), note=log.getvalue().splitlines()[0],
+                                    batch=list(loop._placement.batch_sharding.spec))
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tensor")
+    script = tmp / "tensor8.py"
+    script.write_text(EIGHT_DEVICES.format(tests=os.path.join(REPO, "tests")))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    r = subprocess.run([sys.executable, str(script), str(tmp)], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # one 8-device subprocess, ~35 s of CPU
+def test_tensor_parallel_losses_equal_replicated_ones(eight_devices):
+    rep = eight_devices["replicated"]
+    assert len(rep["losses"]) == 3 and rep["losses"][-1] < rep["losses"][0]
+    for mode in ("tensor:2", "tensor:4"):
+        run = eight_devices[mode]
+        np.testing.assert_allclose(run["losses"], rep["losses"], rtol=1e-5)
+        np.testing.assert_allclose(run["eval"], rep["eval"], rtol=1e-5)
+        k = mode[-1]
+        assert run["note"] == (f"Tensor parallel ({mode}): 2 attention blocks, 2 feed-forward "
+                               f"pairs, 1 embedding, 1 output Dense split over {k} devices.")
+
+
+@pytest.mark.slow  # one 8-device subprocess, ~35 s of CPU
+def test_split_matrices_hold_one_kth_per_device(eight_devices):
+    for mode, k in (("tensor:2", 2), ("tensor:4", 4)):
+        run = eight_devices[mode]
+        assert run["n_held"] == 8
+        split = [leaf for leaf in run["per_leaf"] if leaf[1]]
+        whole = [leaf for leaf in run["per_leaf"] if not leaf[1]]
+        # Per block: Q, K, V (weights and biases) and Wo; W1, b1 and W2. The embedding and
+        # the output Dense's weights and bias.
+        assert len(split) == 2 * (7 + 3) + 1 + 2
+        for shape, spec, nbytes, most in split:
+            assert most * k == nbytes, (shape, spec)
+        assert all(most == nbytes for _, _, nbytes, most in whole)
+        split_bytes = sum(leaf[2] for leaf in split)
+        whole_bytes = sum(leaf[2] for leaf in whole)
+        assert run["held"] == split_bytes // k + whole_bytes
+        assert run["total"] == split_bytes + whole_bytes
+    assert eight_devices["replicated"]["held"] == eight_devices["replicated"]["total"]
+
+
+@pytest.mark.slow  # one 8-device subprocess, ~35 s of CPU
+def test_checkpoints_load_across_tensor_and_replicated(eight_devices):
+    from_tp = eight_devices["resumed_tensor:2"]
+    from_rep = eight_devices["resumed_replicated"]
+    assert from_tp["exact"] and from_rep["exact"]
+    assert all(spec == [] for spec in from_tp["specs"])
+    assert from_rep["specs"] == [leaf[1] for leaf in eight_devices["tensor:2"]["per_leaf"]]
+    assert len(from_tp["losses"]) == len(from_rep["losses"]) == 4
+    np.testing.assert_allclose(from_tp["losses"], from_rep["losses"], rtol=1e-5)
+
+
+@pytest.mark.slow  # one 8-device subprocess, ~35 s of CPU
+def test_nothing_to_split_trains_data_parallel_with_a_note(eight_devices):
+    rep, tp = eight_devices["small_replicated"], eight_devices["small_tensor:2"]
+    np.testing.assert_allclose(tp["losses"], rep["losses"], rtol=1e-5)
+    assert tp["batch"] == [["data", "model"]]
+    assert tp["note"].startswith("Note: sharding='tensor:2' found no attention block, "
+                                 "feed-forward pair, Embedding or output Dense it could split")
+    assert tp["note"].endswith("training data parallel over all 8 devices (weights "
+                               "replicated).")
