@@ -293,3 +293,80 @@ def test_nothing_to_split_trains_data_parallel_with_a_note(eight_devices):
                                  "feed-forward pair, Embedding or output Dense it could split")
     assert tp["note"].endswith("training data parallel over all 8 devices (weights "
                                "replicated).")
+
+
+# -- two processes, 4 devices each: whole 'model' groups in each process ------------------
+
+WORKER = textwrap.dedent("""
+    import io, json, sys
+    import numpy as np
+    args = json.loads(sys.argv[1])
+    from retrax.supervised import distributed
+    if args["num_processes"] > 1:
+        distributed.initialize(args["coordinator"], args["num_processes"], args["process_id"])
+    import jax
+    import retrax as trax
+    from retrax import layers as tl
+    from retrax.quickstart import reverse_ints_task
+    from retrax.supervised import training
+
+    assert jax.device_count() == 8, jax.devices()
+    model = trax.models.TransformerLM(32, d_model=32, d_ff=64, n_layers=1, n_heads=4,
+                                      max_len=16)
+    data = distributed.local_batches(reverse_ints_task(16, rng=np.random.RandomState(0)))
+    task = training.TrainTask(data, tl.CrossEntropyLoss(), trax.optimizers.Adam(0.01),
+                              n_steps_per_checkpoint=2)
+    loop = training.Loop(model, task, output_dir=args["output_dir"], stdout=io.StringIO(),
+                         write_trax_checkpoint=False, sharding=args["sharding"])
+    loop.run(args["steps"] - loop.step)
+    specs = [list(x.sharding.spec) for x in jax.tree_util.tree_leaves(loop._weights)]
+    weights = loop.host_weights()  # a collective: every process
+    np.savez(args["result"], *jax.tree_util.tree_leaves(weights))
+    with open(args["result"] + ".json", "w") as f:
+        json.dump({"losses": [v for _, v in loop.history.get("train",
+                                                            "metrics/CrossEntropyLoss")],
+                   "specs": specs, "step": loop.step, "sharding": loop.sharding}, f)
+""")
+
+
+def _launch(tmp_path, name, n_processes, sharding, steps, output_dir=None):
+    from multihost_launch import COORDINATOR, launch
+
+    worker = tmp_path / "tensor_worker.py"
+    worker.write_text(WORKER)
+    commands, results = [], []
+    for i in range(n_processes):
+        result = str(tmp_path / f"{name}{i}")
+        # Process 1 leaves sharding at None: it takes process 0's.
+        args = {"output_dir": str(output_dir or tmp_path / name),
+                "sharding": sharding if i == 0 else None, "steps": steps, "result": result,
+                "num_processes": n_processes, "coordinator": COORDINATOR, "process_id": i}
+        commands.append([str(worker), json.dumps(args)])
+        results.append(result)
+    launch(commands, n_devices=8 // n_processes, timeout=600)
+    runs = []
+    for result in results:
+        with open(result + ".json") as f:
+            info = json.load(f)
+        with np.load(result + ".npz") as z:
+            info["weights"] = [z[f"arr_{i}"] for i in range(len(z.files))]
+        runs.append(info)
+    return runs
+
+
+@pytest.mark.slow  # three multi-process launches, ~1 minute
+def test_two_processes_train_tensor_parallel_as_one_and_resume_unsharded(tmp_path):
+    (one,) = _launch(tmp_path, "one", 1, "tensor:2", 4)
+    two = _launch(tmp_path, "two", 2, "tensor:2", 4)
+    assert two[0]["sharding"] == two[1]["sharding"] == "tensor:2"  # process 1 took process 0's
+    assert two[0]["specs"] == one["specs"] and ["model", None] in one["specs"]
+    assert two[0]["losses"] == two[1]["losses"]
+    np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=1e-5)
+    for a, b, c in zip(two[0]["weights"], two[1]["weights"], one["weights"]):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=0, atol=1e-5)
+    # Process 0 wrote whole arrays: one replicated process resumes from them exactly.
+    (resumed,) = _launch(tmp_path, "resumed", 1, "replicated", 4, output_dir=tmp_path / "two")
+    assert resumed["step"] == 4 and all(spec == [] for spec in resumed["specs"])
+    for a, b in zip(resumed["weights"], two[0]["weights"]):
+        np.testing.assert_array_equal(a, b)
