@@ -1,9 +1,13 @@
 """Decoding from predict-mode models: sampling, streaming and beam search.
 
 Trax's API, compiled: ``autoregressive_sample`` runs one XLA program per call
-— the prompt is prefilled in one forward pass, then a ``lax.while_loop`` feeds
-each sampled token back through the model's key/value caches. No host round
-trip happens per token (``autoregressive_sample_stream`` yields per token, but
+— a ``lax.while_loop`` feeds each sampled token back through the model's
+key/value caches. A short prompt (``[start] + prompt`` of at most
+``LOOP_PREFILL_POSITIONS`` = 8 positions, e.g. the start token alone) is fed
+through the same loop, teacher-forced, so the loop body is the program's only
+copy of the model (half the compile of a separate prefill); a longer one is
+prefilled in one forward pass first (``prefill=`` forces either). The last
+sampled token is never fed. No host round trip happens per token (``autoregressive_sample_stream`` yields per token, but
 its step function is compiled once). Compiled programs are cached per model and
 shape, so a repeated call compiles nothing; the cache belongs to decoding
 (``decoding_programs``), not to the model, and holds the model weakly (its
@@ -63,6 +67,7 @@ from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
 from retrax.supervised.beam_search import beam_search
 from retrax.supervised.decoding_checks import (
+    CACHE_BUCKET,
     cache_length,
     check_sampling,
     check_start_id,
@@ -70,11 +75,13 @@ from retrax.supervised.decoding_checks import (
     vocab_and_max_len,
 )
 from retrax.supervised.decoding_programs import (
+    PREFILL_CHOICES,
     compiled_programs,
     fresh_state,
     last_log_probs,
     make_setup,
     model_inputs,
+    prefill_in_loop,
     program,
 )
 from retrax.supervised.eval_decoding import buffer_length, make_recompute_generate
@@ -115,8 +122,18 @@ def _is_seed(key: Any) -> bool:
 
 def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: int | None,
                    top_p: float | None, eos_id: int | None, signature: Any,
-                   cache_len: int) -> Any:
-    """Builds ``generate(weights, enc, first_tokens, key)``, one XLA program.
+                   cache_len: int, batched: bool) -> Any:
+    """Builds ``generate(weights, enc, first, n_first, key)``, one XLA program.
+
+    ``first`` holds the decoder's prefill tokens (``[start] + prompt``) in its
+    first ``n_first`` columns. With ``batched``, they go through the model in
+    one forward pass before the loop (a second copy of the model graph in the
+    program); otherwise the loop feeds them one per iteration, teacher-forced
+    (its input is ``first[:, i]`` while ``i < n_first``, then the token just
+    sampled; outputs before position ``n_first - 1`` are not sampled), so the
+    loop body is the program's only copy of the model. Either way each
+    iteration feeds one token and then samples, so the last sampled token is
+    never fed.
 
     The fresh predict-mode state (caches of ``cache_len`` for ``signature``) is
     made inside the program, so XLA allocates the loop's caches in place
@@ -127,36 +144,56 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
     a row stops there and the caller raises.
     """
 
-    def generate(weights, enc, first_tokens, key):
+    def generate(weights, enc, first, n_first, key):
         model = model_ref()  # (the program holds the model weakly; see decoding_programs.program)
         if _is_seed(key):  # the default key is made here, not by an eager program of its own
             key = jax.random.PRNGKey(key)
-        batch = first_tokens.shape[0]
+        batch, width = first.shape
         state = fresh_state(model, signature, cache_len)
-        # Prefill: [start] + prompt in one forward pass; its last position
-        # predicts the first new token.
-        out, state = model.pure_fn(model_inputs(enc, first_tokens), weights, state, None)
-        log_probs = last_log_probs(model, out)
+        last = n_first - 1  # the position whose output predicts the first new token
+
+        def step(log_probs, col, tokens, scores, done, nan_step):
+            return sample_step(log_probs, key, col, temperature, top_k, top_p, eos_id, tokens,
+                               scores, done, nan_step)
+
         tokens = jnp.zeros((batch, max_length), jnp.int32)
         scores = jnp.zeros((batch, max_length), jnp.float32)
         done = jnp.zeros((batch,), bool)
         nan_step = jnp.full((batch,), -1, jnp.int32)
-        carry = (jnp.int32(0), state, log_probs, tokens, scores, done, nan_step, key)
+        if batched:
+            # Prefill: [start] + prompt in one forward pass; its last position
+            # predicts the first new token, which the loop then feeds.
+            out, state = model.pure_fn(model_inputs(enc, first), weights, state, None)
+            inp, tokens, scores, done, nan_step = step(
+                last_log_probs(model, out), jnp.int32(0), tokens, scores, done, nan_step)
+            i = jnp.asarray(n_first, jnp.int32)
+        else:
+            inp, i = first[:, 0], jnp.int32(0)
+        carry = (i, state, inp, tokens, scores, done, nan_step)
 
         def cond(c):
-            t, done = c[0], c[5]
-            return jnp.logical_and(t < max_length, jnp.logical_not(jnp.all(done)))
+            i, done = c[0], c[5]
+            return jnp.logical_and(i < last + max_length, jnp.logical_not(jnp.all(done)))
 
         def body(c):
-            t, state, log_probs, tokens, scores, done, nan_step, key = c
-            tok, tokens, scores, done, nan_step = sample_step(
-                log_probs, key, t, temperature, top_k, top_p, eos_id, tokens, scores, done,
-                nan_step)
-            out, state = model.pure_fn(model_inputs(enc, tok[:, None]), weights, state, None)
-            return (t + 1, state, last_log_probs(model, out), tokens, scores, done, nan_step, key)
+            i, state, inp, tokens, scores, done, nan_step = c
+            out, state = model.pure_fn(model_inputs(enc, inp[:, None]), weights, state, None)
+            col = i - last  # the column this position's output samples (< 0: in the prompt)
+            tok, tokens, scores, new_done, new_nan = step(
+                last_log_probs(model, out), jnp.maximum(col, 0), tokens, scores, done, nan_step)
+            if not batched:
+                # In the prompt nothing is recorded: column 0 is written again
+                # when sampling starts, and done / nan_step keep their values.
+                sampling = col >= 0
+                new_done = jnp.where(sampling, new_done, done)
+                new_nan = jnp.where(sampling, new_nan, nan_step)
+                forced = lax.dynamic_index_in_dim(first, jnp.minimum(i + 1, width - 1), axis=1,
+                                                  keepdims=False)
+                tok = jnp.where(i + 1 < n_first, forced, tok)
+            return i + 1, state, tok, tokens, scores, new_done, new_nan
 
-        t, _, _, tokens, scores, _, nan_step, _ = lax.while_loop(cond, body, carry)
-        return tokens, scores, t, nan_step
+        i, _, _, tokens, scores, _, nan_step = lax.while_loop(cond, body, carry)
+        return tokens, scores, i - last, nan_step
 
     return jax.jit(generate)
 
@@ -188,7 +225,7 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
                           eval_mode: bool = False, eval_min_length: int = 1, *,
                           top_k: int | None = None, top_p: float | None = None, rng: Any = None,
                           seed: int | None = None, return_log_probs: bool = False,
-                          prompt_lengths: Any = None) -> Any:
+                          prompt_lengths: Any = None, prefill: str = "auto") -> Any:
     """Samples up to ``max_length`` tokens after ``inputs``; returns ``(B, T)`` ints.
 
     Args:
@@ -207,6 +244,16 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
       return_log_probs: also return the ``(B, T)`` log-probabilities of the
         chosen tokens under the model.
       prompt_lengths: keyword-only ``(B,)`` true lengths of right-padded prompts.
+      prefill: keyword-only; how a predict-mode language model reads ``[start_id]
+        + prompt``: ``'loop'`` feeds it through the decoding loop one token per
+        iteration (the compiled program then holds one copy of the model: a
+        fast first call), ``'batched'`` runs it in one forward pass before the
+        loop (a second copy of the model: more compile, faster for long
+        prompts), ``'auto'`` (default) the loop for at most
+        ``decoding_programs.LOOP_PREFILL_POSITIONS`` (8) positions. Greedy
+        tokens and seeded samples are the same either way, up to float
+        rounding. Encoder-decoders always prefill batched; ``eval_mode``
+        ignores it.
       eval_mode: sample with a model built with ``mode='eval'``, recomputing
         the whole prefix at every step (Trax's option; slower, same tokens; no
         start symbol is fed, the model shifts its input right itself; see
@@ -219,6 +266,8 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
     """
     where = "autoregressive_sample"
     check_sampling(temperature, top_k, top_p, where)
+    if prefill not in PREFILL_CHOICES:
+        raise ValueError(f"{where}: prefill must be one of {PREFILL_CHOICES}; got {prefill!r}.")
     prompt, lengths = prepare(model, inputs, batch_size, max_length, prompt_lengths, where,
                               "eval" if eval_mode else "predict")
     check_start_id(model, start_id, where)
@@ -240,7 +289,7 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
     for (rows, group_prompt), group_key in zip(groups, keys):
         t, s, c = generate_group(model, group_prompt, len(rows), temperature, start_id, eos_id,
                                  max_length, top_k, top_p, group_key, where, rows,
-                                 eval_min_length=eval_min_length)
+                                 eval_min_length=eval_min_length, prefill=prefill)
         tokens[rows], log_probs[rows], counts[rows] = t, s, c
     n = int(counts.max()) if counts.size else 0
     tokens, log_probs = tokens[:, :n], log_probs[:, :n]
@@ -261,28 +310,35 @@ def _length_groups(model: base.Layer, prompt: Any, lengths: Any, batch_size: int
 
 
 def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_length, top_k,
-                    top_p, key, where, rows=None, eval_min_length=1):
+                    top_p, key, where, rows=None, eval_min_length=1, prefill="auto"):
     if prompt is None:
         prompt = np.zeros((batch, 0), np.int32)
     setup = make_setup(model, prompt, start_id)
     cache_len = cache_length(model, setup.positions + max_length, where)
     sig = setup.signature(batch)
     eos = None if eos_id is None else int(eos_id)
+    batched = not prefill_in_loop(model, setup, prefill, where)
+    first = setup.first
+    if not batched:
+        # One program serves every prefill up to a multiple of CACHE_BUCKET
+        # positions (the count is an argument): pad with zeros, never read.
+        width = -(-first.shape[1] // CACHE_BUCKET) * CACHE_BUCKET
+        first = np.pad(first, ((0, 0), (0, width - first.shape[1])))
     fn = program(model, ("generate", max_length, float(temperature), top_k, top_p, eos,
-                          repr(sig), cache_len),
+                          repr(sig), cache_len, batched),
                   lambda model_ref: _make_generate(model_ref, max_length, float(temperature),
-                                                   top_k, top_p, eos, sig, cache_len))
+                                                   top_k, top_p, eos, sig, cache_len, batched))
     # NumPy arguments go to the program as they are (jnp.asarray would compile
     # a small program of its own on a first call).
-    tokens, scores, steps, nan_step = fn(model.weights, setup.enc, setup.first, key)
+    tokens, scores, steps, nan_step = fn(model.weights, setup.enc, first,
+                                         np.int32(setup.positions), key)
     return _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows)
 
 
-
 def _generate_group_eval(model, prompt, batch, temperature, start_id, eos_id, max_length,
-                         top_k, top_p, key, where, rows=None, eval_min_length=1):
+                         top_k, top_p, key, where, rows=None, eval_min_length=1, prefill="auto"):
     """``_generate_group`` for an eval-mode model: recompute the prefix at every step."""
-    del start_id  # As in Trax: the eval model shifts its input right itself.
+    del start_id, prefill  # As in Trax: the eval model shifts its input right itself.
     if prompt is None:
         prompt = np.zeros((batch, 0), np.int32)
     setup = make_setup(model, prompt, 0)

@@ -21,7 +21,21 @@ from retrax.layers import base, core
 from retrax.layers.attention import predict_cache_length
 
 __all__ = ["compiled_programs", "program", "fresh_state", "batched_state_leaves", "Setup",
-           "make_setup", "model_inputs", "ends_in_log_softmax", "last_log_probs"]
+           "make_setup", "model_inputs", "ends_in_log_softmax", "last_log_probs",
+           "LOOP_PREFILL_POSITIONS", "PREFILL_CHOICES", "prefill_in_loop"]
+
+# Up to this many decoder prefill positions ([start] + prompt, so prompts of
+# up to 7 tokens), prefill='auto' feeds them through the decoding loop itself
+# instead of a batched forward pass before it. The batched pass puts a second
+# copy of the model graph in the program: on config M (4 layers, d_model 256)
+# that is ~0.7 s more XLA compile, the time of ~900 one-token steps, paid by
+# every first call. Feeding P positions in the loop costs P - 1 one-token steps
+# where a short batched pass costs about one or two: at P = 8 about 6 steps, ~5%
+# of a 128-token call, paid by every call. Longer prompts pay more per call
+# (hundreds of tokens fed one by one are slow), so they keep the batched pass.
+# 8 is also CACHE_BUCKET: every short prompt then shares one program.
+LOOP_PREFILL_POSITIONS = 8
+PREFILL_CHOICES = ("auto", "batched", "loop")
 
 
 # The compiled programs of each model, {model: {key: program}}, owned by this
@@ -122,6 +136,34 @@ class Setup(NamedTuple):
         if self.enc is None:
             return first
         return jax.ShapeDtypeStruct((batch, self.enc.shape[1]), jnp.int32), first
+
+
+def prefill_in_loop(model: base.Layer, setup: Setup, prefill: str, where: str) -> bool:
+    """Whether decoding feeds ``setup.first`` through its loop (else a batched prefill).
+
+    ``prefill``: ``'loop'``, ``'batched'``, or ``'auto'`` (the loop for at most
+    ``LOOP_PREFILL_POSITIONS`` positions). An encoder-decoder always prefills
+    in a batched pass: its first call fills the encoder's ``Cache``, which
+    changes the state's structure, so that call cannot be a loop iteration.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> lm = tl.Serial(tl.Embedding(8, 4), tl.Dense(8))
+    >>> short, long = (make_setup(lm, np.zeros((1, n), np.int32), 0) for n in (7, 8))
+    >>> prefill_in_loop(lm, short, "auto", "doc"), prefill_in_loop(lm, long, "auto", "doc")
+    (True, False)
+    """
+    if prefill not in PREFILL_CHOICES:
+        raise ValueError(f"{where}: prefill must be one of {PREFILL_CHOICES}; got {prefill!r}.")
+    if setup.enc is not None:
+        if prefill == "loop":
+            raise ValueError(
+                f"{where}: prefill='loop' needs a language model; an encoder-decoder runs its "
+                f"encoder once in a batched prefill (use prefill='auto' or 'batched').")
+        return False
+    if prefill == "auto":
+        return setup.positions <= LOOP_PREFILL_POSITIONS
+    return prefill == "loop"
 
 
 def make_setup(model: base.Layer, prompt: np.ndarray, start_id: int) -> Setup:
