@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from retrax.optimizers import per_weight
+from retrax.optimizers.norms import l2_norm
 
 __all__ = [
     'Optimizer',
@@ -92,18 +93,6 @@ def check_positive(optimizer: str, name: str, value: Any) -> None:
     """
     check_number(optimizer, name, value, lambda v: 0.0 < v <= FLOAT32_MAX,
                  'a finite number > 0 (float32: at most 3.4e+38)')
-
-
-def l2_norm(tree: Any) -> jax.Array:
-    """Global L2 norm of all leaves of ``tree`` (computed in float32 or wider).
-
-    >>> float(l2_norm((jnp.array([3.0]), (), (jnp.array([4.0]),))))
-    5.0
-    """
-    def upcast(x):
-        x = jnp.asarray(x)
-        return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return optax.tree.norm(jax.tree.map(upcast, tree))
 
 
 def clip_grads(grad_tree: Any, max_norm: float) -> Any:
