@@ -21,16 +21,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from retrax.optimizers.norms import l2_norm
+
 __all__ = ["tree_init", "tree_update", "global_norm", "per_weight_view"]
 
 
 def global_norm(leaves: list[Any]) -> jax.Array:
-    """The L2 norm of all the arrays in ``leaves`` taken as one vector (float32 or wider)."""
-    if not leaves:
-        return jnp.float32(0.0)
-    total = sum(jnp.vdot(x, x).real.astype(jnp.promote_types(x.dtype, jnp.float32))
-                for x in leaves)
-    return jnp.sqrt(total)
+    """The L2 norm of all the arrays in ``leaves`` taken as one vector (float32 or wider;
+    :func:`retrax.optimizers.norms.l2_norm`, the built-in optimizers' statistic)."""
+    return l2_norm(leaves)
 
 
 def tree_init(init: Callable[[Any], Any], weight_tree: Any) -> tuple:
