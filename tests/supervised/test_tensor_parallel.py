@@ -216,6 +216,12 @@ EIGHT_DEVICES = textwrap.dedent("""
         loop.run(3)
         out['resumed_' + saved] = dict(exact=same, specs=specs, losses=losses(loop))
         loop.close()
+    # bfloat16 compute on split float32 masters.
+    for mode in ('replicated', 'tensor:2'):
+        loop = make_loop(None, model=lm(), steps_per_ckpt=3, sharding=mode,
+                         compute_dtype='bfloat16')
+        loop.run(6)
+        out['bf16_' + mode] = losses(loop)
     # Nothing to split: data parallel over all 8 devices, with a note.
     small = lambda: tl.Serial(tl.Embedding(31, 7), tl.Dense(31), tl.LogSoftmax())
     for mode in ('replicated', 'tensor:2'):
@@ -240,7 +246,7 @@ def eight_devices(tmp_path_factory):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # one 8-device subprocess, ~35 s of CPU
+@pytest.mark.slow  # one 8-device subprocess, ~45 s of CPU
 def test_tensor_parallel_losses_equal_replicated_ones(eight_devices):
     rep = eight_devices["replicated"]
     assert len(rep["losses"]) == 3 and rep["losses"][-1] < rep["losses"][0]
@@ -253,7 +259,7 @@ def test_tensor_parallel_losses_equal_replicated_ones(eight_devices):
                                f"pairs, 1 embedding, 1 output Dense split over {k} devices.")
 
 
-@pytest.mark.slow  # one 8-device subprocess, ~35 s of CPU
+@pytest.mark.slow  # one 8-device subprocess, ~45 s of CPU
 def test_split_matrices_hold_one_kth_per_device(eight_devices):
     for mode, k in (("tensor:2", 2), ("tensor:4", 4)):
         run = eight_devices[mode]
@@ -273,7 +279,7 @@ def test_split_matrices_hold_one_kth_per_device(eight_devices):
     assert eight_devices["replicated"]["held"] == eight_devices["replicated"]["total"]
 
 
-@pytest.mark.slow  # one 8-device subprocess, ~35 s of CPU
+@pytest.mark.slow  # one 8-device subprocess, ~45 s of CPU
 def test_checkpoints_load_across_tensor_and_replicated(eight_devices):
     from_tp = eight_devices["resumed_tensor:2"]
     from_rep = eight_devices["resumed_replicated"]
@@ -284,7 +290,15 @@ def test_checkpoints_load_across_tensor_and_replicated(eight_devices):
     np.testing.assert_allclose(from_tp["losses"], from_rep["losses"], rtol=1e-5)
 
 
-@pytest.mark.slow  # one 8-device subprocess, ~35 s of CPU
+@pytest.mark.slow  # one 8-device subprocess, ~45 s of CPU
+def test_tensor_parallel_with_bfloat16_compute_matches_replicated(eight_devices):
+    rep, tp = eight_devices["bf16_replicated"], eight_devices["bf16_tensor:2"]
+    assert len(rep) == 3
+    np.testing.assert_allclose(tp, rep, rtol=2e-3)  # bfloat16 sums in another order
+    np.testing.assert_allclose(rep, eight_devices["replicated"]["losses"], rtol=3e-2)
+
+
+@pytest.mark.slow  # one 8-device subprocess, ~45 s of CPU
 def test_nothing_to_split_trains_data_parallel_with_a_note(eight_devices):
     rep, tp = eight_devices["small_replicated"], eight_devices["small_tensor:2"]
     np.testing.assert_allclose(tp["losses"], rep["losses"], rtol=1e-5)
