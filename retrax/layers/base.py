@@ -21,11 +21,13 @@ re-exported here (``init_child``, ``apply_child``, ``child_state``, ``pack``,
 
 This module is the contract's namespace (Trax's ``trax.layers.base``): it
 defines nothing and gathers the names from the modules below it: ``layer``
-(the ``Layer`` class, ``with_mode``, ``walk_layers``), ``function_layers``
-(``PureLayer``, ``Fn``), ``errors`` (``LayerError``), ``pass_context`` (one
-init/apply pass: shared layers, keys), ``trees`` (weight and state trees),
-``stack`` (the data stack), ``retrax.fastmath.random`` (init keys) and
-``file_io`` (where checkpoints plug in).
+(the ``Layer`` class), ``layer_storage`` (its stored weights, state and key),
+``custom_gradient`` (its ``backward`` hook), ``layer_walks`` (``walk_layers``,
+``with_mode``), ``function_layers`` (``PureLayer``, ``Fn``), ``errors``
+(``LayerError``), ``pass_context`` (one init/apply pass: shared layers, keys),
+``trees`` (weight and state trees), ``stack`` (the data stack),
+``retrax.fastmath.random`` (init keys) and ``file_io`` (where checkpoints plug
+in).
 
 >>> import numpy as np
 >>> from retrax import layers as tl
@@ -39,7 +41,8 @@ from __future__ import annotations
 from retrax.fastmath.random import init_rng_split, numpy_generator, split_rng
 from retrax.layers.errors import LayerError
 from retrax.layers.function_layers import Fn, PureLayer
-from retrax.layers.layer import Layer, walk_layers, with_mode
+from retrax.layers.layer import Layer
+from retrax.layers.layer_walks import walk_layers, with_mode
 from retrax.layers.pass_context import Pass, apply_child, init_child, new_pass, signature_key
 from retrax.layers.stack import as_stack, inputs_from_stack, outputs_onto_stack, pack
 from retrax.layers.trees import (

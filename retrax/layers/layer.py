@@ -2,24 +2,36 @@
 
 The contract is described in :mod:`retrax.layers.base`, the namespace users and
 combinators import it from (``tl.Layer``, ``retrax.layers.base.Layer``). This
-module holds the class itself, ``with_mode`` (a shared-weight copy in another
-mode) and ``walk_layers``.
+module holds the class itself: construction, printing, ``init``, the pure
+apply (``pure_fn``) and the Trax-style hooks around them. Its parts live
+below it: ``layer_storage`` (stored weights, state and key, as trees),
+``custom_gradient`` (``has_backward``/``backward``) and ``layer_walks``
+(``walk_layers``; ``with_mode``, a shared-weight copy in another mode), whose
+names stay importable from here.
+
+>>> import numpy as np
+>>> from retrax import layers as tl, shapes
+>>> layer = tl.Fn('AddOne', lambda x: x + 1)
+>>> layer.n_in, layer.n_out, layer.initialized
+(1, 1, False)
+>>> layer(np.zeros(2)).tolist(), layer.initialized
+([1.0, 1.0], True)
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from retrax.fastmath import random as fastmath_random
 from retrax.fastmath.backend import check_jax_backend
 from retrax.layers import file_io
+from retrax.layers.custom_gradient import run_with_own_backward
 from retrax.layers.errors import LayerError, find_caller
+from retrax.layers.layer_storage import LayerStorage, numpy_leaves_to_device
+from retrax.layers.layer_walks import walk_layers, with_mode
 from retrax.layers.pass_context import (
     DerivedKey,
     Pass,
@@ -35,20 +47,14 @@ from retrax.layers.trees import (
     GET_STATE_FROM_CACHE,
     GET_WEIGHTS_FROM_CACHE,
     abstract,
-    assign_child_state,
-    check_per_sublayer,
-    child_state,
     flatten_weights_and_state,
-    is_state_marker,
-    is_weights_marker,
     signature_or_none,
     to_shape_dtype,
     tree_mismatch,
 )
 
+# with_mode and walk_layers are defined in layer_walks and importable from here as before.
 __all__ = ["Layer", "with_mode", "walk_layers"]
-
-_DEFAULT_SEED = 0
 
 # Protocol hooks that had private names before; a subclass still defining one
 # would silently not be called, so defining one is refused.
@@ -60,7 +66,7 @@ _RENAMED_HOOKS = {
 }
 
 
-class Layer:
+class Layer(LayerStorage):
     """Base class for layers: ``n_in`` inputs from the stack, ``n_out`` outputs.
 
     Args:
@@ -104,21 +110,14 @@ class Layer:
         self._n_out = int(n_out)
         self._name = type(self).__name__ if name is None else name
         self._sublayers_to_print = sublayers_to_print
-        self._sublayers: tuple[Layer, ...] = tuple(sublayers)
-        self._weights: Any = EMPTY_WEIGHTS
-        self._state: Any = EMPTY_STATE
-        self._rng: Any = None
-        self._initialized = False
+        # The stored weights, state and key, and the sublayers that hold a combinator's.
+        LayerStorage.__init__(self, sublayers)
         # True for a combinator built inside another one and not shown by
         # print (Branch's Parallel); error paths then skip it.
         self._hidden_in_path = False
-        # True while this layer's own init_weights_and_state/forward runs: then
-        # self.weights/self.state read and write the installed values only
-        # (also for a Trax-style layer that has sublayers), never the sublayers.
-        self._in_hook = False
         self._caller = find_caller()
         # 'train', 'eval' or 'predict' for a layer that behaves by mode (its
-        # __init__ sets it); None for one that does not. Read it as ``mode``.
+        # __init__ sets it); None for one that does not. Read it as ``own_mode``.
         self._mode: str | None = getattr(self, "_mode", None)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -170,6 +169,27 @@ class Layer:
             return self._mode
         inner = {m for m in (sub.mode for sub in self._sublayers) if m is not None}
         return next((m for m in ("predict", "train", "eval") if m in inner), None)
+
+    @property
+    def own_mode(self) -> str | None:
+        """The mode this layer itself was built with; None for a layer without modes.
+
+        Unlike ``mode`` it never looks at the sublayers: ``Serial``'s is None.
+        """
+        return self._mode
+
+    def set_own_mode(self, mode: str) -> None:
+        """Switches this layer's own mode in place: ``with_mode``'s hook.
+
+        ``with_mode`` calls it on each layer of its fresh copy of a model. For a
+        model in another mode use ``tl.with_mode(model, mode)``, which leaves
+        ``model`` (and every other holder of its layers) as it is.
+        """
+        if self._mode is None:
+            raise ValueError(
+                f"{self.name_with_arity} has no mode of its own; for a model in another "
+                f"mode use tl.with_mode(model, {mode!r}).")
+        self._mode = mode
 
     @property
     def name_with_arity(self) -> str:
@@ -237,117 +257,6 @@ class Layer:
         body = "\n".join(parts).replace("\n", "\n  ")
         return f"{self.name_with_arity}[\n  {body}\n]"
 
-    # -- weights, state, rng --------------------------------------------------
-
-    @property
-    def weights(self) -> Any:
-        if self._in_hook:
-            return self._weights
-        return self._weights_tree(set())
-
-    @weights.setter
-    def weights(self, weights: Any) -> None:
-        if self._in_hook:
-            self._weights = weights
-            return
-        if is_weights_marker(weights):
-            return
-        if self._sublayers:
-            check_per_sublayer(self, weights, "weights")
-        problem = self._initialized and tree_mismatch(self.weights, weights)
-        if problem:
-            raise ValueError(
-                f"{self.name_with_arity}: the weights given do not match the layer's "
-                f"weights: {problem}. Use weights from init() or from a checkpoint of the "
-                f"same model configuration."
-            )
-        self._assign_weights(weights, set())
-
-    @property
-    def state(self) -> Any:
-        if self._in_hook:
-            return self._state
-        return self.state_tree(set())
-
-    @state.setter
-    def state(self, state: Any) -> None:
-        if self._in_hook:
-            self._state = state
-            return
-        if is_state_marker(state):
-            return
-        self.assign_state_tree(state, set())
-
-    @property
-    def rng(self) -> Any:
-        rng = self._rng
-        if rng is None:
-            return fastmath_random.get_prng(_DEFAULT_SEED)
-        if isinstance(rng, DerivedKey):
-            return rng.get()
-        return rng
-
-    @rng.setter
-    def rng(self, rng: Any) -> None:
-        self._rng = rng
-
-    @property
-    def has_rng(self) -> bool:
-        """True when a key is installed (given to ``init``/``pure_fn`` or assigned);
-        without one ``rng`` is the seed-0 key, and train-mode dropout refuses to run."""
-        return self._rng is not None
-
-    def _weights_tree(self, seen: set[int]) -> Any:
-        if not self._sublayers:
-            return self._weights
-        out = []
-        for layer in self._sublayers:
-            if id(layer) in seen:
-                out.append(GET_WEIGHTS_FROM_CACHE)
-            else:
-                seen.add(id(layer))
-                out.append(layer._weights_tree(seen))
-        return tuple(out)
-
-    def state_tree(self, seen: set[int]) -> Any:
-        """Override for a state layout of your own: the stored state as one tree.
-
-        This is what ``layer.state`` returns. The default is the layer's own
-        state for a leaf and a tuple of ``child_state(child, seen)`` for a
-        combinator; ``seen`` holds the ids of layers already visited, so a
-        shared layer's state appears once (later occurrences get the marker).
-        ``Scan`` and ``Cache`` override it (and ``assign_state_tree``) to keep a
-        pair: their own value and their child's state.
-        """
-        if not self._sublayers:
-            return self._state
-        return tuple(child_state(layer, seen) for layer in self._sublayers)
-
-    def _assign_weights(self, weights: Any, seen: set[int]) -> None:
-        self._initialized = True
-        if not self._sublayers:
-            self._weights = weights
-            return
-        check_per_sublayer(self, weights, "weights")
-        for layer, w in zip(self._sublayers, weights):
-            if is_weights_marker(w) or id(layer) in seen:
-                continue
-            seen.add(id(layer))
-            layer._assign_weights(w, seen)
-
-    def assign_state_tree(self, state: Any, seen: set[int]) -> None:
-        """Stores ``state`` on this layer and its sublayers: the inverse of ``state_tree``.
-
-        Override it together with ``state_tree``; store each child's part with
-        ``assign_child_state(child, part, seen)``.
-        """
-        if not self._sublayers:
-            self._state = state
-            return
-        check_per_sublayer(self, state, "state")
-        for layer, s in zip(self._sublayers, state):
-            assign_child_state(layer, s, seen)
-
     # -- init ---------------------------------------------------------------
 
     def init_weights_and_state(self, input_signature: Any) -> None:
@@ -399,16 +308,6 @@ class Layer:
         with self._fields_installed(EMPTY_WEIGHTS, EMPTY_STATE, rng):
             self.init_weights_and_state(input_signature)
             return self._weights, self._state
-
-    @contextlib.contextmanager
-    def _fields_installed(self, weights: Any, state: Any, rng: Any) -> Iterator[None]:
-        """Installs the pass's values for a Trax-style hook; puts the layer's back after."""
-        saved = (self._weights, self._state, self._rng, self._in_hook)
-        self._weights, self._state, self._rng, self._in_hook = weights, state, rng, True
-        try:
-            yield
-        finally:
-            self._weights, self._state, self._rng, self._in_hook = saved
 
     @surface_causes
     def weights_and_state_signature(self, input_signature: Any,
@@ -484,31 +383,7 @@ class Layer:
             with self._fields_installed(weights, state, rng):
                 return self.forward(x), self._state
 
-        def run_fwd(x, weights, state, rng):
-            outputs, new_state = run(x, weights, state, rng)
-            return (outputs, new_state), (x, weights, state, rng, outputs, new_state)
-
-        def run_bwd(saved, grads):
-            x, weights, state, rng, outputs, new_state = saved
-            given = self.backward(x, outputs, grads[0], weights, state, new_state, rng)
-            if not isinstance(given, (tuple, list)) or len(given) != 2:
-                raise ValueError(
-                    f"{self.name_with_arity}.backward must return (inputs_grad, weights_grad); "
-                    f"got {type(given).__name__}"
-                    f"{f' of length {len(given)}' if isinstance(given, (tuple, list)) else ''}.")
-            for what, value, like in (("inputs_grad", given[0], x),
-                                      ("weights_grad", given[1], weights)):
-                if jax.tree_util.tree_structure(value) != jax.tree_util.tree_structure(like):
-                    raise ValueError(
-                        f"{self.name_with_arity}.backward returned a {what} whose structure "
-                        f"{jax.tree_util.tree_structure(value)} differs from that of the "
-                        f"{what.split('_')[0]}, {jax.tree_util.tree_structure(like)}; return "
-                        f"one gradient per array, shaped like it.")
-            return given[0], given[1], None, None
-
-        custom = jax.custom_vjp(run)
-        custom.defvjp(run_fwd, run_bwd)
-        return custom(x, weights, state, rng)
+        return run_with_own_backward(self, run, x, weights, state, rng)
 
     def __call__(self, x: Any, weights: Any = None, state: Any = None, rng: Any = None) -> Any:
         """Runs the layer on ``x`` with its stored weights (for tests and notebooks)."""
@@ -563,53 +438,6 @@ class Layer:
         return file_io.load(self, file_name, weights_only, input_signature)
 
 
-_MODES = ("train", "eval", "predict", "viz")  # as tl.MODES
-
-
-def with_mode(model: Layer, mode: str) -> Layer:
-    """A copy of ``model`` whose layers run in ``mode``, sharing its weight arrays.
-
-    Switches between ``'train'`` and ``'eval'`` (dropout, random position
-    offsets, ...: every layer decides these when it runs). A ``'predict'``
-    model has caches in its state and may be built differently, so switching
-    to or from it is refused: build the model with ``mode='predict'`` and
-    load the weights instead. Shared layers stay shared in the copy.
-
-    >>> from retrax import layers as tl
-    >>> model = tl.Serial(tl.Dense(2), tl.Dropout(0.5))
-    >>> tl.with_mode(model, 'eval').mode, model.mode
-    ('eval', 'train')
-    """
-    if mode not in _MODES:
-        raise ValueError(f"with_mode: mode must be one of {_MODES}; got {mode!r}.")
-    moded = [lyr for lyr in walk_layers(model) if lyr._mode is not None]
-    if any((lyr._mode == "predict") != (mode == "predict") for lyr in moded):
-        raise ValueError(
-            f"with_mode: cannot switch {model.name_with_arity} between {model.mode!r} and "
-            f"{mode!r}: 'predict' models keep caches in their state and may be built "
-            f"differently. Build the model with mode='predict' and load the weights "
-            f"(e.g. init_from_file(..., weights_only=True)).")
-    # Arrays are immutable: the copy shares them instead of copying every weight.
-    memo = {id(leaf): leaf for lyr in walk_layers(model)
-            for leaf in jax.tree_util.tree_leaves((lyr._weights, lyr._state))}
-    clone = copy.deepcopy(model, memo)
-    for lyr in walk_layers(clone):
-        if lyr._mode is not None:
-            lyr._mode = mode
-    return clone
-
-
-def walk_layers(layer: Layer) -> Iterator[Layer]:
-    """``layer`` and every layer inside it, each once, in the order ``print`` lists them."""
-    seen: set[int] = set()
-    todo = [layer]
-    while todo:
-        lyr = todo.pop()
-        if id(lyr) not in seen:
-            seen.add(id(lyr))
-            yield lyr
-            todo.extend(reversed(lyr.sublayers))
-
 
 def _init_alone(layer: Layer, input_signature: Any, rng: Any) -> tuple[Any, Any]:
     """``layer``'s ``(weights, state)`` from an init pass of its own; nothing is stored."""
@@ -617,45 +445,3 @@ def _init_alone(layer: Layer, input_signature: Any, rng: Any) -> tuple[Any, Any]
         return ctx.init_layer(layer, input_signature, rng)
 
 
-def numpy_leaves_to_device(tree: Any) -> Any:
-    """``tree`` with its NumPy leaves moved to the device in one ``jax.device_put``.
-
-    Tuples, lists, dicts and every other leaf (device arrays, cache markers)
-    stay as they are. Unlike ``jnp.asarray`` per leaf, which compiles a small
-    program for each new shape, a transfer compiles nothing.
-
-    >>> w, (s,) = numpy_leaves_to_device((np.ones(2, np.float32), (3,)))
-    >>> type(w).__name__, w.tolist(), s
-    ('ArrayImpl', [1.0, 1.0], 3)
-    """
-    found: list[np.ndarray] = []
-
-    def collect(t: Any) -> None:
-        if is_weights_marker(t) or is_state_marker(t):
-            return
-        if isinstance(t, (tuple, list)):
-            for x in t:
-                collect(x)
-        elif isinstance(t, dict):
-            for x in t.values():
-                collect(x)
-        elif isinstance(t, np.ndarray):
-            found.append(t)
-
-    collect(tree)
-    if not found:
-        return tree
-    moved = iter(jax.device_put(found))
-
-    def rebuild(t: Any) -> Any:
-        if is_weights_marker(t) or is_state_marker(t):
-            return t
-        if isinstance(t, tuple):
-            return tuple(rebuild(x) for x in t)
-        if isinstance(t, list):
-            return [rebuild(x) for x in t]
-        if isinstance(t, dict):
-            return {k: rebuild(v) for k, v in t.items()}
-        return next(moved) if isinstance(t, np.ndarray) else t
-
-    return rebuild(tree)
