@@ -7,7 +7,6 @@ training runs in one subprocess with 8 host devices
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from jax.sharding import PartitionSpec
 import retrax as trax
 from retrax import cli, shapes
 from retrax import layers as tl
-from retrax.supervised import sharding, tensor_parallel, training
+from retrax.supervised import loop_settings, sharding, tensor_parallel
 from retrax.supervised.train_step import Placement
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -140,20 +139,17 @@ def test_a_model_axis_that_does_not_divide_the_devices_is_refused():
         Placement(1, sharding="tensor:2", model=lm())
 
 
-def test_tensor_one_trains_records_and_resumes(tmp_path):
-    def make(**kw):
-        task = training.TrainTask(trax.data.reverse_ints_task(8, seed=0), tl.CrossEntropyLoss(),
-                                  trax.optimizers.Adam(0.01), n_steps_per_checkpoint=2)
-        return training.Loop(tl.Serial(tl.Embedding(32, 8), tl.Dense(32), tl.LogSoftmax()),
-                             task, output_dir=str(tmp_path), stdout=io.StringIO(), **kw)
-
-    loop = make(sharding="tensor:1")
-    loop.run(2)
-    loop.close()
-    assert json.loads((tmp_path / "config.json").read_text())["sharding"] == "tensor:1"
-    resumed = make()
-    assert resumed.step == 2 and resumed.sharding == "tensor:1"
-    resumed.close()
+def test_a_recorded_tensor_setting_is_resumed(tmp_path):
+    (tmp_path / "model.pkl.gz").write_bytes(b"")  # a checkpoint to resume from
+    (tmp_path / "config.json").write_text(json.dumps({"sharding": "tensor:4"}))
+    settings, note = loop_settings.run_settings(str(tmp_path), None, None)
+    assert settings == {"sharding": "tensor:4", "compute_dtype": "float32"} and note is None
+    settings, note = loop_settings.run_settings(str(tmp_path), "tensor:2", None)
+    assert settings["sharding"] == "tensor:2"
+    assert "sharding='tensor:4' -> 'tensor:2'" in note
+    # A recorded value that is not one is ignored (the default is taken).
+    (tmp_path / "config.json").write_text(json.dumps({"sharding": "tensor:0"}))
+    assert loop_settings.run_settings(str(tmp_path), None, None)[0]["sharding"] == "replicated"
 
 
 def test_cli_accepts_tensor_values():
