@@ -75,8 +75,9 @@ class Placement:
             divisors = ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
             raise ValueError(
                 f"Loop: sharding='{self.sharding}' puts {k} devices on the 'model' mesh axis, "
-                f"which must divide the {n} devices in use (n_devices={n}); choose "
-                f"'tensor:K' with K in {divisors}, or pass another n_devices.")
+                f"which must divide the {n} device(s) in use (n_devices={n}); choose "
+                f"'tensor:K' with K one of {divisors} (the divisors of {n}), or pass another "
+                f"n_devices.")
         mine = sum(1 for d in devices if d.process_index == jax.process_index())
         if mine % k:
             raise ValueError(

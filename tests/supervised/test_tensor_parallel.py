@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec
 import retrax as trax
 from retrax import cli, shapes
 from retrax import layers as tl
+from retrax.cli import config_files
 from retrax.supervised import loop_settings, sharding, tensor_parallel
 from retrax.supervised.train_step import Placement
 
@@ -134,8 +135,9 @@ def test_values_are_normalised_and_give_the_model_axis():
 
 def test_a_model_axis_that_does_not_divide_the_devices_is_refused():
     with pytest.raises(ValueError, match=r"sharding='tensor:2' puts 2 devices on the 'model' "
-                                         r"mesh axis, which must divide the 1 devices in use "
-                                         r"\(n_devices=1\); choose 'tensor:K' with K in 1"):
+                                         r"mesh axis, which must divide the 1 device\(s\) in "
+                                         r"use \(n_devices=1\); choose 'tensor:K' with K one of "
+                                         r"1 \(the divisors of 1\)"):
         Placement(1, sharding="tensor:2", model=lm())
 
 
@@ -155,6 +157,7 @@ def test_a_recorded_tensor_setting_is_resumed(tmp_path):
 def test_cli_accepts_tensor_values():
     base = {"model": {"name": "TransformerLM", "vocab_size": 32}, "task": {"name": "reverse"},
             "output_dir": "unused"}
+    assert config_files.parse_value("tensor:2") == "tensor:2"  # what --set sharding=... gives
     assert cli.resolve_train_config({**base, "sharding": "tensor:2"})["sharding"] == "tensor:2"
     with pytest.raises(cli.UsageError, match=r'config sharding must be one of \["replicated", '
                                              r'"fsdp", "tensor:K"\].*got "tensor:0"'):
