@@ -76,11 +76,13 @@ from retrax.supervised.decoding_checks import (
 )
 from retrax.supervised.decoding_programs import (
     PREFILL_CHOICES,
+    StateStructureError,
     compiled_programs,
     fresh_state,
     last_log_probs,
     make_setup,
     model_inputs,
+    note_state_structure_changes,
     prefill_in_loop,
     program,
 )
@@ -88,7 +90,7 @@ from retrax.supervised.eval_decoding import buffer_length, make_recompute_genera
 from retrax.supervised.sampling import sample, sample_step
 
 __all__ = ["autoregressive_sample", "autoregressive_sample_stream", "beam_search",
-           "compiled_programs"]
+           "compiled_programs", "lowered_generation"]
 
 
 def _key(rng: Any, seed: int | None) -> Any:
@@ -192,7 +194,12 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
                 tok = jnp.where(i + 1 < n_first, forced, tok)
             return i + 1, state, tok, tokens, scores, new_done, new_nan
 
-        i, _, _, tokens, scores, _, nan_step = lax.while_loop(cond, body, carry)
+        try:
+            i, _, _, tokens, scores, _, nan_step = lax.while_loop(cond, body, carry)
+        except TypeError as e:  # a first step that changes the state: see _run
+            if batched or "pytree structure" not in str(e):
+                raise
+            raise StateStructureError(str(e)) from None
         return tokens, scores, i - last, nan_step
 
     return jax.jit(generate)
@@ -309,8 +316,9 @@ def _length_groups(model: base.Layer, prompt: Any, lengths: Any, batch_size: int
     return groups
 
 
-def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_length, top_k,
-                    top_p, key, where, rows=None, eval_min_length=1, prefill="auto"):
+def _generation(model, prompt, batch, temperature, start_id, eos_id, max_length, top_k, top_p,
+                where, prefill):
+    """The compiled generation program for one group of rows, and its arguments but the key."""
     if prompt is None:
         prompt = np.zeros((batch, 0), np.int32)
     setup = make_setup(model, prompt, start_id)
@@ -330,9 +338,52 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
                                                    top_k, top_p, eos, sig, cache_len, batched))
     # NumPy arguments go to the program as they are (jnp.asarray would compile
     # a small program of its own on a first call).
-    tokens, scores, steps, nan_step = fn(model.weights, setup.enc, first,
-                                         np.int32(setup.positions), key)
+    return fn, (model.weights, setup.enc, first, np.int32(setup.positions))
+
+
+def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_length, top_k,
+                    top_p, key, where, rows=None, eval_min_length=1, prefill="auto"):
+    tokens, scores, steps, nan_step = _run(
+        lambda: _generation(model, prompt, batch, temperature, start_id, eos_id, max_length,
+                            top_k, top_p, where, prefill),
+        lambda fn, args: fn(*args, key), model, prefill, where)
     return _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows)
+
+
+def lowered_generation(model: base.Layer, inputs: Any = None, batch_size: int = 1,
+                       temperature: float = 1.0, start_id: int = 0, eos_id: int = 1,
+                       max_length: int = 100, *, top_k: int | None = None,
+                       top_p: float | None = None, prefill: str = "auto") -> Any:
+    """The program ``autoregressive_sample`` runs for these arguments, lowered (not run).
+
+    A ``jax.stages.Lowered``: ``.compile().as_text()`` is the optimized HLO,
+    whose operations (e.g. ``text.count(' fusion(')``) measure what a first
+    call compiles. Arguments as ``autoregressive_sample`` (one prompt length).
+    """
+    where = "lowered_generation"
+    check_sampling(temperature, top_k, top_p, where)
+    prompt, _ = prepare(model, inputs, batch_size, max_length, None, where)
+    check_start_id(model, start_id, where)
+    return _run(lambda: _generation(model, prompt, batch_size, temperature, start_id, eos_id,
+                                    max_length, top_k, top_p, where, prefill),
+                lambda fn, args: fn.lower(*args, _seed_or_key(None, 0)), model, prefill, where)
+
+
+def _run(make: Any, use: Any, model: base.Layer, prefill: str, where: str) -> Any:
+    """``use(*make())``; once more with a batched prefill if the loop prefill cannot trace.
+
+    A model whose first call changes its state's structure (an RNN language
+    model's hidden state appears then) cannot take that call inside the loop;
+    the first trace finds out, the model is noted, and its programs prefill
+    batched from then on (``prefill='loop'`` then raises).
+    """
+    try:
+        return use(*make())
+    except StateStructureError:
+        note_state_structure_changes(model)
+        if prefill == "loop":
+            prefill_in_loop(model, None, prefill, where)  # raises, saying why
+        return use(*make())
 
 
 def _generate_group_eval(model, prompt, batch, temperature, start_id, eos_id, max_length,

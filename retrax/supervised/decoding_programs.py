@@ -22,7 +22,8 @@ from retrax.layers.attention import predict_cache_length
 
 __all__ = ["compiled_programs", "program", "fresh_state", "batched_state_leaves", "Setup",
            "make_setup", "model_inputs", "ends_in_log_softmax", "last_log_probs",
-           "LOOP_PREFILL_POSITIONS", "PREFILL_CHOICES", "prefill_in_loop"]
+           "LOOP_PREFILL_POSITIONS", "PREFILL_CHOICES", "prefill_in_loop",
+           "StateStructureError", "note_state_structure_changes"]
 
 # Up to this many decoder prefill positions ([start] + prompt, so prompts of
 # up to 7 tokens), prefill='auto' feeds them through the decoding loop itself
@@ -138,13 +139,30 @@ class Setup(NamedTuple):
         return jax.ShapeDtypeStruct((batch, self.enc.shape[1]), jnp.int32), first
 
 
-def prefill_in_loop(model: base.Layer, setup: Setup, prefill: str, where: str) -> bool:
+# Language models whose predict-mode state changes structure on its first call
+# (an RNN's hidden state appears then), found when a loop prefill fails to
+# trace: their first call cannot be a loop iteration. Held weakly.
+_changing_state: weakref.WeakSet[base.Layer] = weakref.WeakSet()
+
+
+class StateStructureError(Exception):
+    """Raised while tracing a loop prefill when a step changes the state's structure."""
+
+
+def note_state_structure_changes(model: base.Layer) -> None:
+    """Remembers that ``model``'s first call changes its state's structure (see above)."""
+    _changing_state.add(model)
+
+
+def prefill_in_loop(model: base.Layer, setup: Setup | None, prefill: str, where: str) -> bool:
     """Whether decoding feeds ``setup.first`` through its loop (else a batched prefill).
 
     ``prefill``: ``'loop'``, ``'batched'``, or ``'auto'`` (the loop for at most
     ``LOOP_PREFILL_POSITIONS`` positions). An encoder-decoder always prefills
     in a batched pass: its first call fills the encoder's ``Cache``, which
     changes the state's structure, so that call cannot be a loop iteration.
+    So does a language model found to change it (an RNN's hidden state, made
+    by its first call: ``note_state_structure_changes``).
 
     >>> import numpy as np
     >>> from retrax import layers as tl
@@ -155,11 +173,14 @@ def prefill_in_loop(model: base.Layer, setup: Setup, prefill: str, where: str) -
     """
     if prefill not in PREFILL_CHOICES:
         raise ValueError(f"{where}: prefill must be one of {PREFILL_CHOICES}; got {prefill!r}.")
-    if setup.enc is not None:
+    encoder = setup is not None and setup.enc is not None
+    if encoder or model in _changing_state:
         if prefill == "loop":
-            raise ValueError(
-                f"{where}: prefill='loop' needs a language model; an encoder-decoder runs its "
-                f"encoder once in a batched prefill (use prefill='auto' or 'batched').")
+            why = ("an encoder-decoder runs its encoder once in a batched prefill" if encoder
+                   else "this model's first call changes its state's structure (e.g. an RNN's "
+                   "hidden state appears then), so it must be a batched prefill")
+            raise ValueError(f"{where}: prefill='loop' is not possible: {why}. Use "
+                             f"prefill='auto' or 'batched'.")
         return False
     if prefill == "auto":
         return setup.positions <= LOOP_PREFILL_POSITIONS
