@@ -166,8 +166,8 @@ def test_cli_accepts_tensor_values():
 
 # -- eight host devices -------------------------------------------------------------------
 
-EIGHT_DEVICES = textwrap.dedent("""
-    import io, json, sys
+EIGHT_DEVICES = textwrap.dedent(r"""
+    import io, json, re, sys
     sys.path.insert(0, {tests!r})
     import jax
     import numpy as np
@@ -215,6 +215,16 @@ EIGHT_DEVICES = textwrap.dedent("""
         loop.run(3)
         out['resumed_' + saved] = dict(exact=same, specs=specs, losses=losses(loop))
         loop.close()
+    # The compiled step of a wider model: which arrays are all-gathered.
+    loop = make_loop(None, steps_per_ckpt=3, sharding='tensor:2',
+                     model=trax.models.TransformerLM(32, d_model=128, d_ff=256, n_layers=1,
+                                                     n_heads=4, max_len=16))
+    batch = loop._placement.put_batch(loop._task_streams[0].next(), 'train')
+    hlo = loop._train_fns[0].lower(loop._weights, loop._state, loop._slots[0],
+                                   loop._opt_params[0], batch, 1).compile().as_text()
+    gathered = [int(np.prod([int(d) for d in dims.split(',') if d]))
+                for dims in re.findall(r'= \w+\[([\d,]*)\]\S* all-gather(?:-start)?\(', hlo)]
+    out['gathered'] = gathered
     # bfloat16 compute on split float32 masters.
     for mode in ('replicated', 'tensor:2'):
         loop = make_loop(None, model=lm(), steps_per_ckpt=3, sharding=mode,
@@ -276,6 +286,14 @@ def test_split_matrices_hold_one_kth_per_device(eight_devices):
         assert run["held"] == split_bytes // k + whole_bytes
         assert run["total"] == split_bytes + whole_bytes
     assert eight_devices["replicated"]["held"] == eight_devices["replicated"]["total"]
+
+
+@pytest.mark.slow  # one 8-device subprocess, ~45 s of CPU
+def test_split_matrices_are_never_gathered(eight_devices):
+    # Megatron-style: activations are reduced, weights stay split. The smallest split
+    # matrix has 128 x 128 elements; only leaves of <= 4096 elements are all-gathered (the
+    # optimizer's gradient and weight norms join those into one sum).
+    assert max(eight_devices["gathered"], default=0) <= 4096
 
 
 @pytest.mark.slow  # one 8-device subprocess, ~45 s of CPU
