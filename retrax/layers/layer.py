@@ -30,7 +30,7 @@ from retrax.fastmath.backend import check_jax_backend
 from retrax.layers import file_io
 from retrax.layers.custom_gradient import run_with_own_backward
 from retrax.layers.errors import LayerError, find_caller
-from retrax.layers.layer_storage import LayerStorage, numpy_leaves_to_device
+from retrax.layers.layer_storage import LayerStorage
 from retrax.layers.layer_walks import walk_layers, with_mode
 from retrax.layers.pass_context import (
     DerivedKey,
@@ -49,6 +49,7 @@ from retrax.layers.trees import (
     abstract,
     flatten_weights_and_state,
     signature_or_none,
+    to_device,
     to_shape_dtype,
     tree_mismatch,
 )
@@ -289,7 +290,7 @@ class Layer(LayerStorage):
         else:
             weights, state = _init_alone(self, input_signature, rng)
             # Initializers may return NumPy arrays; hand out device arrays.
-            weights, state = numpy_leaves_to_device((weights, state))
+            weights, state = to_device((weights, state))
         self._assign_weights(weights, set())
         self.assign_state_tree(state, set())
         return weights, state
@@ -409,7 +410,7 @@ class Layer(LayerStorage):
             self._initialized = True
             if tree_mismatch(s_sig, self.state) is not None:
                 state = _init_alone(self, sig, self.rng)[1]
-                self.assign_state_tree(numpy_leaves_to_device(state), set())
+                self.assign_state_tree(to_device(state), set())
             return
         if flatten_weights_and_state(w_sig, ())[0]:
             raise LayerError(

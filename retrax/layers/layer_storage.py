@@ -32,9 +32,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import jax
-import numpy as np
-
 from retrax.fastmath import random as fastmath_random
 from retrax.layers.pass_context import DerivedKey
 from retrax.layers.trees import (
@@ -52,7 +49,7 @@ from retrax.layers.trees import (
 if TYPE_CHECKING:
     from retrax.layers.layer import Layer
 
-__all__ = ["LayerStorage", "numpy_leaves_to_device"]
+__all__ = ["LayerStorage"]
 
 _DEFAULT_SEED = 0
 
@@ -203,48 +200,3 @@ class LayerStorage:
             yield
         finally:
             self._weights, self._state, self._rng, self._in_hook = saved
-
-
-def numpy_leaves_to_device(tree: Any) -> Any:
-    """``tree`` with its NumPy leaves moved to the device in one ``jax.device_put``.
-
-    Tuples, lists, dicts and every other leaf (device arrays, cache markers)
-    stay as they are. Unlike ``jnp.asarray`` per leaf, which compiles a small
-    program for each new shape, a transfer compiles nothing. ``Layer.init``
-    stores what initializers return (NumPy arrays, often) through it.
-
-    >>> w, (s,) = numpy_leaves_to_device((np.ones(2, np.float32), (3,)))
-    >>> type(w).__name__, w.tolist(), s
-    ('ArrayImpl', [1.0, 1.0], 3)
-    """
-    found: list[np.ndarray] = []
-
-    def collect(t: Any) -> None:
-        if is_weights_marker(t) or is_state_marker(t):
-            return
-        if isinstance(t, (tuple, list)):
-            for x in t:
-                collect(x)
-        elif isinstance(t, dict):
-            for x in t.values():
-                collect(x)
-        elif isinstance(t, np.ndarray):
-            found.append(t)
-
-    collect(tree)
-    if not found:
-        return tree
-    moved = iter(jax.device_put(found))
-
-    def rebuild(t: Any) -> Any:
-        if is_weights_marker(t) or is_state_marker(t):
-            return t
-        if isinstance(t, tuple):
-            return tuple(rebuild(x) for x in t)
-        if isinstance(t, list):
-            return [rebuild(x) for x in t]
-        if isinstance(t, dict):
-            return {k: rebuild(v) for k, v in t.items()}
-        return next(moved) if isinstance(t, np.ndarray) else t
-
-    return rebuild(tree)

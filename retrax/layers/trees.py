@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from retrax import shapes
@@ -188,18 +187,48 @@ def signature_or_none(x: Any) -> Any:
 
 
 def to_device(tree: Any) -> Any:
-    """NumPy leaves to JAX arrays, keeping the tree (and cache markers) as it is."""
-    if _is_marker(tree):
+    """``tree`` with its NumPy leaves moved to the device in one ``jax.device_put``.
+
+    Tuples, lists, dicts and every other leaf (device arrays, cache markers)
+    stay as they are. Unlike ``jnp.asarray`` per leaf, which compiles a small
+    program for each new shape, a transfer compiles nothing. ``Layer.init``
+    stores what initializers return (NumPy arrays, often) through it.
+
+    >>> w, (s,) = to_device((np.ones(2, np.float32), (3,)))
+    >>> type(w).__name__, w.tolist(), s
+    ('ArrayImpl', [1.0, 1.0], 3)
+    """
+    found: list[np.ndarray] = []
+
+    def collect(t: Any) -> None:
+        if _is_marker(t):
+            return
+        if isinstance(t, (tuple, list)):
+            for x in t:
+                collect(x)
+        elif isinstance(t, dict):
+            for x in t.values():
+                collect(x)
+        elif isinstance(t, np.ndarray):
+            found.append(t)
+
+    collect(tree)
+    if not found:
         return tree
-    if isinstance(tree, tuple):
-        return tuple(to_device(t) for t in tree)
-    if isinstance(tree, list):
-        return [to_device(t) for t in tree]
-    if isinstance(tree, dict):
-        return {k: to_device(v) for k, v in tree.items()}
-    if isinstance(tree, np.ndarray):
-        return jnp.asarray(tree)
-    return tree
+    moved = iter(jax.device_put(found))
+
+    def rebuild(t: Any) -> Any:
+        if _is_marker(t):
+            return t
+        if isinstance(t, tuple):
+            return tuple(rebuild(x) for x in t)
+        if isinstance(t, list):
+            return [rebuild(x) for x in t]
+        if isinstance(t, dict):
+            return {k: rebuild(v) for k, v in t.items()}
+        return next(moved) if isinstance(t, np.ndarray) else t
+
+    return rebuild(tree)
 
 
 def to_list(outputs: Any) -> Any:

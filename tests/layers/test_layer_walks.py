@@ -56,6 +56,5 @@ def test_with_mode_copy_shares_arrays_with_its_model_and_keeps_sharing_inside():
 def test_names_stay_importable_from_layer_and_base():
     assert layer.with_mode is layer_walks.with_mode is base.with_mode is tl.with_mode
     assert layer.walk_layers is layer_walks.walk_layers is base.walk_layers
-    assert layer.numpy_leaves_to_device is layer_storage.numpy_leaves_to_device
     assert base.Layer is layer.Layer and issubclass(layer.Layer, layer_storage.LayerStorage)
     assert callable(custom_gradient.run_with_own_backward)
