@@ -73,8 +73,8 @@ _ROW_W = PartitionSpec("model", None)
 class Plan:
     """Where each weight of a model goes: ``specs`` in the order of its leaves.
 
-    ``split_data_only``: whether batches go over ``'data'`` only (some weight
-    is split over ``'model'``) or over both axes (nothing recognised).
+    ``shapes``: the leaves' shapes; ``summary``: what was split, in words;
+    ``skipped``: the recognised layers left replicated, and why.
     """
 
     treedef: Any
