@@ -64,6 +64,7 @@ class Placement:
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         self._local_devices: int | None = None
+        self._data_devices: int | None = None
         self._n_processes = jax.process_count()
 
     def _check_model_axis(self, devices: list) -> None:
@@ -111,8 +112,11 @@ class Placement:
     @property
     def data_devices(self) -> int:
         """How many of this process's devices the batch rows are split over."""
-        split = self.plan is not None and self.plan.splits_anything
-        return self.local_devices // self.model_axis if split else self.local_devices
+        if self._data_devices is None:  # counted once (put_batch asks every step)
+            split = self.plan is not None and self.plan.splits_anything
+            self._data_devices = (self.local_devices // self.model_axis if split
+                                  else self.local_devices)
+        return self._data_devices
 
     @property
     def local_devices(self) -> int:
