@@ -71,3 +71,13 @@ def test_optimizer_stats_are_reference_norms_before_update():
     np.testing.assert_allclose(float(stats["gradients_l2"]), _reference(grads), rtol=1e-6)
     np.testing.assert_allclose(float(stats["weights_l2"]), _reference(weights), rtol=1e-6)
     assert opts.l2_norm is norms.l2_norm
+
+
+def test_small_leaves_share_one_reduction():
+    """50 biases and 2 large kernels: 3 sums of squares and the sum of those, not 52."""
+    tree = ([np.ones((16,), np.float32)] * 50,
+            [np.ones((norms.SMALL_LEAF + 1,), np.float32)] * 2)
+    jaxpr = jax.make_jaxpr(norms.sum_of_squares)(tree)
+    sums = [e for e in jaxpr.eqns if e.primitive.name == "reduce_sum"]
+    assert len(sums) == 4
+    assert float(norms.sum_of_squares(tree)) == 50 * 16 + 2 * (norms.SMALL_LEAF + 1)
