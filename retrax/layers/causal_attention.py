@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from retrax.fastmath.linalg import dense_dot
 from retrax.layers.assert_shape import assert_shape
 from retrax.layers.attention_checks import (
     check_dropout,
@@ -25,7 +26,12 @@ from retrax.layers.attention_checks import (
     dropout_rng,
     static_int,
 )
-from retrax.layers.attention_math import MergeHeads, SplitIntoHeads, dot_product_attention
+from retrax.layers.attention_math import (
+    MergeHeads,
+    SplitIntoHeads,
+    dot_product_attention,
+    split_heads,
+)
 from retrax.layers.base import Layer
 from retrax.layers.core import Dense, check_mode
 from retrax.layers.stack_combinators import Branch, Serial
@@ -94,22 +100,21 @@ def ConfigurableAttention(
     n_heads: int = 1,
     *,
     merged_batch_and_head: bool = True,
+    mode: str | None = None,
 ) -> Layer:
     """Self-attention from configurable parts (1 -> 1).
 
     ``Serial(Branch([q_layer, SplitIntoHeads], [k_layer, SplitIntoHeads],
     [v_layer, SplitIntoHeads]), qkv_attention_layer, MergeHeads, final_layer)``.
     ``merged_batch_and_head`` (keyword-only, retrax) selects the per-head
-    layout: ``(B*H, L, dh)`` as in Trax, or ``(B, H, L, dh)``.
+    layout: ``(B*H, L, dh)`` as in Trax, or ``(B, H, L, dh)``. ``mode``
+    (keyword-only, retrax): with ``'predict'``, three ``Dense`` layers as
+    ``q_layer``, ``k_layer``, ``v_layer`` run as one product (``ProjectQKV``).
     """
     n_heads = check_positive_int("ConfigurableAttention", "n_heads", n_heads)
     merged = merged_batch_and_head
     return Serial(
-        Branch(
-            [q_layer, SplitIntoHeads(n_heads, merged)],
-            [k_layer, SplitIntoHeads(n_heads, merged)],
-            [v_layer, SplitIntoHeads(n_heads, merged)],
-        ),
+        ProjectQKV(q_layer, k_layer, v_layer, n_heads, merged, mode=mode),
         qkv_attention_layer,
         MergeHeads(n_heads, merged),
         final_layer,
@@ -150,7 +155,71 @@ def CausalAttention(
             dropout=dropout, max_inference_length=max_inference_length, mode=mode
         ),
         merged_batch_and_head=False,
+        mode=mode,
     )
+
+
+class ProjectQKV(Serial):
+    """``Branch([q_dense, SplitIntoHeads], [k_dense, ...], [v_dense, ...])`` (1 -> 3).
+
+    ``(B, L, D) -> q, k, v`` of shape ``(B, H, L, dh)``, each from its own
+    ``Dense``. Weights, state and printed structure are those of that
+    ``Branch`` (Trax's layout: three separate ``(W, b)``). In ``'predict'``
+    mode the three products run as one, ``x @ [Wq | Wk | Wv]``: decoding a
+    token then launches one matrix product instead of three (XLA hoists the
+    concatenation of the weights out of a decoding loop). Other modes (and
+    ``mode=None``, a layer without a mode of its own; or layers other than
+    three biased ``Dense``) run the ``Branch`` as it is.
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl, shapes
+    >>> layer = ProjectQKV(tl.Dense(4), tl.Dense(4), tl.Dense(4), n_heads=2, mode='predict')
+    >>> _ = layer.init(shapes.ShapeDtype((1, 3, 4)))
+    >>> [y.shape for y in layer(np.ones((1, 3, 4), np.float32))]
+    [(1, 2, 3, 2), (1, 2, 3, 2), (1, 2, 3, 2)]
+    """
+
+    def __init__(self, q_layer: Layer, k_layer: Layer, v_layer: Layer, n_heads: int,
+                 merged_batch_and_head: bool = False, mode: str | None = None):
+        n_heads = check_positive_int("ProjectQKV", "n_heads", n_heads)
+        merged = merged_batch_and_head
+        branches = [[layer, SplitIntoHeads(n_heads, merged)] for layer in (q_layer, k_layer, v_layer)]
+        branch = Branch(*branches)
+        super().__init__(*branch.sublayers, name="Branch", sublayers_to_print=branches)
+        self._n_heads = n_heads
+        self._merged = merged
+        self._dense = all(type(layer) is Dense for layer in (q_layer, k_layer, v_layer))
+        self._mode = None if mode is None else check_mode("ProjectQKV", mode)
+
+    def forward_in_pass(self, x, weights, state, rng, ctx):
+        fuse = self._mode == "predict" and self._dense
+        dense = _dense_weights(x, weights, self._n_heads) if fuse else None
+        if dense is None:  # not predict, or not three biased Dense of x's width: the Branch
+            return super().forward_in_pass(x, weights, state, rng, ctx)
+        w = jnp.concatenate([w for w, _ in dense], axis=1)
+        b = jnp.concatenate([b for _, b in dense], axis=0)
+        y = dense_dot(x, w) + b
+        sizes = np.cumsum([w.shape[1] for w, _ in dense])[:-1]
+        qkv = [split_heads(part, self._n_heads) for part in jnp.split(y, sizes, axis=-1)]
+        if self._merged:
+            qkv = [part.reshape((-1,) + part.shape[2:]) for part in qkv]
+        return tuple(qkv), state
+
+
+def _dense_weights(x, weights, n_heads):
+    """The three ``(W, b)`` of ``ProjectQKV``'s weights if one product can replace them."""
+    try:
+        _, branch_weights = weights
+        dense = [branch[0] for branch in branch_weights]
+        ok = len(dense) == 3 and all(
+            len(wb) == 2 and wb[0].ndim == 2 and wb[1].shape == wb[0].shape[1:]
+            and wb[0].shape[0] == x.shape[-1] and wb[0].shape[1] % n_heads == 0
+            for wb in dense)
+    except (TypeError, ValueError, AttributeError, IndexError):
+        return None
+    if not ok or x.ndim != 3 or len({wb[0].dtype for wb in dense}) != 1:
+        return None
+    return dense
 
 
 class DotProductCausalAttention(Layer):
