@@ -17,8 +17,8 @@ Differences from Trax 1.4.1, on purpose:
 
 * The model is not touched (neither its state nor any attribute of its
   layers): each call starts from a fresh predict-mode state whose caches are
-  sized to what the call needs (prompt + ``max_length``, rounded up to a
-  multiple of 8), not 2048. The size is an option of the init
+  sized to what the call feeds (start + prompt + ``max_length`` - 1, rounded
+  up to a multiple of 8), not 2048. The size is an option of the init
   (``tl.predict_cache_length``), which a user's own step-by-step loop can
   use too.
 * Each row stops at its own ``eos_id``; positions after it are ``0``; the loop
@@ -124,7 +124,7 @@ def _is_seed(key: Any) -> bool:
 
 def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: int | None,
                    top_p: float | None, eos_id: int | None, signature: Any,
-                   cache_len: int, batched: bool) -> Any:
+                   cache_len: int, batched: bool, with_scores: bool = True) -> Any:
     """Builds ``generate(weights, enc, first, n_first, key)``, one XLA program.
 
     ``first`` holds the decoder's prefill tokens (``[start] + prompt``) in its
@@ -141,7 +141,8 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
     made inside the program, so XLA allocates the loop's caches in place
     instead of copying zero-filled input buffers into the loop.
 
-    Returns ``(tokens, scores, steps, nan_step)``: ``nan_step[b]`` is the first
+    Returns ``(tokens, scores, steps, nan_step)`` (``scores`` is ``None`` unless
+    ``with_scores``; the loop then skips them): ``nan_step[b]`` is the first
     step at which row ``b``'s log-probabilities held NaN (``-1``: never); such
     a row stops there and the caller raises.
     """
@@ -159,7 +160,7 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
                                scores, done, nan_step)
 
         tokens = jnp.zeros((batch, max_length), jnp.int32)
-        scores = jnp.zeros((batch, max_length), jnp.float32)
+        scores = jnp.zeros((batch, max_length), jnp.float32) if with_scores else None
         done = jnp.zeros((batch,), bool)
         nan_step = jnp.full((batch,), -1, jnp.int32)
         if batched:
@@ -211,7 +212,9 @@ def _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows):
     n = int(steps)
     out = np.zeros((batch, max_length), np.int32)
     out_scores = np.zeros((batch, max_length), np.float32)
-    out[:, :n], out_scores[:, :n] = np.asarray(tokens)[:, :n], np.asarray(scores)[:, :n]
+    out[:, :n] = np.asarray(tokens)[:, :n]
+    if scores is not None:
+        out_scores[:, :n] = np.asarray(scores)[:, :n]
     return out, out_scores, np.full((batch,), n, np.int32)
 
 
@@ -296,7 +299,8 @@ def autoregressive_sample(model: base.Layer, inputs: Any = None, batch_size: int
     for (rows, group_prompt), group_key in zip(groups, keys):
         t, s, c = generate_group(model, group_prompt, len(rows), temperature, start_id, eos_id,
                                  max_length, top_k, top_p, group_key, where, rows,
-                                 eval_min_length=eval_min_length, prefill=prefill)
+                                 eval_min_length=eval_min_length, prefill=prefill,
+                                 with_scores=return_log_probs)
         tokens[rows], log_probs[rows], counts[rows] = t, s, c
     n = int(counts.max()) if counts.size else 0
     tokens, log_probs = tokens[:, :n], log_probs[:, :n]
@@ -317,12 +321,15 @@ def _length_groups(model: base.Layer, prompt: Any, lengths: Any, batch_size: int
 
 
 def _generation(model, prompt, batch, temperature, start_id, eos_id, max_length, top_k, top_p,
-                where, prefill):
+                where, prefill, with_scores=True):
     """The compiled generation program for one group of rows, and its arguments but the key."""
     if prompt is None:
         prompt = np.zeros((batch, 0), np.int32)
     setup = make_setup(model, prompt, start_id)
-    cache_len = cache_length(model, setup.positions + max_length, where)
+    # The check keeps Trax's bound (prompt + max_length positions); the cache
+    # holds what is fed: the last sampled token never is.
+    cache_length(model, setup.positions + max_length, where)
+    cache_len = cache_length(model, setup.positions + max_length - 1, where)
     sig = setup.signature(batch)
     eos = None if eos_id is None else int(eos_id)
     batched = not prefill_in_loop(model, setup, prefill, where)
@@ -333,19 +340,21 @@ def _generation(model, prompt, batch, temperature, start_id, eos_id, max_length,
         width = -(-first.shape[1] // CACHE_BUCKET) * CACHE_BUCKET
         first = np.pad(first, ((0, 0), (0, width - first.shape[1])))
     fn = program(model, ("generate", max_length, float(temperature), top_k, top_p, eos,
-                          repr(sig), cache_len, batched),
+                          repr(sig), cache_len, batched, with_scores),
                   lambda model_ref: _make_generate(model_ref, max_length, float(temperature),
-                                                   top_k, top_p, eos, sig, cache_len, batched))
+                                                   top_k, top_p, eos, sig, cache_len, batched,
+                                                   with_scores))
     # NumPy arguments go to the program as they are (jnp.asarray would compile
     # a small program of its own on a first call).
     return fn, (model.weights, setup.enc, first, np.int32(setup.positions))
 
 
 def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_length, top_k,
-                    top_p, key, where, rows=None, eval_min_length=1, prefill="auto"):
+                    top_p, key, where, rows=None, eval_min_length=1, prefill="auto",
+                    with_scores=True):
     tokens, scores, steps, nan_step = _run(
         lambda: _generation(model, prompt, batch, temperature, start_id, eos_id, max_length,
-                            top_k, top_p, where, prefill),
+                            top_k, top_p, where, prefill, with_scores),
         lambda fn, args: fn(*args, key), model, prefill, where)
     return _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows)
 
@@ -353,7 +362,8 @@ def _generate_group(model, prompt, batch, temperature, start_id, eos_id, max_len
 def lowered_generation(model: base.Layer, inputs: Any = None, batch_size: int = 1,
                        temperature: float = 1.0, start_id: int = 0, eos_id: int = 1,
                        max_length: int = 100, *, top_k: int | None = None,
-                       top_p: float | None = None, prefill: str = "auto") -> Any:
+                       top_p: float | None = None, prefill: str = "auto",
+                       return_log_probs: bool = False) -> Any:
     """The program ``autoregressive_sample`` runs for these arguments, lowered (not run).
 
     A ``jax.stages.Lowered``: ``.compile().as_text()`` is the optimized HLO,
@@ -365,7 +375,8 @@ def lowered_generation(model: base.Layer, inputs: Any = None, batch_size: int = 
     prompt, _ = prepare(model, inputs, batch_size, max_length, None, where)
     check_start_id(model, start_id, where)
     return _run(lambda: _generation(model, prompt, batch_size, temperature, start_id, eos_id,
-                                    max_length, top_k, top_p, where, prefill),
+                                    max_length, top_k, top_p, where, prefill,
+                                    return_log_probs),
                 lambda fn, args: fn.lower(*args, _seed_or_key(None, 0)), model, prefill, where)
 
 
@@ -387,9 +398,10 @@ def _run(make: Any, use: Any, model: base.Layer, prefill: str, where: str) -> An
 
 
 def _generate_group_eval(model, prompt, batch, temperature, start_id, eos_id, max_length,
-                         top_k, top_p, key, where, rows=None, eval_min_length=1, prefill="auto"):
+                         top_k, top_p, key, where, rows=None, eval_min_length=1, prefill="auto",
+                         with_scores=True):
     """``_generate_group`` for an eval-mode model: recompute the prefix at every step."""
-    del start_id, prefill  # As in Trax: the eval model shifts its input right itself.
+    del start_id, prefill, with_scores  # As in Trax: the eval model shifts its input right itself.
     if prompt is None:
         prompt = np.zeros((batch, 0), np.int32)
     setup = make_setup(model, prompt, 0)

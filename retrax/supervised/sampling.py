@@ -113,18 +113,23 @@ def sample_step(log_probs: Any, key: Any, t: Any, temperature: float, top_k: int
 
     Samples a token per row from ``log_probs`` ``(B, V)`` with the step's key
     (``key`` folded with ``t``), writes it and its log-probability at column
-    ``t`` of ``tokens``/``scores``, and updates ``done`` (EOS or NaN) and
-    ``nan_step`` (the first step at which a row's log-probabilities held NaN).
-    A finished row gets token 0 and score 0.
+    ``t`` of ``tokens``/``scores`` (``scores=None``: not kept, ``None`` back),
+    and updates ``done`` (EOS or NaN) and ``nan_step`` (the first step at which
+    a row's log-probabilities held NaN). A finished row gets token 0 and score 0.
+
+    NaN needs no check of its own: ``sample`` returns an index past the end
+    (``V``) exactly when the row holds NaN (its maximum is NaN, and top-k /
+    top-p keep NaN, whose key is the largest).
     """
     tok = sample(log_probs, fastmath_random.hash_fold_in(key, t), temperature, top_k, top_p)
-    is_nan = jnp.isnan(log_probs).any(axis=-1)
+    is_nan = tok >= log_probs.shape[-1]
     nan_step = jnp.where(is_nan & ~done, t, nan_step)  # a NaN row is done after
     tok = jnp.where(done | is_nan, 0, tok)
-    chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
     tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
-    scores = lax.dynamic_update_slice_in_dim(
-        scores, jnp.where(done, 0.0, chosen)[:, None], t, axis=1)
+    if scores is not None:
+        chosen = jnp.take_along_axis(log_probs, tok[:, None], axis=1)[:, 0]
+        scores = lax.dynamic_update_slice_in_dim(
+            scores, jnp.where(done, 0.0, chosen)[:, None], t, axis=1)
     done = done | is_nan
     if eos_id is not None:
         done = done | (tok == eos_id)

@@ -170,10 +170,16 @@ def test_compiles_once_per_shape_and_not_again():
     assert sample([[0, 4, 5, 0]]) == (0, 0)  # same shapes: nothing traced or compiled
     assert sample([[0, 9, 9, 0]]) == (0, 0)
     assert decoding.compiled_programs(model) == programs
-    # A longer prompt in the same cache bucket (1 + 6 + 5 <= 16) is one more
-    # compilation of the same program; a longer request is a new cache bucket.
-    assert sample([[0, 4, 5, 0, 7, 8]])[0] == 1
+    # A longer prompt fed through the loop (<= 8 prefill positions) in the same
+    # cache bucket (1 + 6 + 5 - 1 <= 16) runs the same compiled program: the
+    # prefill length is an argument. Past 8 positions the prompt is prefilled
+    # batched: one more compilation of a program keyed the same way but the
+    # prefill. A longer request is a new cache bucket.
+    assert sample([[0, 4, 5, 0, 7, 8]]) == (0, 0)
     assert decoding.compiled_programs(model) == programs
+    assert sample([[0, 4, 5, 0, 7, 8, 1, 2]])[0] == 1
+    assert decoding.compiled_programs(model) == programs + 1
+    programs += 1
     assert sample([[0, 4, 5, 0]], max_length=5 + 16)[0] == 1
     assert decoding.compiled_programs(model) > programs
 
