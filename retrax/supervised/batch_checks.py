@@ -39,37 +39,45 @@ class BatchChecks:
                 f"{where}: a batch has {len(batch)} items but the first batch had {len(ref)} "
                 f"(inputs..., targets, weights). Yield batches of one structure."
             )
+        # Once per train step: attributes of NumPy arrays instead of np.shape/np.ndim
+        # (Python-level dispatch), one ufunc reduce per bound (not ndarray.min/max).
+        shapes = []
         for i, (x, r) in enumerate(zip(batch, ref)):
-            x_shape = tuple(np.shape(x))
-            x_dtype = np.asarray(x).dtype if not hasattr(x, "dtype") else np.dtype(x.dtype)
+            if isinstance(x, np.ndarray):
+                x_shape, x_dtype = x.shape, x.dtype
+            else:
+                x_shape = tuple(np.shape(x))
+                x_dtype = np.asarray(x).dtype if not hasattr(x, "dtype") else np.dtype(x.dtype)
+            shapes.append(x_shape)
             if len(x_shape) != len(r.shape):
                 raise ValueError(
                     f"{where}: batch item {i} has shape {x_shape} (rank {len(x_shape)}) but "
                     f"the model was set up for rank {len(r.shape)} (first batch: {r.shape}). "
                     f"Yield arrays of the same rank in every batch."
                 )
-            if x_dtype.kind != np.dtype(r.dtype).kind and not (
-                    x_dtype.kind in "iu" and np.dtype(r.dtype).kind in "iu"):
+            r_kind = np.dtype(r.dtype).kind
+            if x_dtype.kind != r_kind and not (x_dtype.kind in "iu" and r_kind in "iu"):
                 raise TypeError(
                     f"{where}: batch item {i} has dtype {x_dtype} but the first batch had "
                     f"{np.dtype(r.dtype)}. Cast it (e.g. .astype(np.int32))."
                 )
-        leading = {tuple(np.shape(x))[:1] for x in batch if np.ndim(x) > 0}
+        leading = {shape[:1] for shape in shapes if shape}
         if len(leading) > 1:
             raise ValueError(
                 f"{where}: the items of a batch must share their first (batch) dimension; got "
-                f"shapes {[tuple(np.shape(x)) for x in batch]}. Yield (inputs, targets, "
-                f"weights) for the same examples."
+                f"shapes {shapes}. Yield (inputs, targets, weights) for the same examples."
             )
         n_in = self.n_in
-        if len(batch) > n_in + 1 and np.shape(batch[n_in + 1]) != np.shape(batch[n_in]):
+        if len(batch) > n_in + 1 and shapes[n_in + 1] != shapes[n_in]:
             raise ValueError(
-                f"{where}: loss weights have shape {tuple(np.shape(batch[n_in + 1]))} but the "
-                f"targets have shape {tuple(np.shape(batch[n_in]))}; give one weight per target."
+                f"{where}: loss weights have shape {shapes[n_in + 1]} but the "
+                f"targets have shape {shapes[n_in]}; give one weight per target."
             )
         if self.vocab is not None:
             ids = np.asarray(batch[0])
-            if ids.dtype.kind in "iu" and ids.size and (ids.min() < 0 or ids.max() >= self.vocab):
+            if ids.dtype.kind in "iu" and ids.size and (
+                    np.minimum.reduce(ids, axis=None) < 0
+                    or np.maximum.reduce(ids, axis=None) >= self.vocab):
                 raise ValueError(
                     f"{where}: input token ids must be in [0, {self.vocab}) (the model's "
                     f"vocab_size) but range from {ids.min()} to {ids.max()}. Build the model "
@@ -77,7 +85,8 @@ class BatchChecks:
                 )
         if len(batch) > n_in and self.out_dim is not None:
             targets = np.asarray(batch[n_in])
-            if targets.dtype.kind in "iu" and targets.size and targets.max() >= self.out_dim:
+            if targets.dtype.kind in "iu" and targets.size and (
+                    np.maximum.reduce(targets, axis=None) >= self.out_dim):
                 raise ValueError(
                     f"{where}: target ids must be below {self.out_dim} (the model's output "
                     f"size) but the largest is {targets.max()}. Fix the data or the model size."

@@ -53,7 +53,6 @@ folded with the step number, so the same seed gives the same run.
 
 from __future__ import annotations
 
-import json
 import os
 import weakref
 from collections.abc import Callable, Sequence
@@ -67,6 +66,7 @@ from retrax.fastmath import random as fastmath_random
 from retrax.layers import base
 from retrax.supervised import (
     distributed,
+    loop_arguments,
     loop_checkpoints,
     loop_io,
     loop_settings,
@@ -81,43 +81,6 @@ from retrax.supervised.streams import shared_streams
 from retrax.supervised.tasks import EvalTask, TrainTask
 
 __all__ = ["TrainTask", "EvalTask", "Loop"]
-
-
-def _every(n: int | None) -> Callable[[int], bool]:
-    return (lambda step: False) if n is None else (lambda step: step == 1 or step % n == 0)
-
-
-def _as_list(tasks: Any) -> list:
-    if tasks is None:
-        return []
-    return list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
-
-
-def _checked_arguments(model: Any, tasks: Any, eval_tasks: Any, keep_checkpoints: int,
-                       run_config: Any, unsupported: Any) -> tuple[list, list, dict | None]:
-    """The Loop's arguments checked: ``(tasks, eval_tasks, a JSON copy of run_config)``."""
-    adasum, loss_chunk_size = unsupported
-    if adasum:
-        raise NotImplementedError(
-            "Loop: adasum is not supported by retrax (its step is compiled and sharded with "
-            "jax.sharding, which averages gradients exactly); leave adasum=False.")
-    if isinstance(loss_chunk_size, bool) or not isinstance(loss_chunk_size, int) \
-            or loss_chunk_size < 0:
-        raise ValueError(f"Loop: loss_chunk_size must be an int >= 0; got {loss_chunk_size!r}.")
-    if not isinstance(model, base.Layer):
-        raise TypeError(f"Loop: model must be a Layer; got {type(model).__name__}.")
-    tasks = _as_list(tasks)
-    if not tasks:
-        raise ValueError("Loop: tasks must contain at least one TrainTask.")
-    if keep_checkpoints < 1:
-        raise ValueError(f"Loop: keep_checkpoints must be >= 1; got {keep_checkpoints}.")
-    if run_config is not None and not isinstance(run_config, dict):
-        raise TypeError(f"Loop: run_config must be a dict; got {type(run_config).__name__}.")
-    try:  # A copy, checked before anything is written: config.json must hold it.
-        run_config = None if run_config is None else json.loads(json.dumps(run_config))
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"Loop: run_config must hold only JSON values: {err}.") from None
-    return tasks, _as_list(eval_tasks), run_config
 
 
 class Loop:
@@ -187,7 +150,7 @@ class Loop:
                  progress_bar: bool | None = None, stdout: Any = None, prefetch: bool = True,
                  overwrite: bool = False, run_config: dict | None = None,
                  sharding: str | None = None, compute_dtype: str | None = None):
-        tasks, eval_tasks, self._run_config = _checked_arguments(
+        tasks, eval_tasks, self._run_config = loop_arguments.checked_arguments(
             model, tasks, eval_tasks, keep_checkpoints, run_config, (adasum, loss_chunk_size))
         self._loss_chunk_size = loss_chunk_size
         self._model = model
@@ -200,10 +163,10 @@ class Loop:
         self._base_key = fastmath_random.get_prng(self._seed)
         self._which_task = which_task or (lambda n: n % len(tasks))
         n_ckpt = tasks[0].n_steps_per_checkpoint
-        self._checkpoint_at = checkpoint_at or _every(n_ckpt)
+        self._checkpoint_at = checkpoint_at or loop_arguments.every(n_ckpt)
         # Without eval tasks the train metrics are still logged at these steps (as Trax).
-        self._eval_at = eval_at or _every(n_ckpt)
-        self._permanent_at = permanent_checkpoint_at or _every(
+        self._eval_at = eval_at or loop_arguments.every(n_ckpt)
+        self._permanent_at = permanent_checkpoint_at or loop_arguments.every(
             tasks[0].n_steps_per_permanent_checkpoint)
         self._low_metric = checkpoint_low_metric
         self._high_metric = checkpoint_high_metric
