@@ -28,6 +28,7 @@ __all__ = [
     "PaddingMask",
     "EncoderDecoderMask",
     "dot_product_attention",
+    "normalize_after_attention",
 ]
 
 
@@ -103,6 +104,39 @@ def dot_product_attention(
     if low_dtype is not None:
         probs = probs.astype(low_dtype)
     return jnp.einsum("...qk,...kd->...qd", probs, v)
+
+
+def normalize_after_attention(q: Any, k: Any, v: Any, mask: Any, invalid: Any = None) -> Any:
+    """``dot_product_attention`` without dropout, normalized after the product with ``v``.
+
+    ``(exp(s - max s) @ v) / sum(exp(s - max s))`` for the scaled, masked
+    logits ``s``: the same values up to float rounding, with the division on
+    the ``(..., Lq, dv)`` result instead of the ``(..., Lq, Lk)``
+    probabilities. Predict-mode attention over a key/value cache uses it: one
+    fewer pass over the logits per decoded token. ``mask`` is boolean,
+    broadcastable to ``(..., Lq, Lk)``; where ``invalid`` (a boolean scalar)
+    is true the result is NaN. bfloat16/float16 logits are normalized in
+    float32, as in ``dot_product_attention``.
+
+    >>> import numpy as np
+    >>> q = k = np.eye(2, dtype=np.float32)[None]
+    >>> v = np.array([[[1.0], [3.0]]], np.float32)
+    >>> causal = np.tril(np.ones((2, 2), bool))
+    >>> y = normalize_after_attention(q, k, v, causal)
+    >>> np.asarray(y, np.float64).round(4).tolist()
+    [[[1.0], [2.3395]]]
+    """
+    dots = jnp.einsum("...qd,...kd->...qk", q, k)
+    low_dtype = dots.dtype if dots.dtype in _LOW_PRECISION else None
+    if low_dtype is not None:
+        dots = dots.astype(jnp.float32)
+    dots = jnp.where(mask, dots / math.sqrt(q.shape[-1]), jnp.asarray(MASK_VALUE, dots.dtype))
+    weights = jnp.exp(dots - jnp.max(dots, axis=-1, keepdims=True))
+    scale = 1.0 / jnp.sum(weights, axis=-1, keepdims=True)
+    if invalid is not None:
+        scale = jnp.where(invalid, jnp.asarray(jnp.nan, scale.dtype), scale)
+    y = jnp.einsum("...qk,...kd->...qd", weights.astype(v.dtype), v)
+    return (y * scale.astype(y.dtype)) if low_dtype is None else (y * scale).astype(y.dtype)
 
 
 def split_heads(x: Any, n_heads: int) -> Any:

@@ -30,6 +30,7 @@ from retrax.layers.attention_math import (
     MergeHeads,
     SplitIntoHeads,
     dot_product_attention,
+    normalize_after_attention,
     split_heads,
 )
 from retrax.layers.base import Layer
@@ -328,9 +329,9 @@ class DotProductCausalAttention(Layer):
         v_cache = lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, -2)
         query_pos = index + jnp.arange(length, dtype=jnp.int32)
         mask = jnp.arange(cache_len, dtype=jnp.int32)[None, :] <= query_pos[:, None]
-        y = dot_product_attention(q, k_cache, v_cache, mask, mode="predict")
-        if start is None:  # traced: signal an overflow with NaN (no silent clamping)
-            y = jnp.where(index + length > cache_len, jnp.asarray(jnp.nan, y.dtype), y)
+        # Traced index: an overflow gives NaN (no silent clamping).
+        invalid = index + length > cache_len if start is None else None
+        y = normalize_after_attention(q, k_cache, v_cache, mask, invalid)
         self.state = (k_cache, v_cache, index + length)
         return y.reshape(out_shape[:-1] + (y.shape[-1],))
 

@@ -9,6 +9,7 @@ import pytest
 
 from retrax import layers as tl
 from retrax import models, shapes
+from retrax.layers.attention_math import dot_product_attention, normalize_after_attention
 from retrax.layers.causal_attention import ProjectQKV
 
 
@@ -124,3 +125,34 @@ def test_transformer_lm_predict_equals_eval():
         y, state = step(chunk, weights, state, None)  # a prompt, then one token at a time
         got.append(np.asarray(y))
     np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("lq", [1, 3])
+def test_normalize_after_attention_equals_dot_product_attention(lq):
+    q, k, v = rand(3, 2, lq, 4), rand(4, 2, 6, 4), rand(5, 2, 6, 3)
+    mask = np.arange(6)[None, :] <= (2 + np.arange(lq))[:, None]
+    want = dot_product_attention(q, k, v, mask, mode="predict")
+    got = normalize_after_attention(q, k, v, mask)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # float64 reference: softmax of the masked, scaled logits, then @ v
+    dots = np.einsum("bqd,bkd->bqk", q.astype(np.float64), k) / 2.0
+    dots = np.where(mask, dots, -1e9)
+    probs = np.exp(dots - dots.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(got, probs @ v, rtol=1e-5, atol=1e-6)
+    bad = normalize_after_attention(q, k, v, mask, jnp.asarray(True))
+    assert np.isnan(np.asarray(bad)).all()
+    ok = normalize_after_attention(q, k, v, mask, jnp.asarray(False))
+    np.testing.assert_array_equal(ok, got)
+
+
+def test_normalize_after_attention_bfloat16_normalizes_in_float32():
+    # Logits 256 and 258 (q . k / 2): a bfloat16 logsumexp would be off by 2^-7.
+    q = np.array([[[16.0, 0.0, 0.0, 0.0]]], np.float32)  # d_head 4: logits scaled by 1/2
+    k = np.array([[[32.0, 0.0, 0.0, 0.0], [32.25, 0.0, 0.0, 0.0]]], np.float32)
+    v = np.array([[[1.0], [0.0]]], np.float32)
+    mask = np.ones((1, 2), bool)
+    y = normalize_after_attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v)), mask)
+    assert y.dtype == jnp.bfloat16
+    want = 1.0 / (1.0 + np.exp(2.0))  # weight of the first key
+    assert abs(float(y[0, 0, 0]) - want) < 2 ** -8
