@@ -166,6 +166,16 @@ class LayerStorage:
             return self._state
         return tuple(child_state(layer, seen) for layer in self._sublayers)
 
+    def assign_weights_tree(self, weights: Any) -> None:
+        """Stores ``weights`` without first comparing them with the stored ones.
+
+        For a caller whose tree is this layer's own, updated (the training
+        Loop's weights after its compiled steps): the ``weights`` setter reads
+        the stored tree and compares both, a walk of thousands of Python calls
+        on a Transformer. Anything else should assign ``layer.weights``.
+        """
+        self._assign_weights(weights, set())
+
     def _assign_weights(self, weights: Any, seen: set[int]) -> None:
         self._initialized = True
         if not self._sublayers:
