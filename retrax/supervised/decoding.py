@@ -197,8 +197,12 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
 
         try:
             i, _, _, tokens, scores, _, nan_step = lax.while_loop(cond, body, carry)
-        except TypeError as e:  # a first step that changes the state: see _run
-            if batched or "pytree structure" not in str(e):
+        except TypeError as e:
+            # A first step that changes the state's structure cannot be a loop
+            # iteration (see _run); any other error is the caller's to see.
+            after = jax.eval_shape(body, carry)[1]
+            if batched or (jax.tree_util.tree_structure(after)
+                           == jax.tree_util.tree_structure(state)):
                 raise
             raise StateStructureError(str(e)) from None
         return tokens, scores, i - last, nan_step
