@@ -77,6 +77,7 @@ from retrax.supervised import train_step as ts
 from retrax.supervised.batch_checks import BatchChecks
 from retrax.supervised.history import History
 from retrax.supervised.loop_io import TrainingLog
+from retrax.supervised.loop_models import LoopModels
 from retrax.supervised.streams import shared_streams
 from retrax.supervised.tasks import EvalTask, TrainTask
 
@@ -161,7 +162,8 @@ class Loop:
         self._write_trax = write_trax_checkpoint
         self._seed = 0 if random_seed is None else int(random_seed)
         self._base_key = fastmath_random.get_prng(self._seed)
-        self._which_task = which_task or (lambda n: n % len(tasks))
+        n_tasks = len(tasks)
+        self._which_task = which_task or (lambda n: n % n_tasks)
         n_ckpt = tasks[0].n_steps_per_checkpoint
         self._checkpoint_at = checkpoint_at or loop_arguments.every(n_ckpt)
         # Without eval tasks the train metrics are still logged at these steps (as Trax).
@@ -206,16 +208,13 @@ class Loop:
         sig = task_steps.model_signature(model, tasks[0].sample_batch)
         if not model.initialized:
             model.init(sig, rng=base.init_rng_split(self._base_key, 1)[0])
-        self._eval_model = eval_model if eval_model is not None else base.with_mode(model, "eval")
-        self._own_eval_model, self._eval_model_stale = eval_model is None, False
-        if eval_model is not None and not eval_model.initialized:
-            eval_model.init(sig)
+        self._models = LoopModels(model, eval_model, sig)
         self._ref_sigs = [shapes.signature(t.sample_batch) for t in tasks]
         self._weights = self._placement.place_weights(model.weights)
         if self._placement.note:  # 'tensor:K': what it split (or that it could not)
             self._log.print(self._placement.note)
         self._state = self._placement.replicate(model.state)
-        steps = task_steps.build_task_steps(model, self._eval_model, tasks, eval_tasks,
+        steps = task_steps.build_task_steps(model, self._models.eval_layer, tasks, eval_tasks,
                                             self._weights, self._placement, self._base_key,
                                             compute_dtype=self._settings["compute_dtype"],
                                             loss_chunk_size=self._loss_chunk_size)
@@ -334,7 +333,8 @@ class Loop:
                     break
         finally:
             self._log.close_bar()
-            self._sync_model_weights()
+            # The weights are the model's own tree, updated by the compiled steps.
+            self._sync_model_weights(checked=False)
             self._log.end_run()
 
     def _run_one_step(self, draw_ahead: bool = True) -> None:
@@ -401,27 +401,10 @@ class Loop:
 
     @property
     def eval_model(self) -> base.Layer:
-        if self._eval_model_stale:  # the Loop's own copy: synced when read (see below)
-            self._sync_eval_model()
-        return self._eval_model
+        return self._models.eval_model(self._weights, self._state)
 
-    def _sync_model_weights(self) -> None:
-        self._model.weights = self._weights
-        self._model.state = self._state
-        # Storing weights in a layer tree is thousands of Python calls at each run's end;
-        # the Loop's own eval copy is only reachable through eval_model, so it waits.
-        self._eval_model_stale = self._own_eval_model
-        if not self._own_eval_model:
-            self._sync_eval_model()
-
-    def _sync_eval_model(self) -> None:
-        self._eval_model_stale = False
-        if self._eval_model is not self._model:
-            self._eval_model.weights = self._weights
-            # Its old state arrays were donated to the train step (BatchNorm statistics).
-            if (jax.tree_util.tree_structure(self._eval_model.state)
-                    == jax.tree_util.tree_structure(self._state)):
-                self._eval_model.state = self._state
+    def _sync_model_weights(self, checked: bool = True) -> None:
+        self._models.sync(self._weights, self._state, checked)
 
     def update_weights_and_state(self, weights: Any = None, state: Any = None) -> None:
         if weights is not None:
