@@ -137,7 +137,8 @@ def CausalAttention(
     In ``'predict'`` mode the ``DotProductCausalAttention`` inside keeps a
     key/value cache of ``max_inference_length`` positions in its state (layout
     ``(B*H, max_inference_length, dh)``, as in Trax; ``predict_cache_length``
-    around the init sets another length). ``use_dconv=True``
+    around the init sets another length), and the q/k/v projections run as
+    one product (``ProjectQKV``). ``use_dconv=True``
     (Trax's depthwise convolutions) is not implemented.
     """
     d_feature, n_heads = check_heads("CausalAttention", d_feature, n_heads)
@@ -235,8 +236,9 @@ class DotProductCausalAttention(Layer):
     ``index`` an int32 scalar; an init inside ``with predict_cache_length(n)``
     makes caches of ``n`` positions instead. Each call writes its
     ``L`` new keys and values at ``index``, lets query ``i`` attend to cache
-    positions ``<= index + i``, and advances ``index`` by ``L``; the first call
-    may carry a whole prompt. Going past ``max_inference_length`` raises a
+    positions ``<= index + i`` (``normalize_after_attention``: the softmax
+    normalized after the product with the values), and advances ``index`` by
+    ``L``; the first call may carry a whole prompt. Going past ``max_inference_length`` raises a
     ``ValueError`` when the index is concrete (eager calls); under ``jax.jit``
     the index is traced and cannot raise, so the outputs of such a call are
     NaN instead (Trax silently clamped the write).
