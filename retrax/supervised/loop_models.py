@@ -39,6 +39,9 @@ class LoopModels:
         if eval_model is not None and not eval_model.initialized:
             eval_model.init(input_signature)
         self._eval_stale = False
+        # False after weights from outside (update_weights_and_state, a checkpoint) failed
+        # the setter's check: then even an unchecked sync checks again (and raises again).
+        self._weights_fit = True
 
     @property
     def eval_layer(self) -> base.Layer:
@@ -55,10 +58,13 @@ class LoopModels:
         """Stores the Loop's ``weights`` and ``state`` in the model (and a given eval model).
 
         ``checked=False``: ``weights`` are the model's own tree, updated by the
-        compiled steps, and go in without being compared with the stored tree.
+        compiled steps, and go in without being compared with the stored tree
+        (unless the last checked ones did not fit).
         """
-        if checked:
-            self.model.weights = weights
+        if checked or not self._weights_fit:
+            self._weights_fit = False
+            self.model.weights = weights  # raises if they do not fit the model
+            self._weights_fit = True
         else:
             self.model.assign_weights_tree(weights)
         self.model.state = state

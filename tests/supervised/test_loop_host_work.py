@@ -16,6 +16,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import retrax as trax
 from retrax import layers as tl
@@ -124,3 +125,19 @@ def test_loop_models_sync_own_eval_copy_when_read_and_a_given_one_at_once():
     # Read after a sync: the copy gets the weights the Loop holds when it is read.
     np.testing.assert_array_equal(own.eval_model(later, model.state).weights[0][0], 9.0)
     np.testing.assert_array_equal(own.eval_model(new_w, model.state).weights[0][0], 9.0)
+
+
+def test_weights_that_failed_the_check_are_checked_again_at_a_runs_end():
+    x = shapes.ShapeDtype((2, 4))
+    model = tl.Serial(tl.Dense(4))
+    model.init(x)
+    models = LoopModels(model, None, x)
+    bad = ((np.ones((3, 4), np.float32), np.ones(4, np.float32)),)
+    for checked in (True, False):  # update_weights_and_state, then the next run's end
+        with pytest.raises(ValueError, match="do not match"):
+            models.sync(bad, model.state, checked=checked)
+    assert model.weights[0][0].shape == (4, 4)
+    good = ((np.full((4, 4), 2.0, np.float32), np.zeros(4, np.float32)),)
+    models.sync(good, model.state)
+    models.sync(good, model.state, checked=False)
+    np.testing.assert_array_equal(model.weights[0][0], 2.0)
