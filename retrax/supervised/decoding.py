@@ -78,13 +78,16 @@ from retrax.supervised.decoding_programs import (
     PREFILL_CHOICES,
     StateStructureError,
     compiled_programs,
+    ends_in_log_softmax,
     fresh_state,
     last_log_probs,
+    last_logits,
     make_setup,
     model_inputs,
     note_state_structure_changes,
     prefill_in_loop,
     program,
+    without_log_softmax,
 )
 from retrax.supervised.eval_decoding import buffer_length, make_recompute_generate
 from retrax.supervised.sampling import sample, sample_step
@@ -141,6 +144,11 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
     made inside the program, so XLA allocates the loop's caches in place
     instead of copying zero-filled input buffers into the loop.
 
+    Without ``with_scores``, a model that ends in ``LogSoftmax`` runs without
+    it (``decoding_programs.without_log_softmax``) and tokens are chosen from
+    its logits: the same tokens, two reductions over the vocabulary fewer per
+    step (rows whose log-probabilities would be NaN are still found).
+
     Returns ``(tokens, scores, steps, nan_step)`` (``scores`` is ``None`` unless
     ``with_scores``; the loop then skips them): ``nan_step[b]`` is the first
     step at which row ``b``'s log-probabilities held NaN (``-1``: never); such
@@ -154,10 +162,17 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
         batch, width = first.shape
         state = fresh_state(model, signature, cache_len)
         last = n_first - 1  # the position whose output predicts the first new token
+        from_logits = not with_scores and ends_in_log_softmax(model)
+        if from_logits:
+            model, trim = without_log_softmax(model)
+            weights, state = trim(weights), trim(state)
+            outputs_at_last = last_logits
+        else:
+            outputs_at_last = last_log_probs
 
-        def step(log_probs, col, tokens, scores, done, nan_step):
-            return sample_step(log_probs, key, col, temperature, top_k, top_p, eos_id, tokens,
-                               scores, done, nan_step)
+        def step(values, col, tokens, scores, done, nan_step):
+            return sample_step(values, key, col, temperature, top_k, top_p, eos_id, tokens,
+                               scores, done, nan_step, from_logits=from_logits)
 
         tokens = jnp.zeros((batch, max_length), jnp.int32)
         scores = jnp.zeros((batch, max_length), jnp.float32) if with_scores else None
@@ -168,7 +183,7 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
             # predicts the first new token, which the loop then feeds.
             out, state = model.pure_fn(model_inputs(enc, first), weights, state, None)
             inp, tokens, scores, done, nan_step = step(
-                last_log_probs(model, out), jnp.int32(0), tokens, scores, done, nan_step)
+                outputs_at_last(model, out), jnp.int32(0), tokens, scores, done, nan_step)
             i = jnp.asarray(n_first, jnp.int32)
         else:
             inp, i = first[:, 0], jnp.int32(0)
@@ -183,7 +198,7 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
             out, state = model.pure_fn(model_inputs(enc, inp[:, None]), weights, state, None)
             col = i - last  # the column this position's output samples (< 0: in the prompt)
             tok, tokens, scores, new_done, new_nan = step(
-                last_log_probs(model, out), jnp.maximum(col, 0), tokens, scores, done, nan_step)
+                outputs_at_last(model, out), jnp.maximum(col, 0), tokens, scores, done, nan_step)
             if not batched:
                 # In the prompt nothing is recorded: column 0 is written again
                 # when sampling starts, and done / nan_step keep their values.

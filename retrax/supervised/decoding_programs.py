@@ -19,9 +19,11 @@ import numpy as np
 from retrax import shapes
 from retrax.layers import base, core
 from retrax.layers.attention import predict_cache_length
+from retrax.layers.stack_combinators import Serial
 
 __all__ = ["compiled_programs", "program", "fresh_state", "batched_state_leaves", "Setup",
            "make_setup", "model_inputs", "ends_in_log_softmax", "last_log_probs",
+           "without_log_softmax", "last_logits",
            "LOOP_PREFILL_POSITIONS", "PREFILL_CHOICES", "prefill_in_loop",
            "StateStructureError", "note_state_structure_changes"]
 
@@ -214,6 +216,46 @@ def ends_in_log_softmax(model: base.Layer) -> bool:
         layer = layer.sublayers[-1]
     # (B, L, V) outputs: axis -1 or 2 is the vocabulary.
     return isinstance(layer, core.LogSoftmax) and layer.axis in (-1, 2)
+
+
+def without_log_softmax(model: base.Layer) -> tuple[base.Layer, Any]:
+    """``model`` without its final ``LogSoftmax``, and the map to its weight/state trees.
+
+    For a model that ``ends_in_log_softmax``: a ``Serial`` of the same
+    sublayers but the last ``LogSoftmax`` (in the innermost trailing
+    ``Serial``), and ``trim(tree)``, which maps ``model``'s weights or state
+    to the new model's (the entry of the ``LogSoftmax`` dropped). The new
+    model outputs the logits the ``LogSoftmax`` would have normalized.
+    Decoding calls that need no log-probabilities run it: greedy and sampled
+    tokens are the same from logits (``sampling``), and each step saves the
+    normalization (two reductions over the vocabulary).
+
+    >>> import numpy as np
+    >>> from retrax import layers as tl
+    >>> lm = tl.Serial(tl.Embedding(8, 4), [tl.Dense(8), tl.LogSoftmax()])
+    >>> _ = lm.init(np.zeros((1, 1), np.int32))
+    >>> head, trim = without_log_softmax(lm)
+    >>> x = np.array([[3]], np.int32)
+    >>> logits = head.pure_fn(x, trim(lm.weights), trim(lm.state), None)[0]
+    >>> bool(np.allclose(lm(x), logits - jax.nn.logsumexp(logits, -1, keepdims=True), atol=1e-6))
+    True
+    """
+    if not ends_in_log_softmax(model):
+        raise ValueError(f"without_log_softmax: {model.name_with_arity} does not end in "
+                         f"LogSoftmax over its last axis; check ends_in_log_softmax first.")
+    if not isinstance(model, Serial):  # the model is the LogSoftmax itself
+        return Serial(), lambda tree: ()
+    layers = model.sublayers
+    if isinstance(layers[-1], core.LogSoftmax):
+        return Serial(*layers[:-1]), lambda tree: tuple(tree[:-1])
+    inner, trim_inner = without_log_softmax(layers[-1])
+    return (Serial(*layers[:-1], inner),
+            lambda tree: (*tree[:-1], trim_inner(tree[-1])))
+
+
+def last_logits(model: base.Layer, outputs: Any) -> Any:
+    """The model's outputs at the last position, ``(B, V)`` float32, not normalized."""
+    return (outputs[0] if model.n_in == 2 else outputs)[:, -1].astype(jnp.float32)
 
 
 def last_log_probs(model: base.Layer, outputs: Any) -> Any:

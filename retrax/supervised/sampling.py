@@ -1,6 +1,10 @@
 """Choosing a token from log-probabilities: greedy, Gumbel-max, top-k and top-p.
 
-Sort-free: the argmax is a max/compare/min, and the top-k / top-p thresholds
+Each choice also holds for logits (log-probabilities up to a constant per
+row): the argmax, the Gumbel-max draw and the top-k support do not move when
+a row is shifted, and top-p normalizes its input itself. ``sample_step``'s
+``from_logits`` says which it is given (a decoding program that skips the
+model's final ``LogSoftmax`` passes logits). Sort-free: the argmax is a max/compare/min, and the top-k / top-p thresholds
 are found by a bitwise search over order-preserving integer keys (XLA's CPU
 sort is slow). Tokens tied with the last one kept are all kept, so with ties
 the support can exceed ``k``. Used by ``retrax.supervised.decoding``.
@@ -22,15 +26,25 @@ __all__ = ["argmax", "ordered_keys", "smallest_key", "restrict", "sample", "samp
 SEARCH_BITS = 2  # key bits decided per round of smallest_key (16 rounds)
 
 
-def argmax(x: Any) -> Any:
+def argmax(x: Any, finite: bool = False) -> Any:
     """First index of each row's maximum, as int32 (``jnp.argmax``, NaN aside).
 
     A max, a compare and a min: XLA's CPU backend runs these vectorized, while
     ``argmax``'s two-operand reduction costs several times more per element.
-    A row holding NaN gives an index past the end; callers check for NaN.
+    A row holding NaN gives an index past the end; callers check for NaN. With
+    ``finite``, so does a row whose maximum is infinite (``+inf``, or every
+    value ``-inf``): for logits, the rows whose ``log_softmax`` is NaN.
+
+    >>> import numpy as np
+    >>> argmax(np.array([[1.0, 3.0, 3.0], [np.nan, 0.0, 1.0]])).tolist()
+    [1, 3]
+    >>> argmax(np.array([[0.0, np.inf, 1.0], [-np.inf, -np.inf, -np.inf]]), finite=True).tolist()
+    [3, 3]
     """
     top = jnp.max(x, axis=-1, keepdims=True)
     index = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    if finite:  # the row's compare fails everywhere: the min is the index past the end
+        top = jnp.where(jnp.isfinite(top), top, jnp.nan)
     return jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1)
 
 
@@ -90,7 +104,9 @@ def sample(log_probs: Any, key: Any, temperature: float, top_k: int | None,
            top_p: float | None) -> Any:
     """One token per row: argmax at temperature 0, else Gumbel-max over the support.
 
-    The Gumbel noise comes from the counter hash of ``fastmath.random`` (one
+    ``log_probs`` may be logits (any constant added per row): the argmax, the
+    Gumbel-max draw, top-k and top-p (``restrict`` normalizes for it) choose
+    the same, up to float rounding. The Gumbel noise comes from the counter hash of ``fastmath.random`` (one
     fused elementwise computation), not threefry, which costs as much as the
     model's forward pass for a small model at batch 1.
     """
@@ -108,7 +124,7 @@ def sample(log_probs: Any, key: Any, temperature: float, top_k: int | None,
 
 def sample_step(log_probs: Any, key: Any, t: Any, temperature: float, top_k: int | None,
                 top_p: float | None, eos_id: int | None, tokens: Any, scores: Any, done: Any,
-                nan_step: Any) -> tuple[Any, Any, Any, Any, Any]:
+                nan_step: Any, from_logits: bool = False) -> tuple[Any, Any, Any, Any, Any]:
     """One step of a decoding loop: ``(tok, tokens, scores, done, nan_step)``.
 
     Samples a token per row from ``log_probs`` ``(B, V)`` with the step's key
@@ -120,9 +136,26 @@ def sample_step(log_probs: Any, key: Any, t: Any, temperature: float, top_k: int
     NaN needs no check of its own: ``sample`` returns an index past the end
     (``V``) exactly when the row holds NaN (its maximum is NaN, and top-k /
     top-p keep NaN, whose key is the largest).
+
+    ``from_logits``: ``log_probs`` are logits, whose ``log_softmax`` is NaN
+    also where a logit is ``+inf`` or all are ``-inf``; such rows count as NaN
+    too (greedy: ``argmax(finite=True)``; sampled: the chosen logit is not
+    finite). ``scores`` are then not allowed (they need log-probabilities).
     """
-    tok = sample(log_probs, fastmath_random.hash_fold_in(key, t), temperature, top_k, top_p)
-    is_nan = tok >= log_probs.shape[-1]
+    vocab = log_probs.shape[-1]
+    if from_logits and scores is not None:
+        raise ValueError("sample_step: scores need log-probabilities, not logits.")
+    if from_logits and temperature == 0.0:
+        tok = argmax(log_probs, finite=True)
+        is_nan = tok >= vocab
+    else:
+        tok = sample(log_probs, fastmath_random.hash_fold_in(key, t), temperature, top_k,
+                     top_p)
+        is_nan = tok >= vocab
+        if from_logits:
+            chosen = jnp.take_along_axis(log_probs, jnp.minimum(tok, vocab - 1)[:, None],
+                                         axis=1)[:, 0]
+            is_nan = is_nan | ~jnp.isfinite(chosen)
     nan_step = jnp.where(is_nan & ~done, t, nan_step)  # a NaN row is done after
     tok = jnp.where(done | is_nan, 0, tok)
     tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)
