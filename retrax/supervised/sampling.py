@@ -21,19 +21,24 @@ from jax import lax
 from retrax.fastmath import random as fastmath_random
 
 __all__ = ["argmax", "ordered_keys", "smallest_key", "restrict", "sample", "sample_step",
-           "SEARCH_BITS"]
+           "SEARCH_BITS", "ONE_PASS_ARGMAX"]
 
 SEARCH_BITS = 2  # key bits decided per round of smallest_key (16 rounds)
+ONE_PASS_ARGMAX = 4096  # rows up to this long: argmax in one (value, index) reduction
 
 
 def argmax(x: Any, finite: bool = False) -> Any:
     """First index of each row's maximum, as int32 (``jnp.argmax``, NaN aside).
 
-    A max, a compare and a min: XLA's CPU backend runs these vectorized, while
-    ``argmax``'s two-operand reduction costs several times more per element.
     A row holding NaN gives an index past the end; callers check for NaN. With
     ``finite``, so does a row whose maximum is infinite (``+inf``, or every
     value ``-inf``): for logits, the rows whose ``log_softmax`` is NaN.
+
+    Rows of up to ``ONE_PASS_ARGMAX`` values take one reduction of (value,
+    index) pairs: one kernel, where a max, a compare and a min are four on
+    XLA's CPU backend (each 256-wide reduction is split in two); a decoding
+    step pays per kernel. Longer rows take the max/compare/min, which XLA runs
+    vectorized (the pair reduction is a scalar loop).
 
     >>> import numpy as np
     >>> argmax(np.array([[1.0, 3.0, 3.0], [np.nan, 0.0, 1.0]])).tolist()
@@ -41,11 +46,30 @@ def argmax(x: Any, finite: bool = False) -> Any:
     >>> argmax(np.array([[0.0, np.inf, 1.0], [-np.inf, -np.inf, -np.inf]]), finite=True).tolist()
     [3, 3]
     """
-    top = jnp.max(x, axis=-1, keepdims=True)
+    x = jnp.asarray(x)
+    n = x.shape[-1]
     index = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    if n <= ONE_PASS_ARGMAX:
+        top, first = lax.reduce((x, index), (jnp.asarray(-jnp.inf, x.dtype), jnp.int32(n)),
+                                _larger_pair, (x.ndim - 1,))
+        bad = ~jnp.isfinite(top) if finite else jnp.isnan(top)
+        return jnp.where(bad, n, first)
+    top = jnp.max(x, axis=-1, keepdims=True)
     if finite:  # the row's compare fails everywhere: the min is the index past the end
         top = jnp.where(jnp.isfinite(top), top, jnp.nan)
-    return jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1)
+    return jnp.min(jnp.where(x == top, index, n), axis=-1)
+
+
+def _larger_pair(a: Any, b: Any) -> tuple[Any, Any]:
+    """The (value, index) pair argmax keeps: the larger value, on a tie the lower index.
+
+    NaN wins over everything (its pair becomes (NaN, any index)), so the order
+    of the reduction does not matter: the result is the row's first maximum,
+    or NaN.
+    """
+    (va, ia), (vb, ib) = a, b
+    take_a = (va > vb) | ((va == vb) & (ia < ib)) | jnp.isnan(va)
+    return jnp.where(take_a, va, vb), jnp.where(take_a, ia, ib)
 
 
 def ordered_keys(x: Any) -> Any:

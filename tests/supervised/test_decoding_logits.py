@@ -90,7 +90,7 @@ def test_sample_from_logits_equals_sample_from_log_probs():
     logits = jax.random.normal(jax.random.PRNGKey(0), (64, 50)) * 3.0
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     key = jax.random.PRNGKey(7)
-    for t, k, p in [(0.0, None, None), (1.0, None, None), (0.5, 5, None), (2.0, None, 0.9)]:
+    for t, k, p in [(1.0, None, None), (0.5, 5, None), (2.0, None, 0.9)]:
         pick = jax.jit(lambda x, t=t, k=k, p=p: sample(x, key, t, k, p))
         np.testing.assert_array_equal(pick(logits), pick(log_probs), err_msg=f"{t} {k} {p}")
 
@@ -124,9 +124,36 @@ def test_nan_weights_still_raise(lm):
     dense_w, dense_b = weights[-2]
     try:
         lm.weights = (*weights[:-2], (dense_w, dense_b.at[3].set(jnp.nan)), weights[-1])
-        for kw in (dict(temperature=0.0), dict(temperature=1.0, top_k=3)):
-            with pytest.raises(FloatingPointError, match="row 0 are NaN at step 0 \\(of 3 row"):
-                decoding.autoregressive_sample(lm, np.array([[2], [3], [4]], np.int32),
-                                               batch_size=3, eos_id=None, max_length=4, **kw)
+        # (Sampled rows: test_rows_whose_log_probs_are_nan_are_still_found.)
+        with pytest.raises(FloatingPointError, match="row 0 are NaN at step 0 \\(of 3 row"):
+            decoding.autoregressive_sample(lm, np.array([[2], [3], [4]], np.int32),
+                                           batch_size=3, eos_id=None, max_length=4,
+                                           temperature=0.0)
     finally:
         lm.weights = weights
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_argmax_is_the_first_maximum_or_past_the_end(monkeypatch, one_pass):
+    from retrax.supervised import sampling
+
+    if not one_pass:
+        monkeypatch.setattr(sampling, "ONE_PASS_ARGMAX", 0)  # the max/compare/min form
+    x = np.asarray(jax.random.randint(jax.random.PRNGKey(4), (40, 37), -3, 4), np.float32)
+    x[0] = 2.0  # all tied
+    x[1, 5] = -0.0
+    x[1, 3], x[1, 9] = 0.0, -0.0  # a tie of +0 and -0 (row's max is 3 otherwise)
+    x[1] = np.where(x[1] > 0, -1.0, x[1])
+    x[2, 30] = np.inf
+    x[3, 0] = np.nan
+    x[4, 36] = np.nan
+    x[5] = -np.inf
+    x[6, 2] = -np.inf
+    expected = np.argmax(x, axis=-1)
+    expected[3] = expected[4] = 37
+    got = jax.jit(sampling.argmax)(x)
+    np.testing.assert_array_equal(got, expected)
+    assert got[0] == 0 and got[1] == np.flatnonzero(x[1] == 0.0)[0] and got[5] == 0
+    finite = jax.jit(lambda v: sampling.argmax(v, finite=True))(x)
+    expected[2] = expected[5] = 37
+    np.testing.assert_array_equal(finite, expected)
