@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from retrax import layers as tl
 from retrax import shapes
+from retrax.layers import normalization
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
 
@@ -64,3 +67,80 @@ def test_rms_norm_exact():
     np.testing.assert_allclose(rms(X)[0], expected, rtol=1e-6)
     with pytest.raises(ValueError, match="epsilon must be > 0"):
         tl.RMSNorm(epsilon=-1.0)
+
+
+# --------------------------------------------------------------------------
+# Small float32 inputs (decoding steps): means from compensated_sum_last
+# --------------------------------------------------------------------------
+
+
+def _layer_norm64(x, eps=1e-6):
+    x = np.asarray(x, np.float64)
+    c = x - x.mean(-1, keepdims=True)
+    return c / np.sqrt((c * c).mean(-1, keepdims=True) + eps)
+
+
+def _small_and_large(monkeypatch, x, center=True):
+    """LayerNorm of ``x`` by the small-input path and by the jnp.mean path."""
+    ln = tl.LayerNorm(center=center)
+    ln.init(shapes.ShapeDtype(x.shape))
+    small = np.asarray(jax.jit(lambda v: ln(v))(x))
+    monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 0)
+    large = np.asarray(jax.jit(lambda v: ln(v))(x))
+    monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 2048)
+    return small, large
+
+
+def test_small_layer_norm_is_at_least_as_accurate(monkeypatch):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((8, 1, 256)).astype(np.float32)
+    outlier = base.copy()
+    outlier[..., 0] *= 60  # an outlier feature
+    for name, x, bound in [("normal", base, 1e-6), ("outlier", outlier, 1e-6),
+                           ("outlier + 100", outlier + 100, 1e-6),
+                           ("+ 1000", base + 1000, 2e-5)]:
+        ref = _layer_norm64(x)
+        small, large = _small_and_large(monkeypatch, x)
+        err_small, err_large = (np.max(np.abs(y - ref)) / np.max(np.abs(ref))
+                                for y in (small, large))
+        assert err_small < bound, name
+        assert err_small <= err_large * 1.01, (name, err_small, err_large)
+    # A constant row normalizes to exactly 0 (the plain mean is off by a rounding).
+    const = np.full((1, 1, 256), 3.3, np.float32)
+    assert not _small_and_large(monkeypatch, const)[0].any()
+
+
+def test_small_layer_norm_gradients_equal_the_mean_path(monkeypatch):
+    x = np.random.default_rng(1).standard_normal((2, 3, 64)).astype(np.float32) + 2.0
+    for center in (True, False):
+        ln = tl.LayerNorm(center=center)
+        ln.init(shapes.ShapeDtype(x.shape))
+        w = np.random.default_rng(2).standard_normal(x.shape).astype(np.float32)
+
+        def loss(v, weights, ln=ln, w=w):
+            return jnp.sum(ln.pure_fn(v, weights, (), None)[0] * w)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        small = grad(x, ln.weights)
+        monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 0)
+        large = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, ln.weights)
+        monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 2048)
+        for a, b in zip(jax.tree_util.tree_leaves(small), jax.tree_util.tree_leaves(large)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_small_layer_norm_has_no_tree_reduction(monkeypatch):
+    ln = tl.LayerNorm()
+    ln.init(shapes.ShapeDtype((1, 1, 256)))
+    weights = ln.weights
+
+    def text():
+        return jax.jit(lambda v: ln.pure_fn(v, weights, (), None)[0]).lower(
+            jax.ShapeDtypeStruct((1, 1, 256), jnp.float32)).compile().as_text()
+
+    small = text()
+    monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 0)
+    large = text()
+    # Each mean is one fused kernel, not a reduce-window and a reduce.
+    assert "reduce-window" not in small and "reduce-window" in large
+    assert small.count(" fusion(") + 2 <= large.count(" fusion(")
