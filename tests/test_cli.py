@@ -192,6 +192,7 @@ def test_train_writes_checkpoints_with_the_model_config(trained):
     assert (out / "model.pkl.gz").exists()
 
 
+@pytest.mark.slow
 def test_train_resumes_from_the_last_checkpoint(trained, tmp_path, capsys):
     out, _ = trained
     copy = tmp_path / "run"
@@ -356,6 +357,7 @@ def test_show_lists_arrays_of_a_file_without_model_config(tmp_path, capsys):
 # -- convert --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_convert_round_trip(trained, tmp_path):
     out, _ = trained
     native = tmp_path / "m.safetensors"

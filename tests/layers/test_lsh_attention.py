@@ -81,6 +81,7 @@ def _predict_layer(x, eval_layer, **kw):
     return layer
 
 
+@pytest.mark.slow
 def test_predict_token_by_token_equals_eval():
     x = np.random.RandomState(2).randn(2, 8, 12).astype(np.float32)
     kw = dict(causal=True, chunk_len=8, n_hashes=2, n_buckets=4)
@@ -132,6 +133,7 @@ def test_same_seed_same_result_and_hashes_depend_on_the_seed():
     assert not np.allclose(np.asarray(y1), np.asarray(y3), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_causal_output_does_not_depend_on_later_inputs():
     x = _clustered(seed=7, batch=1, length=32, d=12)
     lsh = _lsh(x, causal=True, chunk_len=8, n_hashes=2, n_buckets=4)

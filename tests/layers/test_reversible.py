@@ -127,6 +127,7 @@ def test_gradients_equal_plain_autodiff(dropout):
             np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale)
 
 
+@pytest.mark.slow
 def test_reverse_recovers_inputs_and_reverse_and_grad_matches():
     model = ReversibleSerial(_blocks(2))
     x = np.random.default_rng(1).normal(size=(2, 3, 4)).astype(np.float32)

@@ -402,6 +402,7 @@ def test_lm_predict_token_by_token_equals_eval(lm_eval):
     np.testing.assert_allclose(np.concatenate(outs, 1), y_eval, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_transformer_decoder_predict_equals_eval():
     src = tokens(2, 2, 5)
     src[0, 3:] = 0  # padding in the source

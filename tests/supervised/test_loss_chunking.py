@@ -30,7 +30,7 @@ def _batch():
 
 
 @pytest.mark.parametrize("loss,chunk", [
-    (tl.CrossEntropyLoss, 4),
+    pytest.param(tl.CrossEntropyLoss, 4, marks=pytest.mark.slow),
     pytest.param(lambda: tl.WeightedCategoryCrossEntropy(0.1), 21, marks=pytest.mark.slow),
     pytest.param(tl.CrossEntropyLossWithLogSoftmax, 50, marks=pytest.mark.slow)])
 def test_chunked_loss_and_gradients_equal_the_unchunked(loss, chunk):

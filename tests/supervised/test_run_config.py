@@ -28,6 +28,7 @@ def make_loop(output_dir, **kw):
     return training.Loop(model, task, output_dir=str(output_dir), stdout=io.StringIO(), **kw)
 
 
+@pytest.mark.slow
 def test_run_config_goes_into_config_json_with_the_model_config(tmp_path):
     run = {"task": {"name": "reverse", "length": 2}, "steps": 3, "note": [1.5, None, "x"]}
     loop = make_loop(tmp_path, run_config=run)
