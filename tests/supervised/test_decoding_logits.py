@@ -86,6 +86,7 @@ def test_greedy_program_holds_no_normalization(lm):
     assert _ops(texts[0], "fusion") < _ops(texts[1], "fusion")
 
 
+@pytest.mark.slow  # (the default suite checks greedy end to end; this adds the samplers)
 def test_sample_from_logits_equals_sample_from_log_probs():
     logits = jax.random.normal(jax.random.PRNGKey(0), (64, 50)) * 3.0
     log_probs = jax.nn.log_softmax(logits, axis=-1)
