@@ -121,7 +121,7 @@ def test_default_rounds_are_five():
         assert "(default 5)" in " ".join(out.split())
 
 
-# What the Flax peer (../shared/peer_bench/bench_flax.py) printed on this machine, trimmed.
+# What the Flax peer (bench_flax.py of the peer suite) printed on this machine, trimmed; nothing is read from outside the repository.
 _RECORDED_PEER = {
     "train": dict(config="S", variant="jit", batch=16, seq=10, params_total=93088,
                   params_matmul=25600, build_s=1.39, first_step_s=4.2, pipelined_step_s=0.00307,

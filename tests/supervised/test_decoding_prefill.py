@@ -13,6 +13,7 @@ import re
 import jax
 import numpy as np
 import pytest
+from compile_events import compiled_during
 
 import retrax as trax
 from retrax.supervised import decoding
@@ -27,22 +28,6 @@ def lm():
                                       n_heads=2, max_len=64, mode="predict")
     model.init(trax.shapes.ShapeDtype((1, 1), np.int32), rng=jax.random.PRNGKey(7))
     return model
-
-
-def compiled_during(call):
-    """Names of the XLA programs compiled while ``call()`` runs, and its result."""
-    names = []
-
-    def listen(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            names.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        out = call()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    return names, out
 
 
 def greedy(model, prompt, batch, prefill, **kwargs):

@@ -12,6 +12,7 @@ import re
 
 import jax
 import numpy as np
+from compile_events import compiled_during
 from jax import lax
 
 import retrax as trax
@@ -23,22 +24,6 @@ def tiny_lm(seed: int, n_layers: int = 2):
                                       n_heads=2, max_len=64, mode="predict")
     model.init(trax.shapes.ShapeDtype((1, 1), np.int32), rng=jax.random.PRNGKey(seed))
     return model
-
-
-def compiled_during(call):
-    """Names of the XLA programs compiled while ``call()`` runs, and its result."""
-    names = []
-
-    def listen(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            names.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        out = call()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    return names, out
 
 
 def test_first_call_compiles_only_the_generation_program():
