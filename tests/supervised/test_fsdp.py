@@ -10,12 +10,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
+from host_devices import run_with_eight_devices
 from jax.sharding import PartitionSpec
 
 import retrax as trax
@@ -134,13 +133,8 @@ EIGHT_DEVICES = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
-    script = tmp / "fsdp8.py"
-    script.write_text(EIGHT_DEVICES.format(tests=os.path.join(REPO, "tests")))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    r = subprocess.run([sys.executable, str(script), str(tmp)], capture_output=True, text=True,
-                       timeout=300, env=env)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_with_eight_devices(EIGHT_DEVICES.format(tests=os.path.join(REPO, "tests")),
+                                  tmp, timeout=300)
 
 
 @pytest.mark.slow  # one 8-device subprocess, ~10 s of CPU
