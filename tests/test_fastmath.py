@@ -115,6 +115,8 @@ DENSE_DOT_SCRIPT = textwrap.dedent("""
             grad_error=float(np.abs(np.asarray(grad) - grad_want).max()),
             two_rows=slices(np.ones((2, 512), np.float32), w),
             small=slices(np.ones((1, 64), np.float32), np.ones((64, 64), np.float32)),
+            square_256=slices(np.ones((1, 256), np.float32), np.ones((256, 256), np.float32)),
+            qkv_256=slices(np.ones((1, 256), np.float32), np.ones((256, 768), np.float32)),
             bfloat16=slices(jnp.ones((1, 512), jnp.bfloat16), bf16))
     print(json.dumps(report))
 """)
@@ -139,8 +141,10 @@ def test_dense_dot_splits_one_row_across_cores_and_equals_dot(dense_dot_report, 
     assert got["shape"] == [1, 1, 1024]
     # float32 rounding of sums of 512 products (values up to ~80, gradients up to ~500).
     assert got["error"] < 2e-4 and got["grad_error"] < 2e-3
-    # More than one row, small matrices and non-float32 never split.
-    assert (got["two_rows"], got["small"], got["bfloat16"]) == (1, 1, 1)
+    # More than one row, small matrices (up to 256x256) and non-float32 never split;
+    # a fused q/k/v projection of d_model 256 (256x768) does.
+    assert (got["two_rows"], got["small"], got["square_256"], got["bfloat16"]) == (1, 1, 1, 1)
+    assert got["qkv_256"] == min(expected_slices, 4)  # 256 / 8 slices < 64 elements each
 
 
 def test_dense_dot_exports_with_a_symbolic_batch():

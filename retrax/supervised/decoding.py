@@ -80,6 +80,7 @@ from retrax.supervised.decoding_programs import (
     compiled_programs,
     ends_in_log_softmax,
     fresh_state,
+    jit_decoding_loop,
     last_log_probs,
     last_logits,
     make_setup,
@@ -222,7 +223,7 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
             raise StateStructureError(str(e)) from None
         return tokens, scores, i - last, nan_step
 
-    return jax.jit(generate)
+    return jit_decoding_loop(generate)
 
 
 def _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows):

@@ -86,6 +86,31 @@ def test_greedy_program_holds_no_normalization(lm):
     assert _ops(texts[0], "fusion") < _ops(texts[1], "fusion")
 
 
+def test_decoding_loop_compiles_without_ynnpack_on_cpu(lm):
+    # decoding_programs.LOOP_COMPILER_OPTIONS: XLA's own kernels for the loop's
+    # few-row products (YNNPACK's thread-pool hand-off cost more than the work).
+    text = decoding.lowered_generation(lm, None, batch_size=3, temperature=0.0, eos_id=None,
+                                       max_length=8).compile().as_text()
+    assert jax.default_backend() == "cpu"
+    assert "ynn_fusion" not in text and _ops(text, "dot") > 0
+
+
+def test_a_jaxlib_without_the_loop_options_compiles_without_them(monkeypatch):
+    from retrax.supervised import decoding_programs
+
+    monkeypatch.setattr(decoding_programs, "LOOP_COMPILER_OPTIONS",
+                        {"xla_cpu_no_such_option_in_any_jaxlib": True})
+    decoding_programs._supported_options.cache_clear()
+    try:
+        assert decoding_programs._supported_options() == {}
+        fn = decoding_programs.jit_decoding_loop(lambda x: x * 2)
+        assert float(fn(np.float32(3))) == 6.0
+    finally:
+        monkeypatch.undo()
+        decoding_programs._supported_options.cache_clear()
+    assert decoding_programs._supported_options() == decoding_programs.LOOP_COMPILER_OPTIONS
+
+
 @pytest.mark.slow  # (the default suite checks greedy end to end; this adds the samplers)
 def test_sample_from_logits_equals_sample_from_log_probs():
     logits = jax.random.normal(jax.random.PRNGKey(0), (64, 50)) * 3.0
