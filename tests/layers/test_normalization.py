@@ -84,10 +84,11 @@ def _small_and_large(monkeypatch, x, center=True):
     """LayerNorm of ``x`` by the small-input path and by the jnp.mean path."""
     ln = tl.LayerNorm(center=center)
     ln.init(shapes.ShapeDtype(x.shape))
+    monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", x.size)
     small = np.asarray(jax.jit(lambda v: ln(v))(x))
     monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 0)
     large = np.asarray(jax.jit(lambda v: ln(v))(x))
-    monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 2048)
+    monkeypatch.undo()
     return small, large
 
 
@@ -120,11 +121,11 @@ def test_small_layer_norm_gradients_equal_the_mean_path(monkeypatch):
         def loss(v, weights, ln=ln, w=w):
             return jnp.sum(ln.pure_fn(v, weights, (), None)[0] * w)
 
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        small = grad(x, ln.weights)
+        monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", x.size)
+        small = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, ln.weights)
         monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 0)
         large = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, ln.weights)
-        monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 2048)
+        monkeypatch.undo()
         for a, b in zip(jax.tree_util.tree_leaves(small), jax.tree_util.tree_leaves(large)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
