@@ -151,6 +151,31 @@ def test_dot_product_attention_matches_numpy():
     np.testing.assert_allclose(dot_product_attention(q, k, v), np_attention(q, k, v), atol=1e-5)
 
 
+def test_dot_product_attention_takes_one_exp_per_logit_with_its_gradient():
+    # exp(s - max) / sum: one exp over the logits, forward and backward together
+    # (Trax's exp(s - logsumexp) took two, and a third in the gradient).
+    q, k, v = rand(0, 2, 3, 5, 4), rand(1, 2, 3, 6, 4), rand(2, 2, 3, 6, 4)
+    mask = np.tril(np.ones((5, 6), bool))
+
+    def loss(q, k, v):
+        return jax.numpy.sum(dot_product_attention(q, k, v, mask, mode="eval") ** 2)
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, v).as_text()
+    assert hlo.count("stablehlo.exponential") == 1
+    # The gradient equals a float64 finite difference of the NumPy reference.
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    direction = [rand(i + 5, *x.shape) for i, x in enumerate((q, k, v))]
+    eps = 1e-4
+
+    def ref_loss(t):
+        args = [x.astype(np.float64) + t * d for x, d in zip((q, k, v), direction)]
+        return float(np.sum(np_attention(*args, mask) ** 2))
+
+    numeric = (ref_loss(eps) - ref_loss(-eps)) / (2 * eps)
+    analytic = sum(float(np.sum(np.asarray(g, np.float64) * d)) for g, d in zip(grads, direction))
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-3)
+
+
 def test_fully_masked_row_stays_finite():
     # Trax's -1e9 (not -inf): no NaN, and the result no longer depends on the query.
     q, k, v = rand(0, 1, 2, 4), rand(1, 1, 3, 4), rand(2, 1, 3, 4)
