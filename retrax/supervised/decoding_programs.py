@@ -1,9 +1,10 @@
 """The compiled programs of decoding and what they feed the model.
 
-A program cache per model (held weakly), a fresh predict-mode state made for
-each call, and ``Setup``: the one place where a language model (prefilled with
-``[start_id] + prompt``) and an encoder-decoder (the prompt in its encoder)
-differ. Used by ``retrax.supervised.decoding`` and
+A program cache per model (held weakly), how a decoding loop is compiled
+(``jit_decoding_loop``: on CPU without YNNPACK fusions), a fresh predict-mode
+state made for each call, and ``Setup``: the one place where a language model
+(prefilled with ``[start_id] + prompt``) and an encoder-decoder (the prompt in
+its encoder) differ. Used by ``retrax.supervised.decoding`` and
 ``retrax.supervised.beam_search``.
 """
 
@@ -46,10 +47,12 @@ PREFILL_CHOICES = ("auto", "batched", "loop")
 # dot products and reductions to YNNPACK, which dispatches each one to its
 # thread pool: for the few rows of one decoding step (the batch) that hand-off
 # costs more than the work. Without it (XLA's own kernels and Eigen) config M's
-# greedy decoding took 11-18% less time per token at batch 8 (same tokens; three
-# same-process A/B runs, 1,220-1,317 -> 1,081-1,083 us per token); at batch 1
-# (where XLA keeps YNNPACK out of one-row products anyway) it made no difference. Programs on other backends compile as usual; a jaxlib that
-# does not know an option compiles without it (``_supported_options``).
+# greedy decoding took 10-18% less time per token at batch 8 (same tokens; three
+# same-process A/B runs, 1,220-1,317 -> 1,081-1,103 us per token); at batch 1
+# (where XLA keeps YNNPACK out of one-row products anyway) it made no
+# difference. Training keeps YNNPACK: config S's step took 28% longer without
+# it. Programs on other backends compile as usual; a jaxlib that does not know
+# an option compiles without it (``_supported_options``).
 LOOP_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
