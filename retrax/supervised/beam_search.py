@@ -23,6 +23,7 @@ from retrax.supervised.decoding_checks import cache_length, check_start_id, prep
 from retrax.supervised.decoding_programs import (
     batched_state_leaves,
     fresh_state,
+    jit_decoding_program,
     last_log_probs,
     make_setup,
     model_inputs,
@@ -58,8 +59,9 @@ def beam_search(model: base.Layer, inputs: Any = None, batch_size: int = 1, n_be
 
     def make(model_ref):  # traces the model twice for the batched leaves: once per program
         batched = tuple(batched_state_leaves(model, setup, cache_len))
-        return jax.jit(functools.partial(_beam_program, model_ref, batch_size, k, max_length,
-                                         float(length_penalty), eos, batched, sig, cache_len))
+        return jit_decoding_program(functools.partial(
+            _beam_program, model_ref, batch_size, k, max_length, float(length_penalty), eos,
+            batched, sig, cache_len))
 
     fn = program(model, ("beam", batch_size, k, max_length, float(length_penalty), eos,
                           repr(sig), cache_len), make)

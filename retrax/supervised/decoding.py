@@ -80,7 +80,7 @@ from retrax.supervised.decoding_programs import (
     compiled_programs,
     ends_in_log_softmax,
     fresh_state,
-    jit_decoding_loop,
+    jit_decoding_program,
     last_log_probs,
     last_logits,
     make_setup,
@@ -223,7 +223,7 @@ def _make_generate(model_ref: Any, max_length: int, temperature: float, top_k: i
             raise StateStructureError(str(e)) from None
         return tokens, scores, i - last, nan_step
 
-    return jit_decoding_loop(generate)
+    return jit_decoding_program(generate)
 
 
 def _collect(tokens, scores, steps, nan_step, batch, max_length, where, rows):
@@ -487,7 +487,7 @@ def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_si
             tok = sample(log_probs, key, temperature, top_k, top_p)
             return jnp.where(jnp.isnan(log_probs).any(axis=-1), -1, tok), state  # -1: a NaN row
 
-        return jax.jit(step, donate_argnums=(1,))
+        return jit_decoding_program(step, donate_argnums=(1,))
 
     step_fn = program(model, ("stream", temperature, top_k, top_p), make)
     tokens = jnp.asarray(setup.first)

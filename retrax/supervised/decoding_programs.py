@@ -1,7 +1,7 @@
 """The compiled programs of decoding and what they feed the model.
 
 A program cache per model (held weakly), how a decoding loop is compiled
-(``jit_decoding_loop``: on CPU without YNNPACK fusions), a fresh predict-mode
+(``jit_decoding_program``: on CPU without YNNPACK fusions), a fresh predict-mode
 state made for each call, and ``Setup``: the one place where a language model
 (prefilled with ``[start_id] + prompt``) and an encoder-decoder (the prompt in
 its encoder) differ. Used by ``retrax.supervised.decoding`` and
@@ -27,8 +27,8 @@ __all__ = ["compiled_programs", "program", "fresh_state", "batched_state_leaves"
            "make_setup", "model_inputs", "ends_in_log_softmax", "last_log_probs",
            "without_log_softmax", "last_logits",
            "LOOP_PREFILL_POSITIONS", "PREFILL_CHOICES", "prefill_in_loop",
-           "StateStructureError", "note_state_structure_changes", "jit_decoding_loop",
-           "LOOP_COMPILER_OPTIONS"]
+           "StateStructureError", "note_state_structure_changes", "jit_decoding_program",
+           "DECODING_COMPILER_OPTIONS"]
 
 # Up to this many decoder prefill positions ([start] + prompt, so prompts of
 # up to 7 tokens), prefill='auto' feeds them through the decoding loop itself
@@ -43,17 +43,19 @@ __all__ = ["compiled_programs", "program", "fresh_state", "batched_state_leaves"
 LOOP_PREFILL_POSITIONS = 8
 PREFILL_CHOICES = ("auto", "batched", "loop")
 
-# XLA options of the programs that hold a decoding loop, on CPU. XLA:CPU hands
-# dot products and reductions to YNNPACK, which dispatches each one to its
-# thread pool: for the few rows of one decoding step (the batch) that hand-off
-# costs more than the work. Without it (XLA's own kernels and Eigen) config M's
-# greedy decoding took 10-18% less time per token at batch 8 (same tokens; three
-# same-process A/B runs, 1,220-1,317 -> 1,081-1,103 us per token); at batch 1
-# (where XLA keeps YNNPACK out of one-row products anyway) it made no
-# difference. Training keeps YNNPACK: config S's step took 28% longer without
-# it. Programs on other backends compile as usual; a jaxlib that does not know
-# an option compiles without it (``_supported_options``).
-LOOP_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# XLA options of decoding's programs (the sampling loop, the stream's step,
+# beam search), on CPU. XLA:CPU hands dot products and reductions to YNNPACK,
+# which dispatches each one to its thread pool: for the few rows of a decoding
+# step (the batch, or batch x beams) that hand-off costs more than the work.
+# Without it (XLA's own kernels and Eigen) config M's greedy decoding took
+# 10-18% less time per token at batch 8 (same tokens; three same-process A/B
+# runs, 1,220-1,317 -> 1,081-1,103 us per token), the stream 10% less (8 rows)
+# and beam search 9% less (8 beams); at batch 1 (where XLA keeps YNNPACK out of
+# one-row products anyway) it made no difference. Training keeps YNNPACK:
+# config S's step took 28% longer without it. Programs on other backends
+# compile as usual; a jaxlib that does not know an option compiles without it
+# (``_supported_options``).
+DECODING_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 # The compiled programs of each model, {model: {key: program}}, owned by this
@@ -77,21 +79,23 @@ def compiled_programs(model: base.Layer | None = None) -> int:
     return len(_programs.get(model, ()))
 
 
-def jit_decoding_loop(fn: Any) -> Any:
-    """``jax.jit(fn)`` with ``LOOP_COMPILER_OPTIONS`` on CPU (where this jaxlib knows them)."""
+def jit_decoding_program(fn: Any, **jit_kwargs: Any) -> Any:
+    """``jax.jit(fn, **jit_kwargs)`` with ``DECODING_COMPILER_OPTIONS`` on CPU (where known)."""
     options = _supported_options() if jax.default_backend() == "cpu" else {}
-    return jax.jit(fn, compiler_options=options) if options else jax.jit(fn)
+    if options:
+        jit_kwargs = dict(jit_kwargs, compiler_options=options)
+    return jax.jit(fn, **jit_kwargs)
 
 
 @functools.cache
 def _supported_options() -> dict[str, Any]:
-    """``LOOP_COMPILER_OPTIONS``, or ``{}`` if this jaxlib refuses them (checked once)."""
+    """``DECODING_COMPILER_OPTIONS``, or ``{}`` if this jaxlib refuses them (checked once)."""
     try:
-        jax.jit(lambda x: x + 1, compiler_options=LOOP_COMPILER_OPTIONS).lower(
+        jax.jit(lambda x: x + 1, compiler_options=DECODING_COMPILER_OPTIONS).lower(
             np.float32(0)).compile()
     except Exception:  # an unknown option or value: XLA's own error type varies
         return {}
-    return dict(LOOP_COMPILER_OPTIONS)
+    return dict(DECODING_COMPILER_OPTIONS)
 
 
 def program(model: base.Layer, key: Any, make: Any) -> Any:

@@ -87,7 +87,7 @@ def test_greedy_program_holds_no_normalization(lm):
 
 
 def test_decoding_loop_compiles_without_ynnpack_on_cpu(lm):
-    # decoding_programs.LOOP_COMPILER_OPTIONS: XLA's own kernels for the loop's
+    # decoding_programs.DECODING_COMPILER_OPTIONS: XLA's own kernels for the loop's
     # few-row products (YNNPACK's thread-pool hand-off cost more than the work).
     text = decoding.lowered_generation(lm, None, batch_size=3, temperature=0.0, eos_id=None,
                                        max_length=8).compile().as_text()
@@ -95,20 +95,36 @@ def test_decoding_loop_compiles_without_ynnpack_on_cpu(lm):
     assert "ynn_fusion" not in text and _ops(text, "dot") > 0
 
 
+def test_decoding_programs_keep_their_jit_arguments_and_drop_ynnpack():
+    # The stream's step (donated state) and beam search go through the same helper.
+    from retrax.supervised import decoding_programs
+
+    def step(state, w):  # the new state has the donated one's shape
+        return state + (state @ w)[:, :64]
+
+    x, w = np.ones((8, 64), np.float32), np.ones((64, 256), np.float32)
+    plain = jax.jit(step).lower(x, w).compile().as_text()
+    fn = decoding_programs.jit_decoding_program(step, donate_argnums=(0,))
+    text = fn.lower(x, w).compile().as_text()
+    assert "ynn_fusion" in plain and "ynn_fusion" not in text
+    assert "input_output_alias" in text  # the donation survived
+    np.testing.assert_array_equal(np.asarray(fn(jnp.ones((8, 64), jnp.float32), w)), 65.0)
+
+
 def test_a_jaxlib_without_the_loop_options_compiles_without_them(monkeypatch):
     from retrax.supervised import decoding_programs
 
-    monkeypatch.setattr(decoding_programs, "LOOP_COMPILER_OPTIONS",
+    monkeypatch.setattr(decoding_programs, "DECODING_COMPILER_OPTIONS",
                         {"xla_cpu_no_such_option_in_any_jaxlib": True})
     decoding_programs._supported_options.cache_clear()
     try:
         assert decoding_programs._supported_options() == {}
-        fn = decoding_programs.jit_decoding_loop(lambda x: x * 2)
+        fn = decoding_programs.jit_decoding_program(lambda x: x * 2)
         assert float(fn(np.float32(3))) == 6.0
     finally:
         monkeypatch.undo()
         decoding_programs._supported_options.cache_clear()
-    assert decoding_programs._supported_options() == decoding_programs.LOOP_COMPILER_OPTIONS
+    assert decoding_programs._supported_options() == decoding_programs.DECODING_COMPILER_OPTIONS
 
 
 @pytest.mark.slow  # (the default suite checks greedy end to end; this adds the samplers)
