@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import json
@@ -14,6 +13,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from compile_events import xla_compiles
 
 import retrax as trax
 from retrax import layers as tl
@@ -102,26 +102,6 @@ def test_trax_layout_checkpoint_loads_into_model(tmp_path):
     for a, b in zip(tl.flatten_weights_and_state(fresh.weights, ())[0],
                     tl.flatten_weights_and_state(loop.model.weights, ())[0]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-@contextlib.contextmanager
-def xla_compiles():
-    """The names of the XLA programs compiled inside the block (``'jit(step)'``, ...).
-
-    A ``jax.monitoring`` listener on JAX's backend-compile event: public API, and
-    it sees every compilation, whichever function object holds the program.
-    """
-    names = []
-
-    def listen(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            names.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield names
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def test_train_step_compiles_once():
