@@ -10,7 +10,6 @@ its encoder) differ. Used by ``retrax.supervised.decoding`` and
 
 from __future__ import annotations
 
-import functools
 import weakref
 from typing import Any, NamedTuple
 
@@ -53,8 +52,8 @@ PREFILL_CHOICES = ("auto", "batched", "loop")
 # and beam search 9% less (8 beams); at batch 1 (where XLA keeps YNNPACK out of
 # one-row products anyway) it made no difference. Training keeps YNNPACK:
 # config S's step took 28% longer without it. Programs on other backends
-# compile as usual; a jaxlib that does not know an option compiles without it
-# (``_supported_options``).
+# compile as usual; a jaxlib that does not know an option compiles without
+# them (``jit_decoding_program``).
 DECODING_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -80,22 +79,50 @@ def compiled_programs(model: base.Layer | None = None) -> int:
 
 
 def jit_decoding_program(fn: Any, **jit_kwargs: Any) -> Any:
-    """``jax.jit(fn, **jit_kwargs)`` with ``DECODING_COMPILER_OPTIONS`` on CPU (where known)."""
-    options = _supported_options() if jax.default_backend() == "cpu" else {}
-    if options:
-        jit_kwargs = dict(jit_kwargs, compiler_options=options)
-    return jax.jit(fn, **jit_kwargs)
+    """``jax.jit(fn, **jit_kwargs)``, compiled with ``DECODING_COMPILER_OPTIONS`` on CPU.
+
+    A jaxlib that does not know an option refuses it when the first such
+    program compiles: that program is compiled again without the options, and
+    so is every later one. Nothing else is compiled to find out (a cold first
+    call compiles exactly its own program). ``.lower(...)`` lowers for the
+    options unless they were refused before.
+    """
+    if jax.default_backend() != "cpu" or _options_refused:
+        return jax.jit(fn, **jit_kwargs)
+    return _WithOptions(fn, jit_kwargs)
 
 
-@functools.cache
-def _supported_options() -> dict[str, Any]:
-    """``DECODING_COMPILER_OPTIONS``, or ``{}`` if this jaxlib refuses them (checked once)."""
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=DECODING_COMPILER_OPTIONS).lower(
-            np.float32(0)).compile()
-    except Exception:  # an unknown option or value: XLA's own error type varies
-        return {}
-    return dict(DECODING_COMPILER_OPTIONS)
+# True once a jaxlib refused DECODING_COMPILER_OPTIONS (its error names one).
+_options_refused = False
+
+
+class _WithOptions:
+    """``jax.jit(fn)`` with ``DECODING_COMPILER_OPTIONS``; a plain one after a refusal."""
+
+    def __init__(self, fn: Any, jit_kwargs: dict[str, Any]):
+        self._fn, self._jit_kwargs = fn, jit_kwargs
+        self._with = jax.jit(fn, compiler_options=DECODING_COMPILER_OPTIONS, **jit_kwargs)
+        self._plain = None
+
+    def _jitted(self) -> Any:
+        if not _options_refused:
+            return self._with
+        if self._plain is None:
+            self._plain = jax.jit(self._fn, **self._jit_kwargs)
+        return self._plain
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        global _options_refused
+        try:
+            return self._jitted()(*args, **kwargs)
+        except RuntimeError as e:  # JaxRuntimeError; a refused option fails before anything runs
+            if _options_refused or not any(name in str(e) for name in DECODING_COMPILER_OPTIONS):
+                raise
+            _options_refused = True
+            return self._jitted()(*args, **kwargs)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        return self._jitted().lower(*args, **kwargs)
 
 
 def program(model: base.Layer, key: Any, make: Any) -> Any:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_events import compiled_during
 
 import retrax as trax
 from retrax import layers as tl
@@ -111,20 +112,27 @@ def test_decoding_programs_keep_their_jit_arguments_and_drop_ynnpack():
     np.testing.assert_array_equal(np.asarray(fn(jnp.ones((8, 64), jnp.float32), w)), 65.0)
 
 
-def test_a_jaxlib_without_the_loop_options_compiles_without_them(monkeypatch):
+def test_a_jaxlib_without_the_options_compiles_without_them(monkeypatch):
     from retrax.supervised import decoding_programs
 
     monkeypatch.setattr(decoding_programs, "DECODING_COMPILER_OPTIONS",
                         {"xla_cpu_no_such_option_in_any_jaxlib": True})
-    decoding_programs._supported_options.cache_clear()
-    try:
-        assert decoding_programs._supported_options() == {}
-        fn = decoding_programs.jit_decoding_program(lambda x: x * 2)
-        assert float(fn(np.float32(3))) == 6.0
-    finally:
-        monkeypatch.undo()
-        decoding_programs._supported_options.cache_clear()
-    assert decoding_programs._supported_options() == decoding_programs.DECODING_COMPILER_OPTIONS
+    monkeypatch.setattr(decoding_programs, "_options_refused", False)
+    fn = decoding_programs.jit_decoding_program(lambda x: x * 2)
+    # Another error is the caller's, and does not count as a refusal.
+    def broken(x):
+        raise RuntimeError("the program's own error")
+
+    with pytest.raises(RuntimeError, match="own error"):
+        decoding_programs.jit_decoding_program(broken)(np.float32(3))
+    assert decoding_programs._options_refused is False
+    # The refused option: compiled again without it, and so is every later program.
+    assert float(fn(np.float32(3))) == 6.0
+    assert decoding_programs._options_refused is True
+    assert float(fn(np.float32(4))) == 8.0
+    later = decoding_programs.jit_decoding_program(lambda x: x + 1)
+    names, out = compiled_during(lambda: later(np.float32(1)))
+    assert float(out) == 2.0 and len(names) == 1
 
 
 @pytest.mark.slow  # (the default suite checks greedy end to end; this adds the samplers)
