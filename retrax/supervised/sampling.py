@@ -4,9 +4,10 @@ Each choice also holds for logits (log-probabilities up to a constant per
 row): the argmax, the Gumbel-max draw and the top-k support do not move when
 a row is shifted, and top-p normalizes its input itself. ``sample_step``'s
 ``from_logits`` says which it is given (a decoding program that skips the
-model's final ``LogSoftmax`` passes logits). Sort-free: the argmax is a max/compare/min, and the top-k / top-p thresholds
-are found by a bitwise search over order-preserving integer keys (XLA's CPU
-sort is slow). Tokens tied with the last one kept are all kept, so with ties
+model's final ``LogSoftmax`` passes logits). Sort-free: the argmax is one
+(value, index) reduction (or a max/compare/min for long rows), and the top-k /
+top-p thresholds are found by a bitwise search over order-preserving integer
+keys (XLA's CPU sort is slow). Tokens tied with the last one kept are all kept, so with ties
 the support can exceed ``k``. Used by ``retrax.supervised.decoding``.
 """
 
@@ -130,9 +131,10 @@ def sample(log_probs: Any, key: Any, temperature: float, top_k: int | None,
 
     ``log_probs`` may be logits (any constant added per row): the argmax, the
     Gumbel-max draw, top-k and top-p (``restrict`` normalizes for it) choose
-    the same, up to float rounding. The Gumbel noise comes from the counter hash of ``fastmath.random`` (one
-    fused elementwise computation), not threefry, which costs as much as the
-    model's forward pass for a small model at batch 1.
+    the same, up to float rounding. The Gumbel noise comes from the counter
+    hash of ``fastmath.random`` (one fused elementwise computation), not
+    threefry, which costs as much as the model's forward pass for a small
+    model at batch 1.
     """
     if temperature == 0.0:
         return argmax(log_probs)
@@ -171,15 +173,14 @@ def sample_step(log_probs: Any, key: Any, t: Any, temperature: float, top_k: int
         raise ValueError("sample_step: scores need log-probabilities, not logits.")
     if from_logits and temperature == 0.0:
         tok = argmax(log_probs, finite=True)
-        is_nan = tok >= vocab
     else:
         tok = sample(log_probs, fastmath_random.hash_fold_in(key, t), temperature, top_k,
                      top_p)
-        is_nan = tok >= vocab
-        if from_logits:
-            chosen = jnp.take_along_axis(log_probs, jnp.minimum(tok, vocab - 1)[:, None],
-                                         axis=1)[:, 0]
-            is_nan = is_nan | ~jnp.isfinite(chosen)
+    is_nan = tok >= vocab
+    if from_logits and temperature != 0.0:  # greedy's argmax(finite=True) checked already
+        chosen = jnp.take_along_axis(log_probs, jnp.minimum(tok, vocab - 1)[:, None],
+                                     axis=1)[:, 0]
+        is_nan = is_nan | ~jnp.isfinite(chosen)
     nan_step = jnp.where(is_nan & ~done, t, nan_step)  # a NaN row is done after
     tok = jnp.where(done | is_nan, 0, tok)
     tokens = lax.dynamic_update_slice_in_dim(tokens, tok[:, None], t, axis=1)

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from compile_events import compiled_during
 
 import retrax as trax
 from retrax import layers as tl
@@ -85,54 +84,6 @@ def test_greedy_program_holds_no_normalization(lm):
     assert _ops(texts[0], "log") == 0 and _ops(texts[1], "log") > 0
     assert 0 < _ops(texts[0], "exponential") < _ops(texts[1], "exponential")
     assert _ops(texts[0], "fusion") < _ops(texts[1], "fusion")
-
-
-def test_decoding_loop_compiles_without_ynnpack_on_cpu(lm):
-    # decoding_programs.DECODING_COMPILER_OPTIONS: XLA's own kernels for the loop's
-    # few-row products (YNNPACK's thread-pool hand-off cost more than the work).
-    text = decoding.lowered_generation(lm, None, batch_size=3, temperature=0.0, eos_id=None,
-                                       max_length=8).compile().as_text()
-    assert jax.default_backend() == "cpu"
-    assert "ynn_fusion" not in text and _ops(text, "dot") > 0
-
-
-def test_decoding_programs_keep_their_jit_arguments_and_drop_ynnpack():
-    # The stream's step (donated state) and beam search go through the same helper.
-    from retrax.supervised import decoding_programs
-
-    def step(state, w):  # the new state has the donated one's shape
-        return state + (state @ w)[:, :64]
-
-    x, w = np.ones((8, 64), np.float32), np.ones((64, 256), np.float32)
-    plain = jax.jit(step).lower(x, w).compile().as_text()
-    fn = decoding_programs.jit_decoding_program(step, donate_argnums=(0,))
-    text = fn.lower(x, w).compile().as_text()
-    assert "ynn_fusion" in plain and "ynn_fusion" not in text
-    assert "input_output_alias" in text  # the donation survived
-    np.testing.assert_array_equal(np.asarray(fn(jnp.ones((8, 64), jnp.float32), w)), 65.0)
-
-
-def test_a_jaxlib_without_the_options_compiles_without_them(monkeypatch):
-    from retrax.supervised import decoding_programs
-
-    monkeypatch.setattr(decoding_programs, "DECODING_COMPILER_OPTIONS",
-                        {"xla_cpu_no_such_option_in_any_jaxlib": True})
-    monkeypatch.setattr(decoding_programs, "_options_refused", False)
-    fn = decoding_programs.jit_decoding_program(lambda x: x * 2)
-    # Another error is the caller's, and does not count as a refusal.
-    def broken(x):
-        raise RuntimeError("the program's own error")
-
-    with pytest.raises(RuntimeError, match="own error"):
-        decoding_programs.jit_decoding_program(broken)(np.float32(3))
-    assert decoding_programs._options_refused is False
-    # The refused option: compiled again without it, and so is every later program.
-    assert float(fn(np.float32(3))) == 6.0
-    assert decoding_programs._options_refused is True
-    assert float(fn(np.float32(4))) == 8.0
-    later = decoding_programs.jit_decoding_program(lambda x: x + 1)
-    names, out = compiled_during(lambda: later(np.float32(1)))
-    assert float(out) == 2.0 and len(names) == 1
 
 
 @pytest.mark.slow  # (the default suite checks greedy end to end; this adds the samplers)
