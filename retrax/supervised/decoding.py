@@ -484,8 +484,8 @@ def autoregressive_sample_stream(model: base.Layer, inputs: Any = None, batch_si
             model = model_ref()  # (the program holds the model weakly; see decoding_programs.program)
             out, state = model.pure_fn(model_inputs(enc, tokens), weights, state, None)
             log_probs = last_log_probs(model, out)
-            tok = sample(log_probs, key, temperature, top_k, top_p)
-            return jnp.where(jnp.isnan(log_probs).any(axis=-1), -1, tok), state  # -1: a NaN row
+            tok = sample(log_probs, key, temperature, top_k, top_p)  # past the end: NaN row
+            return jnp.where(tok >= log_probs.shape[-1], -1, tok), state  # -1: a NaN row
 
         return jit_decoding_program(step, donate_argnums=(1,))
 

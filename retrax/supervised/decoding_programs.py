@@ -323,7 +323,7 @@ def last_logits(model: base.Layer, outputs: Any) -> Any:
 
 def last_log_probs(model: base.Layer, outputs: Any) -> Any:
     """Log-probabilities of the model's outputs at the last position, ``(B, V)``."""
-    logits = (outputs[0] if model.n_in == 2 else outputs)[:, -1].astype(jnp.float32)
+    logits = last_logits(model, outputs)
     if ends_in_log_softmax(model):
         return logits  # TransformerLM / Transformer: already log_softmax'ed
     return jax.nn.log_softmax(logits, axis=-1)

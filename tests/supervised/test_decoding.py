@@ -520,8 +520,9 @@ def test_nan_model_output_raises_instead_of_garbage():
     for kwargs in (dict(temperature=0.0), dict(top_k=3), dict(top_p=0.9)):
         with pytest.raises(FloatingPointError, match=r"row 0 are NaN at step 0"):
             decoding.autoregressive_sample(model, prompt, max_length=4, **kwargs)
-    with pytest.raises(FloatingPointError, match="NaN"):
-        next(decoding.autoregressive_sample_stream(model, prompt, temperature=0.0, max_length=4))
+    for kwargs in (dict(temperature=0.0), dict(top_k=3), dict(top_p=0.9)):
+        with pytest.raises(FloatingPointError, match="NaN"):
+            next(decoding.autoregressive_sample_stream(model, prompt, max_length=4, **kwargs))
     # Ragged prompts decode in groups by length; the error names the caller's row:
     # the shorter prompt (row 1) is decoded first.
     ragged = np.array([[3, 4], [5, 0]], np.int32)
