@@ -223,9 +223,11 @@ def compile_breakdown(fn: Callable, args: Sequence[Any], donate_argnums: tuple =
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, core count, load average, Python and package versions."""
+    """CPU model, core count (and the cores this process may use), load average, versions."""
     info: dict[str, Any] = dict(python=platform.python_version(), platform=platform.platform(),
                                 cpu_count=os.cpu_count())
+    if hasattr(os, "sched_getaffinity"):  # e.g. 1 under `taskset -c 0`: one XLA thread
+        info["cores_allowed"] = len(os.sched_getaffinity(0))
     try:
         with open("/proc/cpuinfo") as f:
             models = [line.split(":", 1)[1].strip() for line in f
