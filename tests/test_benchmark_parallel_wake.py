@@ -46,10 +46,12 @@ def test_end_to_end_both_parts_and_the_one_core_child(tmp_path):
     chains = [row["chain"] for row in res["product_after_chain"]]
     assert chains == list(parallel_wake.CHAINS)
     assert [row["chain"] for row in res["product_after_chain_one_core"]] == chains
-    if len(os.sched_getaffinity(0)) >= 2:
+    if len(os.sched_getaffinity(0)) >= 2:  # the project's machines: part 1 runs
         assert [row["gap_s"] for row in res["wake"]] == list(parallel_wake.GAPS_S)
         assert all(row["n"] == 200 and 0 < row["min"] <= row["median"] <= row["max"]
                    for row in res["wake"])
+    else:  # one core: said so, and no numbers
+        assert "wake" not in res and "1. Thread wake-up: skipped" in stdout
     assert "1. Thread wake-up" in stdout and "the product, one core" in stdout
     assert len(res["load_before"]) == 3 and len(res["load_after"]) == 3
 
