@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import weakref
@@ -12,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_events import compiled, jax_work
 
 import retrax as trax
 from retrax import checkpoints
@@ -24,33 +24,6 @@ COPY = FIXTURES / "trax-upstream" / "transformerlm_copy"
 
 def sig(*shape):
     return trax.shapes.ShapeDtype(shape, np.int32)
-
-
-@contextlib.contextmanager
-def jax_work():
-    """What JAX traces and compiles inside the block, as ``(stage, name)`` pairs.
-
-    A ``jax.monitoring`` listener on JAX's compile events: the stage is
-    ``'jaxpr_trace_duration'`` (a Python function traced; name: the function's),
-    ``'jaxpr_to_mlir_module_duration'`` or ``'backend_compile_duration'`` (an XLA
-    program lowered / compiled; name ``'jit(<function>)'``).
-    """
-    work = []
-
-    def listen(event, duration, **kwargs):
-        if event.startswith("/jax/core/compile/"):
-            work.append((event.rsplit("/", 1)[1], kwargs.get("fun_name")))
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield work
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-
-
-def compiled(work):
-    """The XLA programs compiled in ``work`` (from ``jax_work``)."""
-    return [name for stage, name in work if stage == "backend_compile_duration"]
 
 
 @pytest.fixture(scope="module")
