@@ -80,16 +80,22 @@ def _layer_norm64(x, eps=1e-6):
     return c / np.sqrt((c * c).mean(-1, keepdims=True) + eps)
 
 
+def _by_both_paths(monkeypatch, fn, *args, size):
+    """``fn(*args)`` jitted with LayerNorm's small-input path (inputs of ``size``), then
+    with the jnp.mean path; the limit is restored after each (a fresh trace each time)."""
+    out = []
+    for limit in (size, 0):
+        with monkeypatch.context() as m:
+            m.setattr(normalization, "SMALL_LAYER_NORM", limit)
+            out.append(jax.jit(lambda *a: fn(*a))(*args))
+    return out
+
+
 def _small_and_large(monkeypatch, x, center=True):
     """LayerNorm of ``x`` by the small-input path and by the jnp.mean path."""
     ln = tl.LayerNorm(center=center)
     ln.init(shapes.ShapeDtype(x.shape))
-    monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", x.size)
-    small = np.asarray(jax.jit(lambda v: ln(v))(x))
-    monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 0)
-    large = np.asarray(jax.jit(lambda v: ln(v))(x))
-    monkeypatch.undo()
-    return small, large
+    return [np.asarray(y) for y in _by_both_paths(monkeypatch, ln, x, size=x.size)]
 
 
 def test_small_layer_norm_is_at_least_as_accurate(monkeypatch):
@@ -121,11 +127,8 @@ def test_small_layer_norm_gradients_equal_the_mean_path(monkeypatch):
         def loss(v, weights, ln=ln, w=w):
             return jnp.sum(ln.pure_fn(v, weights, (), None)[0] * w)
 
-        monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", x.size)
-        small = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, ln.weights)
-        monkeypatch.setattr(normalization, "SMALL_LAYER_NORM", 0)
-        large = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, ln.weights)
-        monkeypatch.undo()
+        small, large = _by_both_paths(monkeypatch, jax.grad(loss, argnums=(0, 1)), x,
+                                      ln.weights, size=x.size)
         for a, b in zip(jax.tree_util.tree_leaves(small), jax.tree_util.tree_leaves(large)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
