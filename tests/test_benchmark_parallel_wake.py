@@ -27,6 +27,23 @@ def test_rounds_below_one_are_refused(capsys):
     assert "--rounds must be at least 1; got 0" in capsys.readouterr().err
 
 
+def test_a_failed_one_core_child_is_reported_and_the_rest_kept(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(parallel_wake, "wake_latency", lambda gap, cores, allowed: dict(
+        n=200, median=gap + 1e-5, min=1e-5, max=gap + 2e-5))
+    monkeypatch.setattr(parallel_wake, "product_after_chain", lambda chain, rounds: dict(
+        chain=chain, step_s=3e-5, step_without_s=1e-5, product_s=2e-5))
+    monkeypatch.setattr(parallel_wake.common, "run_child", lambda argv, timeout: (None, "boom"))
+    out = tmp_path / "wake.json"
+    assert parallel_wake.main(["--rounds", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["one_core_error"] == "boom" and res["product_after_chain_one_core"] is None
+    assert [row["product_s"] for row in res["product_after_chain"]] == [2e-5] * len(
+        parallel_wake.CHAINS)
+    captured = capsys.readouterr()
+    assert "one-core child failed: boom" in captured.err
+    assert "| 40 | 30.0 us   | 10.0 us             | 20.0 us     | -" in captured.out
+
+
 def _run(tmp_path, core=None):
     """The script in a fresh process (pinned to ``core`` first, if given); (stdout, JSON)."""
     out = tmp_path / "wake.json"
