@@ -140,6 +140,7 @@ def test_a_jaxlib_without_the_options_compiles_without_them(monkeypatch):
     assert float(fn(np.float32(3))) == 6.0
     assert decoding_programs._options_refused is True
     assert float(fn(np.float32(4))) == 8.0
+    assert "multiply" in fn.lower(np.float32(4)).compile().as_text()  # lowers plain now
     later = decoding_programs.jit_decoding_program(lambda x: x + 1)
     names, out = compiled_during(lambda: later(np.float32(1)))
     assert float(out) == 2.0 and len(names) == 1
